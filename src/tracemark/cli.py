@@ -1,0 +1,457 @@
+"""The ``tracemark`` command line: keygen, mark, audit, train, demo.
+
+Every verb is a thin layer over the library. Errors a user can cause are printed as
+one clear message (no traceback) with exit status 2. An audit's exit status does not
+depend on its decision: read the verdict, not the status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import TracemarkError
+from .progress import progress_bars, stderr
+
+app = typer.Typer(
+    help="Mark your images, then tell from query access whether a model was trained on them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+
+
+class ImageFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+
+
+class ColourMode(str, Enum):
+    auto = "auto"
+    rgb = "RGB"
+    grey = "L"
+
+
+class Outputs(str, Enum):
+    auto = "auto"
+    probabilities = "probabilities"
+    logits = "logits"
+
+
+class AccessChoice(str, Enum):
+    auto = "auto"
+    probabilities = "probabilities"
+    label = "label"
+
+
+class DemoMethod(str, Enum):
+    tracker = "tracker"
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise TracemarkError(f"--param takes NAME=VALUE, got {item!r}")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value  # plain strings need no quotes
+    return params
+
+
+def _parse_size(size: str | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise TracemarkError(f"--size takes HEIGHTxWIDTH, e.g. 32x32, got {size!r}") from None
+    if h < 1 or w < 1:
+        raise TracemarkError(f"--size must be positive, got {size!r}")
+    return h, w
+
+
+def _version(value: bool) -> None:
+    if value:
+        stdout.print(f"tracemark {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """tracemark: data provenance for image classifiers."""
+
+
+@app.command()
+def keygen(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the key (JSON, mode 0600).")
+    ],
+    method: Annotated[str, typer.Option(help="Marking method.")] = "tracker",
+    param: Annotated[
+        list[str], typer.Option("--param", "-p", help="Method parameter NAME=VALUE (repeatable).")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
+) -> None:
+    """Create a secret key. Keep it private; publish its commitment if you like."""
+    from .keys import Key
+
+    key = Key.generate(method, **_parse_params(param))
+    key.save(out, force=force)
+    stdout.print(f"wrote {out} (mode 0600; keep it secret and backed up)")
+    stdout.print(f"method     {key.method}")
+    stdout.print(f"params     {json.dumps(key.params, sort_keys=True)}")
+    stdout.print(f"commitment {key.commitment()}")
+
+
+@app.command("key-info")
+def key_info(
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a key's method, parameters and commitment (never its seed)."""
+    from .keys import load_key
+
+    info = load_key(key_path).public_info()
+    if as_json:
+        stdout.print_json(json.dumps(info))
+    else:
+        for name, value in info.items():
+            stdout.print(f"{name:<11}{value}")
+
+
+@app.command()
+def mark(
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file (tracker).")],
+    src: Annotated[Path, typer.Argument(help="Folder of original images (never modified).")],
+    out: Annotated[Path, typer.Argument(help="New folder for the marked copies.")],
+    fmt: Annotated[ImageFormat, typer.Option("--format", help="Output format.")] = ImageFormat.png,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 95,
+    mode: Annotated[ColourMode, typer.Option(help="Colour mode of the output.")] = ColourMode.auto,
+    manifest: Annotated[
+        Optional[Path], typer.Option(help="Manifest path [default: OUT.manifest.json beside OUT].")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Write marked copies of every image in SRC to OUT, plus a manifest with hashes."""
+    from .fsutil import sha256_file
+    from .images import list_images, read_folder, write_images, write_manifest
+    from .keys import load_key
+    from .methods import tracker
+
+    key = load_key(key_path, method="tracker")
+    out = Path(out)
+    manifest = manifest or out.parent / f"{out.name}.manifest.json"
+    if manifest.exists() and not force:
+        raise TracemarkError(f"{manifest} already exists; pass --force to overwrite it")
+    count = len(list_images(src))
+    with progress_bars(not quiet) as bars:
+        images = read_folder(src, mode=mode.value, progress=bars("reading", count))
+        marked = tracker.mark(images.images, key, ids=images.rel_paths)
+        written = write_images(
+            marked,
+            images.rel_paths,
+            out,
+            src_root=src,
+            fmt=fmt.value,
+            quality=quality,
+            force=force,
+            progress=bars("writing", count),
+        )
+    entries = [
+        {"source": rel, "source_sha256": sha256_file(Path(src) / rel), **w}
+        for rel, w in zip(images.rel_paths, written, strict=True)
+    ]
+    meta = {
+        "method": key.method,
+        "params": key.params,
+        "key_commitment": key.commitment(),
+        "source_root": str(Path(src).resolve()),
+        "marked_root": str(out.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(),
+        "tracemark_version": __version__,
+    }
+    write_manifest(manifest, entries, meta, force=force)
+    stdout.print(f"marked {len(entries)} images into {out}; manifest: {manifest}")
+    stdout.print("publish the marked folder only: keep the key and the manifest private")
+
+
+def _load_holdout(path: Path, mode: str, size, class_names: list[str] | None):
+    """A flat folder (images like the user's) or class subfolders (named by index or name)."""
+    from .datasets import LabelledImages
+    from .images import read_folder
+
+    if not path.is_dir():
+        raise TracemarkError(f"held-out folder {path} does not exist or is not a folder")
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    top_level = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not subdirs or top_level:
+        return read_folder(path, mode=mode, size=size).stack()
+    images, labels = [], []
+    for d in subdirs:
+        if d.name.isdigit():
+            label = int(d.name)
+        elif class_names and d.name in class_names:
+            label = class_names.index(d.name)
+        else:
+            raise TracemarkError(
+                f"held-out subfolder {d.name!r} is neither a class index nor in --class-names"
+            )
+        x = read_folder(d, mode=mode, size=size).stack()
+        images.append(x)
+        labels.extend([label] * len(x))
+    import numpy as np
+
+    return LabelledImages(
+        np.concatenate(images), np.array(labels, dtype=np.int64), class_names or []
+    )
+
+
+@app.command()
+def audit(
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file.")],
+    model: Annotated[
+        Path, typer.Argument(help="Suspicious model: .onnx, TorchScript, or tracemark checkpoint.")
+    ],
+    marked: Annotated[Path, typer.Option(help="The marked images you published.")],
+    holdout: Annotated[
+        Path,
+        typer.Option(
+            help="Never-published images of the same domain: a flat folder (like yours), "
+            "or one subfolder per class named by class index (or listed in --class-names)."
+        ),
+    ],
+    label: Annotated[
+        Optional[str],
+        typer.Option(help="Class of your images (index or name); default: majority vote."),
+    ] = None,
+    alpha: Annotated[float, typer.Option(min=1e-9, max=0.5, help="False-positive level.")] = 0.01,
+    n_pseudo: Annotated[
+        int, typer.Option(min=1, help="Pseudo-users in the null distribution.")
+    ] = 1000,
+    access: Annotated[
+        AccessChoice, typer.Option(help="Force the label-only (0/1 loss) statistic with 'label'.")
+    ] = AccessChoice.auto,
+    outputs: Annotated[Outputs, typer.Option(help="What the model returns.")] = Outputs.auto,
+    budget: Annotated[
+        Optional[int], typer.Option(min=1, help="Refuse to spend more queries.")
+    ] = None,
+    size: Annotated[Optional[str], typer.Option(help="Resize images to HxW for the model.")] = None,
+    mode: Annotated[
+        ColourMode, typer.Option(help="Colour mode the model expects.")
+    ] = ColourMode.auto,
+    class_names: Annotated[
+        Optional[str], typer.Option(help="Comma-separated class names in the model's order.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    evidence: Annotated[
+        Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
+    from .images import read_folder
+    from .keys import load_key
+    from .methods import tracker
+    from .oracle import load_oracle
+
+    key = load_key(key_path)
+    if key.method != "tracker":
+        raise TracemarkError(f"audit of {key.method!r} keys is not available yet")
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    label_idx = None
+    if label is not None:
+        if label.isdigit():
+            label_idx = int(label)
+        elif names and label in names:
+            label_idx = names.index(label)
+        else:
+            raise TracemarkError(f"--label {label!r} is not a class index or one of --class-names")
+    hw = _parse_size(size)
+    published = read_folder(marked, mode=mode.value, size=hw)
+    pool = _load_holdout(holdout, published.mode, hw, names)
+    oracle = load_oracle(model, outputs=outputs.value, budget=budget)
+    with progress_bars(not quiet) as bars:
+        verdict = tracker.audit(
+            oracle,
+            key,
+            published.stack(),
+            pool,
+            label=label_idx,
+            alpha=alpha,
+            n_pseudo=n_pseudo,
+            access=access.value,
+            progress=bars("pseudo-users", n_pseudo),
+        )
+    if evidence is not None:
+        from .fsutil import atomic_write_text
+
+        atomic_write_text(evidence, verdict.model_dump_json(indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
+    else:
+        stdout.print(verdict.summary())
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Dataset: folder of class subfolders, .npz, CIFAR folder, or 'fashion-mnist'."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="Model file to write.")],
+    arch: Annotated[str, typer.Option(help="small-cnn, resnet18 or wrn.")] = "small-cnn",
+    epochs: Annotated[int, typer.Option(min=1)] = 5,
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    export: Annotated[str, typer.Option(help="checkpoint, torchscript or onnx.")] = "checkpoint",
+    force: Annotated[bool, typer.Option(help="Overwrite OUT.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train a victim model (for experiments): the training loop the demos use."""
+    from .datasets import load_dataset
+    from .models import build_model
+    from .training import TrainConfig, export_onnx, export_torchscript, save_checkpoint, train_model
+
+    if export not in ("checkpoint", "torchscript", "onnx"):
+        raise TracemarkError("--export must be checkpoint, torchscript or onnx")
+    if Path(out).exists() and not force:
+        raise TracemarkError(f"{out} already exists; pass --force to overwrite it")
+    ds = load_dataset(data)
+    c = ds.images.shape[-1]
+    model = build_model(
+        arch, in_channels=c, num_classes=max(int(ds.labels.max()) + 1, len(ds.classes))
+    )
+    with progress_bars(not quiet) as bars:
+        advance = bars("epochs", epochs)
+        train_model(
+            model,
+            ds.images,
+            ds.labels,
+            TrainConfig(epochs=epochs, seed=seed),
+            progress=lambda *_: advance(1),
+        )
+    if export == "checkpoint":
+        save_checkpoint(model, out, force=force)
+    elif export == "torchscript":
+        export_torchscript(model, out, example=ds.images[:2], force=force)
+    else:
+        export_onnx(model, out, input_shape=(c, *ds.images.shape[1:3]), force=force)
+    stdout.print(f"wrote {out} ({export}, {arch}, {len(ds)} training images)")
+
+
+@app.command()
+def demo(
+    method: Annotated[
+        DemoMethod, typer.Argument(help="Which method to demonstrate.")
+    ] = DemoMethod.tracker,
+    quick: Annotated[bool, typer.Option(help="A small run (for tests).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
+) -> None:
+    """End-to-end demo on Fashion-MNIST: mark, train, audit members and non-members."""
+    from .demos.tracker import TrackerDemoConfig, run_tracker_demo
+
+    config = TrackerDemoConfig.quick() if quick else TrackerDemoConfig()
+    with progress_bars(not quiet) as bars:
+        stage = (lambda msg: stderr.log(msg)) if not quiet else None
+        result = run_tracker_demo(config, stage=stage, progress_factory=bars)
+    if as_json:
+        payload = {k: v for k, v in result.items() if k != "users"}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    _print_tracker_demo(result)
+
+
+def _print_tracker_demo(result: dict) -> None:
+    r = result["rates"]
+    table = Table(title=f"tracker demo: audits at alpha = {r['alpha']}")
+    table.add_column("model")
+    table.add_column("users audited", justify="right")
+    table.add_column("flagged", justify="right")
+    table.add_column("rate", justify="right")
+    table.add_column("should be")
+    users = result["users"]
+
+    def flagged(model: str, member: bool | None) -> str:
+        hits = [
+            u["decision"]
+            for u in users
+            if u["model"] == model and (member is None or u["member"] == member)
+        ]
+        return f"{sum(hits)}/{len(hits)}"
+
+    rows = [
+        (
+            "trained on members",
+            "members",
+            flagged("trained-on-members", True),
+            f"TPR {r['tpr_members']:.3f}",
+            "1.0",
+        ),
+        (
+            "trained on members",
+            "non-members",
+            flagged("trained-on-members", False),
+            f"FPR {r['fpr_nonmembers']:.3f}",
+            f"<= {r['alpha']}",
+        ),
+        (
+            "clean",
+            "all users",
+            flagged("clean", None),
+            f"FPR {r['fpr_clean_model_all_users']:.3f}",
+            f"<= {r['alpha']}",
+        ),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    metrics = Table(title="research metrics (members vs non-members, trained model)")
+    metrics.add_column("inference")
+    metrics.add_column("FPR@100%TPR", justify="right")
+    metrics.add_column("TPR@1%FPR", justify="right")
+    metrics.add_column("AUC", justify="right")
+    for name in ("set_based", "instance_based"):
+        m = r[name]
+        metrics.add_row(
+            name.replace("_", "-"),
+            f"{m['fpr_at_100_tpr']:.3f}",
+            f"{m['tpr_at_1pct_fpr']:.3f}",
+            f"{m['auc']:.3f}",
+        )
+    stdout.print(metrics)
+    for name, m in result["models"].items():
+        stdout.print(f"{name}: test accuracy {m['test_accuracy']:.3f}, {m['queries']} queries")
+    stdout.print(f"finished in {result['seconds']} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, printing user errors without a traceback."""
+    try:
+        app(args=argv, prog_name="tracemark")
+    except TracemarkError as exc:
+        stderr.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

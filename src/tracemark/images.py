@@ -1,0 +1,515 @@
+"""Reading, writing and bookkeeping of image files.
+
+Every image inside tracemark is a float32 array in [0, 1] shaped (H, W, C) with C = 1
+("L") or 3 ("RGB"). This module is the only place that talks to Pillow: it turns the
+zoo of real-world files (palettes, alpha, 16-bit, CMYK, EXIF rotation) into that one
+representation, refuses files that would exhaust memory, and writes marked copies
+without ever touching the originals or leaving half-written files behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import TracemarkError
+from .fsutil import atomic_write_bytes, atomic_write_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
+
+MANIFEST_FORMAT = "tracemark-manifest"
+MANIFEST_VERSION = 1
+
+_GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's "L"
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data`` (what the manifest records for each written file)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def list_images(root: Path | str) -> list[str]:
+    """Relative POSIX paths of all image files under ``root``, sorted, hidden ones skipped.
+
+    Sorted relative paths give every image a stable identity across machines, which the
+    marks and the manifest rely on.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise TracemarkError(f"{root} does not exist; give the folder that holds your images")
+    if not root.is_dir():
+        raise TracemarkError(f"{root} is not a folder; give the folder that holds your images")
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            if not (Path(dirpath) / name).is_file():
+                continue
+            found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """Open ``path`` (header only) and refuse it if it declares more than ``max_pixels``."""
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below replaces Pillow's warning; its hard error is still caught.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except FileNotFoundError:
+        raise TracemarkError(f"{path} does not exist; check the path") from None
+    except Image.DecompressionBombError as exc:
+        raise TracemarkError(
+            f"{path} looks like a decompression bomb ({exc}); if it is a genuine image, "
+            f"downscale it first (Pillow refuses images over {2 * (Image.MAX_IMAGE_PIXELS or 0)} "
+            "pixels)"
+        ) from None
+    except UnidentifiedImageError:
+        raise TracemarkError(
+            f"{path} is not an image Pillow can read; remove it from the folder or re-export "
+            "it as PNG or JPEG"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise TracemarkError(
+            f"cannot read {path}: {exc}; remove it from the folder or re-export it as PNG or JPEG"
+        ) from None
+    width, height = im.size
+    if width * height > max_pixels:
+        im.close()
+        raise TracemarkError(
+            f"{path} declares {width}x{height} = {width * height} pixels, more than the limit "
+            f"of {max_pixels}; it looks like a decompression bomb. If the image is genuine, "
+            "raise the limit (max_pixels) or downscale it first"
+        )
+    return im
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    return "transparency" in im.info or (
+        im.mode == "P" and im.palette is not None and im.palette.mode == "RGBA"
+    )
+
+
+def _pil_to_float(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels as float32 (H, W, 1 or 3) in [0, 1], and an alpha plane (H, W) or None."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im).astype(np.float32)
+        return (np.clip(a, 0, 65535) / 65535)[..., None], None
+    if mode == "F":
+        a = np.asarray(im).astype(np.float32)
+        return (np.clip(np.nan_to_num(a), 0, 255) / 255)[..., None], None
+    if mode in ("1", "L") and "transparency" not in im.info:
+        return (np.asarray(im.convert("L"), dtype=np.float32) / 255)[..., None], None
+    if mode in ("LA", "La"):
+        a = np.asarray(im.convert("LA"), dtype=np.float32) / 255
+        return a[..., :1], a[..., 1]
+    if mode in ("RGBA", "RGBa", "PA") or _has_transparency(im):
+        a = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255
+        return a[..., :3], a[..., 3]
+    # RGB, RGBX, P without transparency, CMYK, YCbCr, LAB, HSV, ...
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255, None
+
+
+def _convert(pixels: np.ndarray, alpha: np.ndarray | None, mode: str) -> np.ndarray:
+    """Composite onto white and convert to the wanted channel count."""
+    if alpha is not None:
+        a = alpha[..., None]
+        pixels = pixels * a + (1.0 - a)
+    if mode == "L" and pixels.shape[-1] == 3:
+        if alpha is None:
+            # Exactly Pillow's integer luma, so an RGB file read as "L" matches an "L" file.
+            u8 = np.round(pixels * 255).astype(np.uint32)
+            luma = (u8[..., 0] * 19595 + u8[..., 1] * 38470 + u8[..., 2] * 7471 + 0x8000) >> 16
+            pixels = (luma.astype(np.float32) / 255)[..., None]
+        else:
+            pixels = (pixels @ _LUMA)[..., None]
+    elif mode == "RGB" and pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    return np.clip(pixels, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of a float image to ``size`` = (H, W), channel by channel."""
+    h, w = size
+    if x.shape[:2] == (h, w):
+        return x
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(x[..., c])).resize(
+                (w, h), Image.Resampling.BICUBIC
+            ),
+            dtype=np.float32,
+        )
+        for c in range(x.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise TracemarkError(f"size must be (height, width), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise TracemarkError(f"size must be positive (height, width), got {size!r}")
+    return h, w
+
+
+def read_image(
+    path: Path | str,
+    mode: Literal["RGB", "L"] = "RGB",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Read one image file as float32 (H, W, C) in [0, 1], upright, with alpha on white.
+
+    ``size`` = (H, W) resizes with bicubic interpolation after orientation. The pixel
+    count is checked from the header before any decoding, so a hostile file cannot
+    exhaust memory.
+    """
+    if mode not in ("RGB", "L"):
+        raise TracemarkError(f"mode must be 'RGB' or 'L', got {mode!r}")
+    size = _check_size(size)
+    path = Path(path)
+    im = _open_checked(path, max_pixels)
+    try:
+        with im, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+            upright = ImageOps.exif_transpose(im)
+            pixels, alpha = _pil_to_float(upright)
+    except Image.DecompressionBombError as exc:
+        raise TracemarkError(
+            f"{path} looks like a decompression bomb ({exc}); downscale it first"
+        ) from None
+    except _DECODE_ERRORS as exc:
+        raise TracemarkError(
+            f"{path} is corrupt or truncated ({exc}); remove it from the folder or re-export it"
+        ) from None
+    x = _convert(pixels, alpha, mode)
+    if size is not None:
+        x = _resize(x, size)
+    return x
+
+
+def _is_grey_header(im: Image.Image) -> bool:
+    if im.mode in _GREY_MODES:
+        return True
+    if im.mode in ("P", "PA"):
+        palette = im.getpalette("RGB")
+        if palette is None:
+            return False
+        rgb = np.asarray(palette, dtype=np.int32).reshape(-1, 3)
+        return bool(np.all(rgb[:, 0] == rgb[:, 1]) and np.all(rgb[:, 1] == rgb[:, 2]))
+    return False
+
+
+def detect_mode(
+    paths: Iterable[Path | str], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Literal["RGB", "L"]:
+    """Return "L" if every image is greyscale (headers only), else "RGB" (also for none).
+
+    Keeping a grey collection grey avoids tripling its size and lets marks live in the
+    one channel a greyscale model actually sees.
+    """
+    any_image = False
+    for p in paths:
+        im = _open_checked(Path(p), max_pixels)
+        with im:
+            if not _is_grey_header(im):
+                return "RGB"
+        any_image = True
+    return "L" if any_image else "RGB"
+
+
+@dataclass
+class ImageSet:
+    """Images read from a folder, with their relative paths (their identities)."""
+
+    images: list[np.ndarray]
+    rel_paths: list[str]
+    root: Path
+    mode: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def stack(self) -> np.ndarray:
+        """All images as one (N, H, W, C) array; they must share one shape."""
+        if not self.images:
+            raise TracemarkError(f"{self.root} holds no images to stack")
+        first = self.images[0].shape
+        for rel, x in zip(self.rel_paths, self.images, strict=True):
+            if x.shape != first:
+                raise TracemarkError(
+                    f"images in {self.root} have different sizes: {self.rel_paths[0]} is "
+                    f"{first[1]}x{first[0]} but {rel} is {x.shape[1]}x{x.shape[0]}; "
+                    "resize them to one size (e.g. with the --size option)"
+                )
+        return np.stack(self.images).astype(np.float32, copy=False)
+
+
+def read_folder(
+    root: Path | str,
+    mode: Literal["auto", "RGB", "L"] = "auto",
+    size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+) -> ImageSet:
+    """Read every image under ``root`` (recursively, sorted); ``progress(1)`` after each."""
+    root = Path(root)
+    rel_paths = list_images(root)
+    if not rel_paths:
+        raise TracemarkError(
+            f"{root} contains no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
+            "give the folder that holds your images"
+        )
+    if mode == "auto":
+        mode = detect_mode((root / r for r in rel_paths), max_pixels=max_pixels)
+    elif mode not in ("RGB", "L"):
+        raise TracemarkError(f"mode must be 'auto', 'RGB' or 'L', got {mode!r}")
+    images = []
+    for rel in rel_paths:
+        images.append(read_image(root / rel, mode=mode, max_pixels=max_pixels, size=size))
+        if progress is not None:
+            progress(1)
+    return ImageSet(images=images, rel_paths=rel_paths, root=root, mode=mode)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Round [0, 1] floats to the 8-bit values a file stores (NaN becomes 0)."""
+    x = np.nan_to_num(np.asarray(x, dtype=np.float32), nan=0.0)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+    """The float32 values an 8-bit file of ``x`` reads back as."""
+    return to_uint8(x).astype(np.float32) / 255
+
+
+def encode_image(x: np.ndarray, fmt: Literal["png", "jpeg"] = "png", quality: int = 95) -> bytes:
+    """Encode one (H, W, C) [0, 1] image as 8-bit PNG or JPEG bytes (C=1 → L, C=3 → RGB).
+
+    JPEGs are written without chroma subsampling so colour marks are not blurred away.
+    """
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] == 3)):
+        raise TracemarkError(f"cannot encode an image of shape {x.shape}; expected (H, W, 1 or 3)")
+    im = Image.fromarray(to_uint8(x))
+    buf = io.BytesIO()
+    if fmt == "png":
+        im.save(buf, format="PNG")
+    elif fmt in ("jpeg", "jpg"):
+        if not 1 <= int(quality) <= 100:
+            raise TracemarkError(f"JPEG quality must be between 1 and 100, got {quality}")
+        im.save(buf, format="JPEG", quality=int(quality), subsampling=0)
+    else:
+        raise TracemarkError(f"unknown image format {fmt!r}; use 'png' or 'jpeg'")
+    return buf.getvalue()
+
+
+def _output_suffix(fmt: str) -> str:
+    if fmt == "png":
+        return ".png"
+    if fmt in ("jpeg", "jpg"):
+        return ".jpg"
+    raise TracemarkError(f"unknown image format {fmt!r}; use 'png' or 'jpeg'")
+
+
+def plan_outputs(
+    src_root: Path | str | None, rel_paths: Sequence[str], out_root: Path | str, fmt: str
+) -> list[str]:
+    """Output relative paths: the source tree mirrored, suffix replaced by the format's.
+
+    Two sources mapping to one output (``a.jpg`` and ``a.png``) would silently lose an
+    image, so that is an error.
+    """
+    suffix = _output_suffix(fmt)
+    src_name = str(src_root) if src_root is not None else "the source folder"
+    outputs: list[str] = []
+    seen: dict[str, str] = {}
+    for rel in rel_paths:
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or not p.name:
+            raise TracemarkError(f"{rel!r} is not a relative path inside {src_name}")
+        out = p.with_suffix(suffix).as_posix()
+        if out in seen:
+            raise TracemarkError(
+                f"{seen[out]} and {rel} in {src_name} would both be written as "
+                f"{Path(out_root) / out}; rename one of them"
+            )
+        seen[out] = rel
+        outputs.append(out)
+    return outputs
+
+
+def _check_not_overlapping(src_root: Path | str, out_root: Path | str) -> None:
+    src = Path(src_root).resolve()
+    out = Path(out_root).resolve()
+    if out == src:
+        raise TracemarkError(
+            f"the output folder {out_root} is the source folder; choose a new, separate folder "
+            "so the originals are never overwritten"
+        )
+    if out.is_relative_to(src):
+        raise TracemarkError(
+            f"the output folder {out_root} is inside the source folder {src_root}; choose a "
+            "folder outside it (otherwise the copies would be read as originals next time)"
+        )
+    if src.is_relative_to(out):
+        raise TracemarkError(
+            f"the output folder {out_root} contains the source folder {src_root}; choose a "
+            "separate folder"
+        )
+
+
+def write_images(
+    images: Sequence[np.ndarray],
+    rel_paths: Sequence[str],
+    out_root: Path | str,
+    *,
+    src_root: Path | str | None = None,
+    fmt: Literal["png", "jpeg"] = "png",
+    quality: int = 95,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, str]]:
+    """Write images under ``out_root`` mirroring ``rel_paths``; one dict per image.
+
+    Nothing is written unless every target is free (or ``force``); each file is written
+    atomically. Returns ``{"marked": out_rel, "marked_sha256": hex}`` per image.
+    """
+    if len(images) != len(rel_paths):
+        raise ValueError(f"{len(images)} images but {len(rel_paths)} paths")
+    out_root = Path(out_root)
+    if src_root is not None:
+        _check_not_overlapping(src_root, out_root)
+    if out_root.exists() and not out_root.is_dir():
+        raise TracemarkError(f"{out_root} exists and is not a folder; choose another output")
+    outputs = plan_outputs(src_root, rel_paths, out_root, fmt)
+    for rel, x in zip(rel_paths, images, strict=True):
+        shape = np.shape(x)
+        if not (len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3))):
+            raise TracemarkError(
+                f"cannot write {rel}: image shape {shape} is not (H, W, 1 or 3); "
+                "nothing was written"
+            )
+    if not force:
+        taken = [o for o in outputs if (out_root / o).exists() or (out_root / o).is_symlink()]
+        if taken:
+            shown = ", ".join(str(out_root / o) for o in taken[:5])
+            more = f" and {len(taken) - 5} more" if len(taken) > 5 else ""
+            raise TracemarkError(
+                f"{len(taken)} output file(s) already exist: {shown}{more}; nothing was "
+                "written. Choose a new folder or pass --force to overwrite them"
+            )
+    written = []
+    for x, out in zip(images, outputs, strict=True):
+        data = encode_image(x, fmt=fmt, quality=quality)
+        target = out_root / out
+        try:
+            atomic_write_bytes(target, data, force=force)
+        except TracemarkError:
+            raise
+        except OSError as exc:
+            raise TracemarkError(
+                f"cannot write {target}: {exc}; check the folder's permissions"
+            ) from None
+        written.append({"marked": out, "marked_sha256": sha256_bytes(data)})
+        if progress is not None:
+            progress(1)
+    return written
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a manifest")
+
+
+def write_manifest(path: Path | str, entries: list[dict], meta: dict, force: bool = False) -> None:
+    """Write the manifest (what was marked, from what, with which hashes) atomically.
+
+    An existing manifest is only replaced with ``force``: it may be the only record
+    linking published files to their originals.
+    """
+    reserved = {"format", "version", "files"} & set(meta)
+    if reserved:
+        raise ValueError(f"meta must not contain {sorted(reserved)}")
+    doc = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **meta, "files": entries}
+    text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default) + "\n"
+    try:
+        atomic_write_text(path, text, force=force)
+    except TracemarkError:
+        raise
+    except OSError as exc:
+        raise TracemarkError(
+            f"cannot write {path}: {exc}; check the folder's permissions"
+        ) from None
+
+
+def read_manifest(path: Path | str) -> dict:
+    """Read and validate a manifest written by :func:`write_manifest`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TracemarkError(f"{path} does not exist; give the manifest written by mark") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TracemarkError(f"cannot read {path}: {exc}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TracemarkError(
+            f"{path} is not valid JSON ({exc}); give the manifest written by mark"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise TracemarkError(
+            f"{path} is not a tracemark manifest; give the .manifest.json written by mark"
+        )
+    if doc.get("version") != MANIFEST_VERSION:
+        raise TracemarkError(
+            f"{path} is manifest version {doc.get('version')!r}; this tracemark reads version "
+            f"{MANIFEST_VERSION}: upgrade tracemark"
+        )
+    if not isinstance(doc.get("files"), list):
+        raise TracemarkError(f"{path} has no list of files; the manifest is damaged")
+    return doc

@@ -1,0 +1,168 @@
+"""The owner's secret key: method, parameters and a seed from which every mark is regenerated.
+
+Keys are JSON files validated by pydantic and written with 0600 permissions. A key's
+*commitment* is a SHA-256 fingerprint the owner can publish or timestamp before releasing
+data; it binds the method, parameters and seed without revealing the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import stat
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import TracemarkError
+from .fsutil import atomic_write_text
+from .rng import derive
+
+SEED_BYTES = 32  # 256-bit seeds; at least 128 bits are required when loading.
+_COMMIT_DOMAIN = b"tracemark/commitment/v1\x00"
+
+
+class TrackerParams(BaseModel):
+    """MembershipTracker marking parameters (see the README and methods spec §1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eps: float = Field(8 / 255, gt=0, le=0.25, description="Perlin noise amplitude (L-inf)")
+    r: float = Field(0.7, gt=0, lt=1, description="blend weight on the original image")
+    pattern: Literal["stripes", "natural"] = "stripes"
+    bands: int = Field(16, ge=1, le=256, description="number of horizontal colour bands")
+    compress: bool = Field(True, description="compress colours as c/8 + 128 (authors' default)")
+
+
+PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {"tracker": TrackerParams}
+
+
+def _format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"invalid {where}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
+    return "\n".join(lines)
+
+
+class Key(BaseModel):
+    """A tracemark key. ``params`` is validated against the method's parameter model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal["tracemark-key"] = "tracemark-key"
+    version: Literal[1] = 1
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: str = Field(repr=False, description="hex-encoded secret seed, at least 128 bits")
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+    @field_validator("seed")
+    @classmethod
+    def _check_seed(cls, v: str) -> str:
+        v = v.lower()
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError as exc:
+            raise ValueError("seed must be hexadecimal") from exc
+        if len(raw) < 16:
+            raise ValueError(f"seed has {8 * len(raw)} bits; at least 128 are required")
+        return v
+
+    @model_validator(mode="after")
+    def _check_params(self) -> Key:
+        model = PARAMS_BY_METHOD.get(self.method)
+        if model is None:
+            known = ", ".join(sorted(PARAMS_BY_METHOD))
+            raise ValueError(f"unknown method {self.method!r}; known methods: {known}")
+        # Normalise: fill defaults so the stored file says exactly what was used.
+        try:
+            normalised = model.model_validate(self.params).model_dump()
+        except ValidationError as err:
+            problems = "; ".join(
+                f"params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(problems) from None
+        object.__setattr__(self, "params", normalised)
+        return self
+
+    @classmethod
+    def generate(cls, method: str, **params: Any) -> Key:
+        """A fresh key with a 256-bit seed from the OS's secure random source."""
+        try:
+            return cls(method=method, params=params, seed=secrets.token_hex(SEED_BYTES))
+        except ValidationError as err:
+            raise TracemarkError(_format_validation_error(err, f"{method} parameters")) from None
+
+    def typed_params(self) -> Any:
+        """The parameters as their method's pydantic model."""
+        return PARAMS_BY_METHOD[self.method].model_validate(self.params)
+
+    def rng(self, purpose: str, *ids: int | str | bytes):
+        """A generator derived from this key's seed for one named purpose."""
+        return derive(self.seed, purpose, *ids)
+
+    def commitment(self) -> str:
+        """SHA-256 over the canonical key content. Publishing it does not reveal the seed."""
+        body = {
+            "format": self.format,
+            "version": self.version,
+            "method": self.method,
+            "params": self.params,
+            "seed": self.seed,
+        }
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(_COMMIT_DOMAIN + canonical).hexdigest()
+
+    def verify_commitment(self, commitment: str) -> bool:
+        """True when ``commitment`` was computed from this exact key."""
+        return secrets.compare_digest(self.commitment(), commitment.strip().lower())
+
+    def public_info(self) -> dict[str, Any]:
+        """Everything about the key that is safe to show: no seed."""
+        return {
+            "method": self.method,
+            "params": self.params,
+            "created": self.created,
+            "commitment": self.commitment(),
+        }
+
+    def save(self, path: str | os.PathLike, force: bool = False) -> None:
+        """Write the key as JSON, mode 0600, atomically; never overwrite unless forced."""
+        text = json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n"
+        atomic_write_text(path, text, mode=0o600, force=force)
+
+
+def load_key(path: str | os.PathLike, method: str | None = None) -> Key:
+    """Read and validate a key file; optionally insist on a method."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TracemarkError(f"key file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TracemarkError(f"cannot read key file {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TracemarkError(f"key file {path} is not valid JSON: {exc}") from None
+    try:
+        key = Key.model_validate(data)
+    except ValidationError as err:
+        raise TracemarkError(_format_validation_error(err, f"key file {path}")) from None
+    if method is not None and key.method != method:
+        raise TracemarkError(f"key file {path} is a {key.method!r} key, not a {method!r} key")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        import warnings
+
+        warnings.warn(
+            f"key file {path} is readable by others (mode {mode:o}); run: chmod 600 {path}",
+            stacklevel=2,
+        )
+    return key

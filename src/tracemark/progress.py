@@ -1,0 +1,45 @@
+"""Rich progress bars on stderr, handed to library code as plain callbacks.
+
+Library functions take ``progress(n)`` callables and know nothing about rich; the CLI
+owns the display. Bars go to stderr so ``--json`` output on stdout stays clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+stderr = Console(stderr=True)
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[ProgressFactory]:
+    """Yield ``factory(description, total) -> advance(n)``; each call adds a bar."""
+    if not enabled:
+        yield lambda _description, _total: lambda _n=1: None
+        return
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=False) as bars:
+
+        def factory(description: str, total: int) -> Callable[[int], None]:
+            task = bars.add_task(description, total=total)
+            return lambda n=1, *_rest: bars.advance(task, n)
+
+        yield factory

@@ -1,0 +1,83 @@
+"""Statistics on plain arrays: p-values and detection metrics. No model code here."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .errors import TracemarkError
+
+
+def rank_p_value(
+    observed: float, null: np.ndarray, alternative: Literal["less", "greater"] = "greater"
+) -> float:
+    """Exact Monte-Carlo p-value of ``observed`` against null draws exchangeable with it.
+
+    ``(1 + #{null at least as extreme}) / (N + 1)``: valid (never anti-conservative)
+    for any N, ties counted against the observer.
+    """
+    null = np.asarray(null, dtype=np.float64).ravel()
+    if null.size == 0:
+        raise TracemarkError("the null distribution is empty")
+    if not np.all(np.isfinite(null)) or not np.isfinite(observed):
+        raise TracemarkError("non-finite score in a rank test")
+    if alternative == "greater":
+        extreme = np.count_nonzero(null >= observed)
+    elif alternative == "less":
+        extreme = np.count_nonzero(null <= observed)
+    else:
+        raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
+    return float((1 + extreme) / (null.size + 1))
+
+
+def smallest_p_value(n_null: int) -> float:
+    """The smallest p-value a rank test against ``n_null`` draws can return."""
+    return 1.0 / (n_null + 1)
+
+
+def standardised_gap(observed: float, null: np.ndarray) -> float:
+    """(observed - mean(null)) / sd(null): an effect size in null standard deviations."""
+    null = np.asarray(null, dtype=np.float64)
+    sd = float(null.std(ddof=1)) if null.size > 1 else 0.0
+    return float((observed - null.mean()) / max(sd, 1e-12))
+
+
+def _labels_scores(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    positives, negatives = np.ravel(positives), np.ravel(negatives)
+    if positives.size == 0 or negatives.size == 0:
+        raise TracemarkError("need at least one positive and one negative score")
+    y = np.r_[np.ones(positives.size), np.zeros(negatives.size)]
+    return y, np.r_[positives, negatives].astype(np.float64)
+
+
+def fpr_at_tpr(positives: np.ndarray, negatives: np.ndarray, tpr: float = 1.0) -> float:
+    """Smallest false-positive rate at which at least ``tpr`` of positives are caught.
+
+    Scores: higher means "more likely trained on". ``tpr=1`` is the tracker paper's
+    headline FPR@100%TPR.
+    """
+    y, s = _labels_scores(positives, negatives)
+    fpr, tpr_curve, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(fpr[np.searchsorted(tpr_curve, tpr - 1e-12, side="left")])
+
+
+def tpr_at_fpr(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
+    """Largest true-positive rate with false-positive rate at most ``fpr``."""
+    y, s = _labels_scores(positives, negatives)
+    fpr_curve, tpr_curve, _ = roc_curve(y, s, drop_intermediate=False)
+    ok = fpr_curve <= fpr + 1e-12
+    return float(tpr_curve[ok].max()) if ok.any() else 0.0
+
+
+def roc_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn)."""
+    y, s = _labels_scores(positives, negatives)
+    return float(roc_auc_score(y, s))
+
+
+def detection_rate(p_values: np.ndarray, alpha: float) -> float:
+    """Fraction of audits deciding "trained on" at level ``alpha``."""
+    p = np.asarray(p_values, dtype=np.float64)
+    return float(np.mean(p <= alpha)) if p.size else float("nan")

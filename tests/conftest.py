@@ -1,0 +1,97 @@
+"""Shared fixtures: real Fashion-MNIST and one tiny model trained on marked users.
+
+The trained model is built once per session (~30 s on 2 cores) and reused by the
+end-to-end tests of the tracker audit and the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tracemark.datasets import load_fashion_mnist
+
+from tracemark.keys import Key
+from tracemark.methods import tracker
+from tracemark.rng import derive, derive_bytes
+
+from helpers import run_cli, write_pngs
+
+SEED = "7465737473657373696f6e2d7365656421"[:32]
+
+
+@pytest.fixture(scope="session")
+def fmnist_train():
+    return load_fashion_mnist(split="train")
+
+
+@pytest.fixture(scope="session")
+def fmnist_test():
+    return load_fashion_mnist(split="test")
+
+
+@dataclass
+class MarkedWorld:
+    """Users with keys and marked images, and a small CNN trained on the members'.
+
+    User 0 marked their images with the CLI (``tracemark mark``) from PNG files, so the
+    CLI tests can audit exactly what was published and trained on.
+    """
+
+    keys: list[Key]
+    marked: list[np.ndarray]
+    classes: list[int]
+    members: int
+    model: object
+    clean_model: object
+    cli_key: Path
+    cli_marked: Path
+
+
+def _train(x, y, seed):
+    from tracemark.models import build_model
+    from tracemark.training import TrainConfig, train_model
+
+    model = build_model("small-cnn", in_channels=1, num_classes=10)
+    return train_model(model, x, y, TrainConfig(epochs=4, seed=seed))
+
+
+@pytest.fixture(scope="session")
+def marked_world(fmnist_train, tmp_path_factory) -> MarkedWorld:
+    rng = derive(SEED, "tests/split")
+    labels = fmnist_train.labels
+    members, k = 3, 20  # 3 member users, 6 non-members
+    classes = [1, 4, 8, 1, 4, 8, 0, 6, 9]
+    by_class = {c: rng.permutation(np.flatnonzero(labels == c)) for c in set(classes)}
+    used, sets = [], []
+    cursor = dict.fromkeys(by_class, 0)
+    for c in classes:
+        idx = by_class[c][cursor[c] : cursor[c] + k]
+        cursor[c] += k
+        sets.append(idx)
+        used.extend(idx)
+    rest = np.setdiff1d(np.arange(len(labels)), used)
+    pool = rng.choice(rest, size=2500, replace=False)
+    keys = [
+        Key(method="tracker", seed=derive_bytes(SEED, "tests/key", u).hex())
+        for u in range(len(classes))
+    ]
+    marked = [tracker.mark(fmnist_train.images[idx], keys[u]) for u, idx in enumerate(sets)]
+    # User 0 publishes through the CLI: PNG originals -> tracemark mark -> marked PNGs.
+    root = tmp_path_factory.mktemp("cli-user")
+    write_pngs(root / "originals", fmnist_train.images[sets[0]])
+    keys[0].save(root / "key.json")
+    assert run_cli(["mark", root / "key.json", root / "originals", root / "marked", "--quiet"]) == 0
+    from tracemark.images import read_folder
+
+    marked[0] = read_folder(root / "marked", mode="L").stack()
+    xm = np.concatenate(marked[:members])
+    ym = np.concatenate([labels[idx] for idx in sets[:members]])
+    x, y = fmnist_train.images[pool], labels[pool]
+    model = _train(np.concatenate([x, xm]), np.concatenate([y, ym]), 1)
+    clean = _train(x, y, 1)
+    return MarkedWorld(
+        keys, marked, classes, members, model, clean, root / "key.json", root / "marked"
+    )

@@ -1,0 +1,187 @@
+"""The command line end to end: keygen, mark, train/export, audit; and its error handling."""
+
+import json
+import stat
+
+import numpy as np
+import pytest
+
+from tracemark.images import read_manifest
+
+from helpers import run_cli, write_pngs
+
+
+def test_keygen_writes_private_key_and_prints_commitment(tmp_path, capsys):
+    key = tmp_path / "me.key"
+    assert run_cli(["keygen", "-o", key, "--param", "r=0.8", "--param", "eps=0.0157"]) == 0
+    out = capsys.readouterr().out
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    data = json.loads(key.read_text())
+    assert data["params"]["r"] == 0.8 and data["seed"] not in out
+    assert "commitment" in out
+    assert run_cli(["keygen", "-o", key]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert run_cli(["key-info", key, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "seed" not in info and len(info["commitment"]) == 64
+
+
+def test_keygen_rejects_bad_params_clearly(tmp_path, capsys):
+    assert run_cli(["keygen", "-o", tmp_path / "k", "--param", "r=2"]) == 2
+    err = capsys.readouterr().err
+    assert "r" in err and "Traceback" not in err
+
+
+def test_mark_folder_manifest_and_no_overwrite(tmp_path, fmnist_test, capsys):
+    src = tmp_path / "photos"
+    write_pngs(src / "holiday", fmnist_test.images[:5])
+    write_pngs(src, fmnist_test.images[5:7], prefix="top")
+    (src / "notes.txt").write_text("not an image")
+    originals = {p: p.read_bytes() for p in src.rglob("*.png")}
+    assert run_cli(["keygen", "-o", tmp_path / "k.json"]) == 0
+    out = tmp_path / "published"
+    assert run_cli(["mark", tmp_path / "k.json", src, out, "--quiet"]) == 0
+    assert {p: p.read_bytes() for p in src.rglob("*.png")} == originals
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(
+        p.relative_to(src).as_posix() for p in src.rglob("*.png")
+    )
+    manifest = read_manifest(tmp_path / "published.manifest.json")
+    assert len(manifest["files"]) == 7 and manifest["method"] == "tracker"
+    assert "seed" not in json.dumps(manifest)
+    import hashlib
+
+    for entry in manifest["files"]:
+        assert (
+            hashlib.sha256((out / entry["marked"]).read_bytes()).hexdigest()
+            == entry["marked_sha256"]
+        )
+    capsys.readouterr()
+    # Second run refuses and leaves everything as it was.
+    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    assert run_cli(["mark", tmp_path / "k.json", src, out, "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+    # Same key, same ids -> byte-identical files with --force.
+    assert run_cli(["mark", tmp_path / "k.json", src, out, "--quiet", "--force"]) == 0
+    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+    # Writing into the source folder is refused.
+    assert run_cli(["mark", tmp_path / "k.json", src, src / "marked", "--quiet"]) == 2
+
+
+@pytest.fixture(scope="module")
+def exported(marked_world, tmp_path_factory):
+    from tracemark.training import export_onnx, export_torchscript, save_checkpoint
+
+    d = tmp_path_factory.mktemp("models")
+    export_onnx(marked_world.model, d / "trained.onnx", input_shape=(1, 28, 28))
+    export_torchscript(marked_world.model, d / "trained.pt", example=marked_world.marked[0][:2])
+    save_checkpoint(marked_world.clean_model, d / "clean.ckpt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def holdout_dir(fmnist_test, tmp_path_factory, marked_world):
+    d = tmp_path_factory.mktemp("holdout")
+    for c in (marked_world.classes[0], 2):
+        write_pngs(d / str(c), fmnist_test.images[fmnist_test.labels == c][:300])
+    return d
+
+
+@pytest.mark.parametrize("model_name", ["trained.onnx", "trained.pt"])
+def test_cli_audit_detects_training(marked_world, exported, holdout_dir, model_name, capsys):
+    args = [
+        "audit",
+        marked_world.cli_key,
+        exported / model_name,
+        "--marked",
+        marked_world.cli_marked,
+    ]
+    args += ["--holdout", holdout_dir, "--label", str(marked_world.classes[0])]
+    args += ["--n-pseudo", "200", "--json", "--quiet"]
+    assert run_cli(args) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["method"] == "tracker" and v["decision"] is True
+    assert v["p_value"] == pytest.approx(1 / 201) and v["alpha"] == 0.01
+    assert v["label"] == marked_world.classes[0]
+    assert v["queries"] == 20 + 200 * 20
+    assert v["effect"] > 3
+
+
+def test_cli_audit_clean_model_exit_zero_and_readable(
+    marked_world, exported, holdout_dir, capsys, tmp_path
+):
+    args = [
+        "audit",
+        marked_world.cli_key,
+        exported / "clean.ckpt",
+        "--marked",
+        marked_world.cli_marked,
+    ]
+    args += [
+        "--holdout",
+        holdout_dir,
+        "--n-pseudo",
+        "200",
+        "--quiet",
+        "--evidence",
+        tmp_path / "e.json",
+    ]
+    assert run_cli(args) == 0
+    out = capsys.readouterr().out
+    assert "no evidence" in out and "p-value" in out
+    full = json.loads((tmp_path / "e.json").read_text())
+    assert full["decision"] is False and len(full["evidence"]["null_scores"]) == 200
+    assert full["label_source"].startswith("majority vote")
+
+
+def test_cli_audit_errors_are_clear(marked_world, exported, holdout_dir, tmp_path, capsys):
+    base = [
+        "audit",
+        marked_world.cli_key,
+        exported / "trained.onnx",
+        "--marked",
+        marked_world.cli_marked,
+    ]
+    assert run_cli([*base, "--holdout", tmp_path / "nowhere", "--quiet"]) == 2
+    assert (
+        run_cli(
+            [
+                "audit",
+                tmp_path / "nokey",
+                exported / "trained.onnx",
+                "--marked",
+                tmp_path,
+                "--holdout",
+                holdout_dir,
+            ]
+        )
+        == 2
+    )
+    (tmp_path / "junk.onnx").write_bytes(np.random.default_rng(0).bytes(100))
+    assert (
+        run_cli(
+            [
+                "audit",
+                marked_world.cli_key,
+                tmp_path / "junk.onnx",
+                "--marked",
+                marked_world.cli_marked,
+                "--holdout",
+                holdout_dir,
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+
+
+def test_demo_quick_json(capsys):
+    assert run_cli(["demo", "tracker", "--quick", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rates = result["rates"]
+    assert rates["tpr_members"] == 1.0
+    assert rates["fpr_nonmembers"] <= 0.05
+    assert rates["fpr_clean_model_all_users"] <= 0.05
+    assert rates["set_based"]["auc"] > rates["instance_based"]["auc"]

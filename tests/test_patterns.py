@@ -1,0 +1,169 @@
+"""Tracker marks: stripe pattern, Perlin noise, blending, and their stated properties."""
+
+import numpy as np
+import pytest
+
+from tracemark.keys import Key
+from tracemark.methods import tracker
+from tracemark.patterns import (
+    _OCTAVE_SHIFT,
+    _PARAM_COUNTERS,
+    _ROW_SHIFT,
+    COMMON_COLOURS,
+    NoiseParams,
+    StripePattern,
+    perlin_fractal,
+    sine_perlin_sign_noise,
+)
+from tracemark.rng import derive, derive_keys, hash_uniform
+
+
+def test_eleven_distinct_colours_with_a_real_blue():
+    colours = list(COMMON_COLOURS.values())
+    assert len(colours) == 11 and len(set(colours)) == 11
+    assert COMMON_COLOURS["blue"] == (0, 0, 255)
+
+
+@pytest.mark.parametrize("height", [64, 70, 224])
+def test_stripes_have_16_equal_bands_leftover_in_last(height):
+    p = StripePattern.draw(derive("33" * 16, "p"), bands=16, compress=False)
+    img = p.render(height, 40, 3)
+    assert img.shape == (height, 40, 3)
+    assert np.all(img == img[:, :1])  # bands are horizontal
+    band = height // 16
+    for b in range(16):
+        rows = img[b * band : (b + 1) * band if b < 15 else height, 0]
+        assert np.all(rows == rows[0])
+        assert (
+            tuple(np.round(rows[0] * 255).astype(int))
+            == list(COMMON_COLOURS.values())[p.colours[b]]
+        )
+
+
+def test_compressed_stripes_are_low_contrast_and_grey_version_uses_luma():
+    p = StripePattern.draw(derive("33" * 16, "p"))
+    img = p.render(32, 32, 3)
+    assert img.min() >= 128 / 255 and img.max() <= (255 / 8 + 128) / 255
+    grey = p.render(32, 32, 1)
+    assert grey.shape == (32, 32, 1)
+    np.testing.assert_allclose(grey[..., 0], img @ np.array([0.299, 0.587, 0.114]))
+
+
+def naive_perlin(height, width, key, period, octaves):
+    """Per-pixel textbook fractal Perlin with the same hashed gradients (reference)."""
+    out = np.zeros((height, width))
+    for o in range(octaves):
+        s = 2.0**o / period
+        for i in range(height):
+            for j in range(width):
+                y, x = i * s, j * s
+                cy, cx = int(np.floor(y)), int(np.floor(x))
+                fy, fx = y - cy, x - cx
+
+                def grad_dot(gy, gx, oy, ox, o=o):
+                    counter = (
+                        (o << int(_OCTAVE_SHIFT)) + (gy << int(_ROW_SHIFT)) + gx + _PARAM_COUNTERS
+                    )
+                    a = (
+                        2
+                        * np.pi
+                        * hash_uniform(np.array([key], dtype=np.uint64), np.array([counter]))[0]
+                    )
+                    return np.cos(a) * ox + np.sin(a) * oy
+
+                fade = lambda t: t * t * t * (t * (t * 6 - 15) + 10)  # noqa: E731
+                n00 = grad_dot(cy, cx, fy, fx)
+                n01 = grad_dot(cy, cx + 1, fy, fx - 1)
+                n10 = grad_dot(cy + 1, cx, fy - 1, fx)
+                n11 = grad_dot(cy + 1, cx + 1, fy - 1, fx - 1)
+                wx, wy = fade(fx), fade(fy)
+                top = n00 + wx * (n01 - n00)
+                bottom = n10 + wx * (n11 - n10)
+                out[i, j] += 0.5**o * (top + wy * (bottom - top))
+    return out
+
+
+def test_vectorised_perlin_matches_textbook_per_pixel_reference():
+    keys = derive_keys("44" * 16, "noise", range(5))
+    params = NoiseParams.draw(keys)
+    fast = perlin_fractal(20, 23, keys, params)
+    for b in range(5):
+        ref = naive_perlin(20, 23, int(keys[b]), int(params.period[b]), int(params.octaves[b]))
+        np.testing.assert_allclose(fast[b], ref, atol=1e-12)
+
+
+def test_noise_params_in_paper_ranges():
+    p = NoiseParams.draw(derive_keys("55" * 16, "n", range(5000)))
+    assert set(np.unique(p.period)) == set(range(30, 60))
+    assert set(np.unique(p.octaves)) == {1, 2, 3, 4}
+    assert set(np.unique(p.frequency)) == set(range(20, 60))
+
+
+def test_noise_is_binary_eps_and_balanced():
+    eps = 8 / 255
+    d = sine_perlin_sign_noise(32, 32, derive_keys("66" * 16, "n", range(200)), eps)
+    assert d.shape == (200, 32, 32)
+    vals = np.unique(d)
+    assert set(np.round(vals * 255, 4)) <= {-8.0, 0.0, 8.0}
+    assert 0.4 < (d > 0).mean() < 0.6
+    assert np.mean(d == 0) < 1e-4
+
+
+def test_noise_of_an_image_does_not_depend_on_its_batch():
+    keys = derive_keys("77" * 16, "n", range(40))
+    batch = sine_perlin_sign_noise(28, 28, keys, 0.03)
+    for i in (0, 17, 39):
+        np.testing.assert_array_equal(
+            batch[i], sine_perlin_sign_noise(28, 28, keys[i : i + 1], 0.03)[0]
+        )
+
+
+@pytest.fixture(scope="module")
+def photos():
+    import skimage.data
+
+    a = skimage.data.astronaut()[::8, ::8] / 255.0  # 64x64x3 real photo
+    c = skimage.data.chelsea()[:256:4, :256:4] / 255.0
+    return np.stack([a, c]).astype(np.float32)
+
+
+def test_mark_blend_bound_range_and_quantisation(photos):
+    key = Key.generate("tracker")
+    before = photos.copy()
+    marked = tracker.mark(photos, key)
+    np.testing.assert_array_equal(photos, before)  # inputs untouched
+    assert marked.dtype == np.float32 and marked.shape == photos.shape
+    assert marked.min() >= 0 and marked.max() <= 1
+    np.testing.assert_array_equal(marked, np.round(marked * 255) / 255)  # exactly 8-bit values
+    # marked = r * clip(x + delta) + (1 - r) * pattern, then 8-bit rounding.
+    pattern = tracker.user_pattern(key).render(64, 64, 3)
+    residual = (marked - 0.3 * pattern) / 0.7 - photos
+    assert np.abs(residual).max() <= 8 / 255 + 0.5 / 255 / 0.7 + 1e-6
+    clipped = (photos > 8 / 255) & (photos < 1 - 8 / 255)
+    assert np.abs(residual[clipped]).mean() > 7 / 255  # the noise really is +-eps
+
+
+def test_mark_is_deterministic_per_key_and_id(photos):
+    key = Key.generate("tracker")
+    a = tracker.mark(photos, key, ids=["a.png", "b.png"])
+    np.testing.assert_array_equal(a, tracker.mark(photos, key, ids=["a.png", "b.png"]))
+    swapped = tracker.mark(photos[::-1], key, ids=["b.png", "a.png"])
+    np.testing.assert_array_equal(a, swapped[::-1])
+    assert not np.array_equal(
+        a, tracker.mark(photos, Key.generate("tracker"), ids=["a.png", "b.png"])
+    )
+
+
+def test_mark_accepts_lists_of_mixed_sizes(photos):
+    key = Key.generate("tracker", pattern="natural")
+    small = photos[0][:40, :50]
+    out = tracker.mark([photos[0], small, photos[1]], key)
+    assert [o.shape for o in out] == [(64, 64, 3), (40, 50, 3), (64, 64, 3)]
+    np.testing.assert_array_equal(out[2], tracker.mark(photos, key, ids=[0, 2])[1])
+
+
+def test_mark_rejects_other_keys_and_bad_shapes(photos):
+    from tracemark.errors import TracemarkError
+
+    with pytest.raises(TracemarkError):
+        tracker.mark(photos[0], Key.generate("tracker"))
