@@ -1,3 +1,13 @@
-"""tracemark: data provenance for image classifiers."""
+"""tracemark: data provenance for image classifiers.
+
+Mark images before publishing them; later, from query access alone, test whether a
+model was trained on them. See :func:`mark_folder` and :func:`audit`.
+"""
 
 __version__ = "0.1.0"
+
+from .api import audit, mark_folder
+from .errors import TracemarkError
+from .keys import Key, load_key
+
+__all__ = ["Key", "TracemarkError", "__version__", "audit", "load_key", "mark_folder"]

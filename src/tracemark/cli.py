@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -151,77 +150,22 @@ def mark(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Write marked copies of every image in SRC to OUT, plus a manifest with hashes."""
-    from .fsutil import sha256_file
-    from .images import list_images, read_folder, write_images, write_manifest
-    from .keys import load_key
-    from .methods import tracker
+    from .api import mark_folder
 
-    key = load_key(key_path, method="tracker")
-    out = Path(out)
-    manifest = manifest or out.parent / f"{out.name}.manifest.json"
-    if manifest.exists() and not force:
-        raise TracemarkError(f"{manifest} already exists; pass --force to overwrite it")
-    count = len(list_images(src))
     with progress_bars(not quiet) as bars:
-        images = read_folder(src, mode=mode.value, progress=bars("reading", count))
-        marked = tracker.mark(images.images, key, ids=images.rel_paths)
-        written = write_images(
-            marked,
-            images.rel_paths,
+        written = mark_folder(
+            key_path,
+            src,
             out,
-            src_root=src,
             fmt=fmt.value,
             quality=quality,
+            mode=mode.value,
+            manifest=manifest,
             force=force,
-            progress=bars("writing", count),
+            progress=bars,
         )
-    entries = [
-        {"source": rel, "source_sha256": sha256_file(Path(src) / rel), **w}
-        for rel, w in zip(images.rel_paths, written, strict=True)
-    ]
-    meta = {
-        "method": key.method,
-        "params": key.params,
-        "key_commitment": key.commitment(),
-        "source_root": str(Path(src).resolve()),
-        "marked_root": str(out.resolve()),
-        "created": datetime.now(timezone.utc).isoformat(),
-        "tracemark_version": __version__,
-    }
-    write_manifest(manifest, entries, meta, force=force)
-    stdout.print(f"marked {len(entries)} images into {out}; manifest: {manifest}")
+    stdout.print(f"marked the images of {src} into {out}; manifest: {written}")
     stdout.print("publish the marked folder only: keep the key and the manifest private")
-
-
-def _load_holdout(path: Path, mode: str, size, class_names: list[str] | None):
-    """A flat folder (images like the user's) or class subfolders (named by index or name)."""
-    from .datasets import LabelledImages
-    from .images import read_folder
-
-    if not path.is_dir():
-        raise TracemarkError(f"held-out folder {path} does not exist or is not a folder")
-    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-    top_level = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not subdirs or top_level:
-        return read_folder(path, mode=mode, size=size).stack()
-    images, labels = [], []
-    for d in subdirs:
-        if d.name.isdigit():
-            label = int(d.name)
-        elif class_names and d.name in class_names:
-            label = class_names.index(d.name)
-        else:
-            raise TracemarkError(
-                f"held-out subfolder {d.name!r} is neither a class index nor in --class-names"
-            )
-        x = read_folder(d, mode=mode, size=size).stack()
-        images.append(x)
-        labels.extend([label] * len(x))
-    import numpy as np
-
-    return LabelledImages(
-        np.concatenate(images), np.array(labels, dtype=np.int64), class_names or []
-    )
 
 
 @app.command()
@@ -267,14 +211,8 @@ def audit(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
-    from .images import read_folder
-    from .keys import load_key
-    from .methods import tracker
-    from .oracle import load_oracle
+    from .api import audit as run_audit
 
-    key = load_key(key_path)
-    if key.method != "tracker":
-        raise TracemarkError(f"audit of {key.method!r} keys is not available yet")
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     label_idx = None
     if label is not None:
@@ -284,20 +222,21 @@ def audit(
             label_idx = names.index(label)
         else:
             raise TracemarkError(f"--label {label!r} is not a class index or one of --class-names")
-    hw = _parse_size(size)
-    published = read_folder(marked, mode=mode.value, size=hw)
-    pool = _load_holdout(holdout, published.mode, hw, names)
-    oracle = load_oracle(model, outputs=outputs.value, budget=budget)
     with progress_bars(not quiet) as bars:
-        verdict = tracker.audit(
-            oracle,
-            key,
-            published.stack(),
-            pool,
+        verdict = run_audit(
+            model,
+            key_path,
+            marked,
+            holdout,
             label=label_idx,
             alpha=alpha,
             n_pseudo=n_pseudo,
             access=access.value,
+            outputs=outputs.value,
+            budget=budget,
+            size=_parse_size(size),
+            mode=mode.value,
+            class_names=names,
             progress=bars("pseudo-users", n_pseudo),
         )
     if evidence is not None:
@@ -450,6 +389,15 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="tracemark")
     except TracemarkError as exc:
         stderr.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("torch", "onnxruntime", "onnx"):
+            raise
+        extra = "torch" if exc.name == "torch" else "onnx"
+        stderr.print(
+            f"[bold red]error:[/bold red] this needs {exc.name}: pip install 'tracemark[{extra}]'",
+            highlight=False,
+        )
         sys.exit(2)
 
 

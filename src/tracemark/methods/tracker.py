@@ -57,7 +57,10 @@ def _mark_chunk(
     params: TrackerParams,
     out: np.ndarray,
 ) -> None:
-    """Mark a chunk into ``out`` (a view of the same length); inputs are never modified."""
+    """Mark a chunk into ``out`` (a view of the same length); inputs are never modified.
+
+    ``scaled_pattern``: (H, W, C) for all images, or (n, H, W, C), one per image.
+    """
     _, h, w, _ = images.shape
     delta, order = sign_noise_sorted(h, w, noise_keys, params.eps)
     x = images[order]  # a new array, in the noise's order
@@ -66,7 +69,7 @@ def _mark_chunk(
     # 255 * (r * x + (1 - r) * pattern), rounded to the 8-bit values a file stores:
     # audits must use what was published.
     x *= np.float32(255.0 * params.r)
-    x += scaled_pattern
+    x += scaled_pattern if scaled_pattern.ndim == 3 else scaled_pattern[order]
     np.rint(x, out=x)
     np.clip(x, 0.0, 255.0, out=x)
     x /= np.float32(255.0)
@@ -74,11 +77,15 @@ def _mark_chunk(
 
 
 def apply_mark(
-    images: np.ndarray, pattern: Pattern, noise_keys: np.ndarray, params: TrackerParams
+    images: np.ndarray,
+    pattern: Pattern | Sequence[Pattern],
+    noise_keys: np.ndarray,
+    params: TrackerParams,
 ) -> np.ndarray:
-    """Mark a batch (N, H, W, C) with one pattern and per-image noise keys; float32, 8-bit exact.
+    """Mark a batch (N, H, W, C) with per-image noise keys; float32, exactly 8-bit values.
 
-    marked = clip(r * clip(x + delta) + (1 - r) * pattern), computed in chunks on all cores.
+    marked = clip(r * clip(x + delta) + (1 - r) * pattern), computed in chunks on all
+    cores. ``pattern`` is one pattern for all images, or one per image.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -86,7 +93,17 @@ def apply_mark(
     n, h, w, c = images.shape
     if len(noise_keys) != n:
         raise ValueError("one noise key per image is required")
-    scaled = (255.0 * (1.0 - params.r) * pattern.render(h, w, c)).astype(np.float32)
+
+    def scaled_render(p: Pattern) -> np.ndarray:
+        return (255.0 * (1.0 - params.r) * p.render(h, w, c)).astype(np.float32)
+
+    if isinstance(pattern, (StripePattern, NaturalPattern)):
+        scaled = scaled_render(pattern)
+    else:
+        if len(pattern) != n:
+            raise ValueError("one pattern per image is required")
+        rendered = {p: scaled_render(p) for p in set(pattern)}
+        scaled = np.stack([rendered[p] for p in pattern])
     chunk = max(1, _CHUNK_PIXELS // (h * w))
     starts = range(0, n, chunk)
     workers = min(len(starts), os.cpu_count() or 1)
@@ -94,7 +111,8 @@ def apply_mark(
 
     def run(s: int) -> None:
         e = s + chunk
-        _mark_chunk(images[s:e], scaled, noise_keys[s:e], params, out[s:e])
+        per_chunk = scaled if scaled.ndim == 3 else scaled[s:e]
+        _mark_chunk(images[s:e], per_chunk, noise_keys[s:e], params, out[s:e])
 
     if workers <= 1:
         for s in starts:
@@ -191,16 +209,15 @@ def pseudo_user_batch(
     pool is too small) and marks them with its own fresh pattern and noise.
     """
     params: TrackerParams = key.typed_params()
-    out = []
+    images, patterns, ids = [], [], []
     for u in users:
         rng = derive(key.seed, PURPOSE_PSEUDO_SAMPLE, u)
         idx = rng.choice(len(pool), size=set_size, replace=len(pool) < set_size)
-        pattern = draw_pattern(derive(key.seed, PURPOSE_PSEUDO_PATTERN, u), params)
-        ids = [f"{u}:{j}" for j in range(set_size)]
-        out.append(
-            apply_mark(pool[idx], pattern, derive_keys(key.seed, PURPOSE_PSEUDO_NOISE, ids), params)
-        )
-    return np.concatenate(out)
+        images.append(pool[idx])
+        patterns += [draw_pattern(derive(key.seed, PURPOSE_PSEUDO_PATTERN, u), params)] * set_size
+        ids += [f"{u}:{j}" for j in range(set_size)]
+    noise_keys = derive_keys(key.seed, PURPOSE_PSEUDO_NOISE, ids)
+    return apply_mark(np.concatenate(images), patterns, noise_keys, params)
 
 
 def set_score(response, label: int | None, kind: ScoreKind) -> tuple[float, int]:
