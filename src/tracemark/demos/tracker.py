@@ -6,8 +6,8 @@ clean model is trained on the same subset without them. Every member user and ev
 *non-member* user (whose marked images were never trained on) is then audited against
 both models, so the false-positive rate is measured, not assumed.
 
-Each user's unpublished photos are simulated by test-split images of their class, and
-each set is scored under its own majority-vote label. Pseudo-users are computed once per
+Each user gives the class of their images; pseudo-users are test-split images of that
+class, scored under the same label. Pseudo-users are computed once per
 (model, class) from an auditor key and shared by all users of that class: the null
 distribution does not depend on which user is audited, and sharing it makes auditing
 hundreds of users affordable on a CPU. A real audit (``tracemark audit``) draws its
@@ -39,7 +39,7 @@ class TrackerDemoConfig:
     nonmembers: int = 200
     images_per_user: int = 40
     train_size: int = 1500
-    epochs: int = 30
+    epochs: int = 40
     n_pseudo: int = 300
     alpha: float = 0.01
     # Fashion-MNIST is greyscale: the authors' compressed colours (c/8 + 128) all map to
@@ -165,8 +165,8 @@ def run_tracker_demo(
     for name, model in models.items():
         oracle = TorchModuleOracle(model, num_classes=10)
         test_acc = accuracy(model, test.images, test.labels)
-        # A user's unpublished photos are simulated by test images of their class; every
-        # set (the user's and each pseudo-user's) is scored under its own majority label.
+        # Each user gives their class (as a photographer knows what their photos show);
+        # pseudo-users are test images of that class, scored under the same label.
         nulls: dict[int, tracker.NullDistribution] = {}
         say(f"auditing {n_users} users against the {name} model")
         for u in range(n_users):
@@ -181,7 +181,7 @@ def run_tracker_demo(
                     oracle,
                     auditor,
                     test.images[test.labels == c],
-                    None,
+                    c,
                     config.images_per_user,
                     config.n_pseudo,
                     progress=advance,
@@ -190,6 +190,7 @@ def run_tracker_demo(
                 oracle,
                 keys[u],
                 marked[u],
+                label=c,
                 alpha=config.alpha,
                 null=nulls[c],
                 include_evidence=False,
