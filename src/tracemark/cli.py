@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -388,16 +389,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="tracemark")
     except TracemarkError as exc:
-        stderr.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except ModuleNotFoundError as exc:
         if exc.name not in ("torch", "onnxruntime", "onnx"):
             raise
         extra = "torch" if exc.name == "torch" else "onnx"
-        stderr.print(
-            f"[bold red]error:[/bold red] this needs {exc.name}: pip install 'tracemark[{extra}]'",
-            highlight=False,
-        )
+        hint = escape(f"this needs {exc.name}: pip install 'tracemark[{extra}]'")
+        stderr.print(f"[bold red]error:[/bold red] {hint}", highlight=False)
         sys.exit(2)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import TracemarkError
 
@@ -65,3 +66,18 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
+    """Parse a JSON file, turning every failure into a TracemarkError naming ``what``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TracemarkError(f"{what} {path} does not exist{hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TracemarkError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TracemarkError(f"{what} {path} is not valid JSON: {exc}{hint}") from None

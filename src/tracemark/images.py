@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TracemarkError
-from .fsutil import atomic_write_bytes, atomic_write_text
+from .fsutil import atomic_write_bytes, atomic_write_text, read_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
@@ -489,18 +489,7 @@ def write_manifest(path: Path | str, entries: list[dict], meta: dict, force: boo
 def read_manifest(path: Path | str) -> dict:
     """Read and validate a manifest written by :func:`write_manifest`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TracemarkError(f"{path} does not exist; give the manifest written by mark") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TracemarkError(f"cannot read {path}: {exc}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TracemarkError(
-            f"{path} is not valid JSON ({exc}); give the manifest written by mark"
-        ) from None
+    doc = read_json(path, "manifest", "; give the manifest written by mark")
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise TracemarkError(
             f"{path} is not a tracemark manifest; give the .manifest.json written by mark"

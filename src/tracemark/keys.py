@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import TracemarkError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, read_json
 from .rng import derive
 
 SEED_BYTES = 32  # 256-bit seeds; at least 128 bits are required when loading.
@@ -141,16 +141,7 @@ class Key(BaseModel):
 def load_key(path: str | os.PathLike, method: str | None = None) -> Key:
     """Read and validate a key file; optionally insist on a method."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TracemarkError(f"key file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TracemarkError(f"cannot read key file {path}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TracemarkError(f"key file {path} is not valid JSON: {exc}") from None
+    data = read_json(path, "key file")
     try:
         key = Key.model_validate(data)
     except ValidationError as err:
