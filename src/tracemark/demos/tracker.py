@@ -161,6 +161,7 @@ def run_tracker_demo(
         seed=derive_bytes(config.seed, "demo/tracker/auditor").hex(),
     )
     results: list[UserResult] = []
+    image_losses: dict[int, list[float]] = {}  # per-image losses on the trained model
     summary: dict = {"config": asdict(config), "models": {}}
     for name, model in models.items():
         oracle = TorchModuleOracle(model, num_classes=10)
@@ -193,8 +194,9 @@ def run_tracker_demo(
                 label=c,
                 alpha=config.alpha,
                 null=nulls[c],
-                include_evidence=False,
             )
+            if name == "trained-on-members":
+                image_losses[u] = verdict.evidence["user_losses"]
             results.append(
                 UserResult(
                     user=u,
@@ -209,9 +211,7 @@ def run_tracker_demo(
             )
         summary["models"][name] = {"test_accuracy": test_acc, "queries": oracle.queries}
 
-    summary["rates"] = _rates(
-        results, config, models["trained-on-members"], train, members, nonmembers, marked
-    )
+    summary["rates"] = _rates(results, config, image_losses)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["users"] = [asdict(r) for r in results]
     return summary
@@ -224,9 +224,10 @@ def _epoch_callback(progress_factory, name: str, config: TrackerDemoConfig):
     return lambda *_: advance(1)
 
 
-def _rates(results, config, trained_model, train, members, nonmembers, marked) -> dict:
+def _rates(
+    results: list[UserResult], config: TrackerDemoConfig, image_losses: dict[int, list[float]]
+) -> dict:
     """TPR/FPR at alpha, research metrics, and the instance-based baseline."""
-    from ..oracle import TorchModuleOracle
 
     def pick(model: str, member: bool | None) -> list[UserResult]:
         return [r for r in results if r.model == model and (member is None or r.member == member)]
@@ -250,15 +251,10 @@ def _rates(results, config, trained_model, train, members, nonmembers, marked) -
         "tpr_at_1pct_fpr": tpr_at_fpr(pos, neg, 0.01),
         "auc": roc_auc(pos, neg),
     }
-    # Instance-based membership inference on the same images, for comparison.
-    oracle = TorchModuleOracle(trained_model, num_classes=10)
-    m_idx, n_idx = np.concatenate(members), np.concatenate(nonmembers)
-    m_loss = tracker.instance_scores(
-        oracle, np.concatenate(marked[: config.members]), train.labels[m_idx]
-    )
-    n_loss = tracker.instance_scores(
-        oracle, np.concatenate(marked[config.members :]), train.labels[n_idx]
-    )
+    # Instance-based membership inference on the same images, for comparison: each
+    # image's own loss under its class, which the audits already computed.
+    m_loss = np.concatenate([image_losses[u] for u in range(config.members)])
+    n_loss = np.concatenate([image_losses[u] for u in range(config.members, len(image_losses))])
     rates["instance_based"] = {
         "fpr_at_100_tpr": fpr_at_tpr(-m_loss, -n_loss, 1.0),
         "tpr_at_1pct_fpr": tpr_at_fpr(-m_loss, -n_loss, 0.01),
