@@ -1,7 +1,8 @@
 """Shared fixtures: real Fashion-MNIST and one tiny model trained on marked users.
 
-The trained model is built once per session (~30 s on 2 cores) and reused by the
-end-to-end tests of the tracker audit and the CLI.
+The trained model is built once per session (~40 s on 2 cores) and reused by the
+end-to-end tests of both audits and the CLI. Its training set holds clean images, the
+tracker members' marked sets and two isotope users' classes (a share of each marked).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from tracemark.datasets import load_fashion_mnist
 from tracemark.keys import Key
-from tracemark.methods import tracker
+from tracemark.methods import isotope, tracker
 from tracemark.rng import derive, derive_bytes
 
 from helpers import run_cli, write_pngs
@@ -48,6 +49,10 @@ class MarkedWorld:
     clean_model: object
     cli_key: Path
     cli_marked: Path
+    isotope_keys: list[Key]
+    isotope_classes: list[int]
+    isotope_images: list[np.ndarray]  # each isotope user's published images (some marked)
+    isotope_chosen: list[np.ndarray]  # which of them carry the mark
 
 
 def _train(x, y, seed):
@@ -73,6 +78,13 @@ def marked_world(fmnist_train, tmp_path_factory) -> MarkedWorld:
         cursor[c] += k
         sets.append(idx)
         used.extend(idx)
+    # Two isotope users publish 40 images of their class each; a share p = 0.5 is marked.
+    iso_rng = derive(SEED, "tests/isotope-split")
+    iso_classes, iso_sets = [6, 7], []
+    for c in iso_classes:
+        free = np.setdiff1d(np.flatnonzero(labels == c), used)
+        iso_sets.append(iso_rng.choice(free, size=40, replace=False))
+        used.extend(iso_sets[-1])
     rest = np.setdiff1d(np.arange(len(labels)), used)
     pool = rng.choice(rest, size=800, replace=False)
     # Greyscale images: the uncompressed palette keeps users' stripes distinct.
@@ -93,11 +105,30 @@ def marked_world(fmnist_train, tmp_path_factory) -> MarkedWorld:
     from tracemark.images import read_folder
 
     marked[0] = read_folder(root / "marked", mode="L").stack()
-    xm = np.concatenate(marked[:members])
-    ym = np.concatenate([labels[idx] for idx in sets[:members]])
+    iso_keys = [
+        Key(method="isotope", params={"fraction": 0.5}, seed=derive_bytes(SEED, "iso", u).hex())
+        for u in range(len(iso_classes))
+    ]
+    iso_out = [
+        isotope.mark(fmnist_train.images[idx], k, ids=[int(i) for i in idx])
+        for k, idx in zip(iso_keys, iso_sets, strict=True)
+    ]
+    xm = np.concatenate(marked[:members] + [x for x, _ in iso_out])
+    ym = np.concatenate([labels[idx] for idx in sets[:members] + iso_sets])
     x, y = fmnist_train.images[pool], labels[pool]
     model = _train(np.concatenate([x, xm]), np.concatenate([y, ym]), 1)
     clean = _train(x, y, 1)
     return MarkedWorld(
-        keys, marked, classes, members, model, clean, root / "key.json", root / "marked"
+        keys,
+        marked,
+        classes,
+        members,
+        model,
+        clean,
+        root / "key.json",
+        root / "marked",
+        iso_keys,
+        iso_classes,
+        [x for x, _ in iso_out],
+        [c for _, c in iso_out],
     )

@@ -185,3 +185,17 @@ def test_demo_quick_json(capsys):
     assert rates["set_based"]["auc"] >= 0.8
     assert rates["instance_based"]["auc"] >= 0.9  # members' images really were memorised
     assert result["models"]["trained-on-members"]["test_accuracy"] > 0.7
+
+
+def test_isotope_demo_quick_json(capsys):
+    # A smoke test of the demo path (two users, a tiny victim): detection power is
+    # asserted on the session model (test_isotope_audit) and measured by the full demo.
+    assert run_cli(["demo", "isotope", "--quick", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    cal, paper = result["rates"]["calibrated"], result["rates"]["paper"]
+    assert (cal["users"], cal["never_published"], cal["clean_model_marks"]) == (2, 20, 22)
+    assert paper["never_published"] == 20
+    assert cal["fpr_never_published"] <= 0.15  # at most 3 of 20 at alpha = 0.05
+    assert cal["fpr_clean_model_all_marks"] <= 0.15
+    assert result["query_cost_per_audit"]["calibrated"] > 0
+    assert result["models"]["trained-with-marks"]["test_accuracy"] > 0.6

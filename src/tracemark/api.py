@@ -51,21 +51,27 @@ def mark_folder(
 ) -> Path:
     """Write marked copies of every image under ``src`` to ``out``; return the manifest path.
 
-    Each image's noise is seeded by its relative path, so re-marking gives identical
-    files. Nothing is written if any output exists (unless ``force``).
+    tracker keys mark every image (noise seeded by its relative path); isotope keys mark
+    a share p of them (chosen by hashing the relative paths) and copy the rest. Re-marking
+    gives identical files. Nothing is written if any output exists (unless ``force``).
     """
-    from .methods import tracker
+    from .methods import isotope, tracker
 
     key = _key(key)
-    if key.method != "tracker":
-        raise TracemarkError(f"marking with {key.method!r} keys is not available yet")
+    if key.method not in ("tracker", "isotope"):
+        raise TracemarkError(f"marking with {key.method!r} keys is not available")
     manifest = Path(manifest) if manifest is not None else default_manifest_path(out)
     if manifest.exists() and not force:
         raise TracemarkError(f"{manifest} already exists; pass --force to overwrite it")
     count = len(list_images(src))
     bar = progress or (lambda _d, _t: None)
     images = read_folder(src, mode=mode, progress=bar("reading", count))
-    marked = tracker.mark(images.images, key, ids=images.rel_paths)
+    if key.method == "tracker":
+        marked = tracker.mark(images.images, key, ids=images.rel_paths)
+        flags = [True] * len(images)
+    else:  # isotope: a fraction p of the images carry the mark, the rest are copies
+        marked, chosen = isotope.mark(images.images, key, ids=images.rel_paths)
+        flags = chosen.tolist()
     written = write_images(
         marked,
         images.rel_paths,
@@ -77,13 +83,14 @@ def mark_folder(
         progress=bar("writing", count),
     )
     entries = [
-        {"source": rel, "source_sha256": sha256_file(Path(src) / rel), **w}
-        for rel, w in zip(images.rel_paths, written, strict=True)
+        {"source": rel, "source_sha256": sha256_file(Path(src) / rel), **w, "carries_mark": f}
+        for rel, w, f in zip(images.rel_paths, written, flags, strict=True)
     ]
     meta = {
         "method": key.method,
-        "params": key.params,
+        "params": key.public_info()["params"],
         "key_commitment": key.commitment(),
+        "marked_images": int(sum(flags)),
         "source_root": str(Path(src).resolve()),
         "marked_root": str(Path(out).resolve()),
         "created": datetime.now(timezone.utc).isoformat(),
@@ -124,16 +131,48 @@ def load_holdout(
     return LabelledImages(np.concatenate(images), np.array(labels, dtype=np.int64), names)
 
 
+def _oracle(model, outputs: str, budget: int | None):
+    from .oracle import Oracle, TorchModuleOracle, load_oracle
+
+    if isinstance(model, Oracle):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_oracle(model, outputs=outputs, budget=budget)
+    return TorchModuleOracle(model, outputs=outputs, budget=budget)
+
+
+def _images(source, mode: str, size) -> tuple[np.ndarray, str]:
+    """A folder or an array of images, and its colour mode."""
+    if isinstance(source, np.ndarray):
+        return source, "L" if source.shape[-1] == 1 else "RGB"
+    folder = read_folder(source, mode=mode, size=size)
+    return folder.stack(), folder.mode
+
+
+def _pool(source, colour: str, size, class_names):
+    if source is None or not isinstance(source, (str, os.PathLike)):
+        return source
+    return load_holdout(source, colour, size, class_names)
+
+
 def audit(
     model,
     key: Key | PathLike,
-    marked: PathLike | np.ndarray,
-    holdout: PathLike | np.ndarray | LabelledImages,
+    marked: PathLike | np.ndarray | None,
+    holdout: PathLike | np.ndarray | LabelledImages | None = None,
     *,
+    aux: PathLike | np.ndarray | LabelledImages | None = None,
     label: int | None = None,
     alpha: float = 0.01,
     n_pseudo: int = 1000,
-    access: Literal["auto", "probabilities", "label"] = "auto",
+    procedure: Literal["calibrated", "paper", "physical"] = "calibrated",
+    externals: int = 99,
+    aux_per_mark: int = 100,
+    rounds: int = 5,
+    round_size: int = 250,
+    lam: float = 0.1,
+    delta: float = 0.6,
+    access: Literal["auto", "probabilities", "label", "topk"] = "auto",
     outputs: Literal["auto", "probabilities", "logits"] = "auto",
     budget: int | None = None,
     size: tuple[int, int] | None = None,
@@ -144,41 +183,112 @@ def audit(
     """Was ``model`` trained on the images marked with ``key``?
 
     ``model``: an oracle, a torch module, or a path (.onnx, TorchScript, checkpoint).
-    ``marked``: the published marked images (folder or array). ``holdout``: never-
-    published images of the same kind (flat folder/array, or class subfolders with
-    ``label`` given). Returns a :class:`Verdict`.
+    ``marked``: your published images (folder or array). Tracker keys need ``holdout``:
+    never-published images of the same kind (flat, or class subfolders with ``label``).
+    Isotope keys need ``aux``: images of the same domain (flat, or class subfolders);
+    ``marked`` is then only used to discover your class when ``label`` is None. With
+    ``procedure="physical"``, ``marked`` holds photos showing the object and ``aux``
+    comparable photos without it. Returns a :class:`Verdict`.
     """
-    from .methods import tracker
-    from .oracle import Oracle, TorchModuleOracle, load_oracle
-
     key = _key(key)
-    if key.method != "tracker":
-        raise TracemarkError(f"audit of {key.method!r} keys is not available yet")
-    if isinstance(model, Oracle):
-        oracle = model
-    elif isinstance(model, (str, os.PathLike)):
-        oracle = load_oracle(model, outputs=outputs, budget=budget)
-    else:
-        oracle = TorchModuleOracle(model, outputs=outputs, budget=budget)
-    if isinstance(marked, np.ndarray):
-        published = marked
-        colour = "L" if marked.shape[-1] == 1 else "RGB"
-    else:
-        folder = read_folder(marked, mode=mode, size=size)
-        published, colour = folder.stack(), folder.mode
-    pool = (
-        load_holdout(holdout, colour, size, class_names)
-        if isinstance(holdout, (str, os.PathLike))
-        else holdout
-    )
-    return tracker.audit(
+    oracle = _oracle(model, outputs, budget)
+    if key.method == "tracker":
+        from .methods import tracker
+
+        if marked is None:
+            raise TracemarkError("the tracker audit needs your published marked images (--marked)")
+        published, colour = _images(marked, mode, size)
+        if access == "topk":
+            raise TracemarkError("the tracker audit takes access auto, probabilities or label")
+        return tracker.audit(
+            oracle,
+            key,
+            published,
+            _pool(holdout, colour, size, class_names),
+            label=label,
+            alpha=alpha,
+            n_pseudo=n_pseudo,
+            access=access,
+            progress=progress,
+        )
+    if key.method != "isotope":
+        raise TracemarkError(f"audit of {key.method!r} keys is not available")
+    from .methods import isotope
+
+    if access == "label":
+        access = "topk"  # a label is a top-1 list: the rank-shift test handles it
+    if aux is None:
+        raise TracemarkError(
+            "the isotope audit needs auxiliary images of the same domain (--aux): a flat "
+            "folder, or one subfolder per class"
+        )
+    if procedure == "physical":
+        if label is None or marked is None:
+            raise TracemarkError(
+                "physical mode needs --label, --marked (photos with the object) "
+                "and --aux (comparable photos without it)"
+            )
+        with_mark, colour = _images(marked, mode, size)
+        without = _pool(aux, colour, size, class_names)
+        without = getattr(without, "images", without)
+        return isotope.physical_audit(
+            oracle, with_mark, without, label, alpha=alpha, key=key, access=access
+        )
+    user_images, colour = (None, mode) if marked is None else _images(marked, mode, size)
+    return isotope.audit(
         oracle,
         key,
-        published,
-        pool,
+        user_images,
+        _pool(aux, colour, size, class_names),
         label=label,
         alpha=alpha,
-        n_pseudo=n_pseudo,
+        procedure=procedure,
+        externals=externals,
+        aux_per_mark=aux_per_mark,
+        rounds=rounds,
+        round_size=round_size,
+        lam=lam,
+        delta=delta,
         access=access,
         progress=progress,
     )
+
+
+def distinguish_marks(
+    model,
+    keys: Sequence[Key | PathLike],
+    labels: Sequence[int],
+    aux: PathLike | np.ndarray | LabelledImages,
+    *,
+    alpha: float = 0.01,
+    outputs: Literal["auto", "probabilities", "logits"] = "auto",
+    size: tuple[int, int] | None = None,
+    mode: Literal["auto", "RGB", "L"] = "auto",
+) -> dict:
+    """Isotope V_D over several keys' marks; a JSON-ready dict of pairwise p-values."""
+    from .methods import isotope
+
+    loaded = [_key(k) for k in keys]
+    if len(loaded) != len(labels):
+        raise TracemarkError(f"{len(loaded)} keys but {len(labels)} labels: give one class per key")
+    marks = [isotope.key_mark(k) for k in loaded]
+    pool = _pool(aux, mode, size, None)
+    result = isotope.distinguish(
+        _oracle(model, outputs, None),
+        marks,
+        labels,
+        getattr(pool, "images", pool),
+        [k.typed_params().visibility for k in loaded],
+        alpha=alpha,
+        aux_labels=getattr(pool, "labels", None),
+    )
+    return {
+        "keys": [str(k) for k in keys],
+        "labels": list(labels),
+        "key_commitments": [k.commitment() for k in loaded],
+        "p_values": result.p_values.tolist(),
+        "distinguished": result.distinguished.tolist(),
+        "all_distinguished": result.all_distinguished(),
+        "alpha": alpha,
+        "queries": result.queries,
+    }

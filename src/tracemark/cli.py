@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -51,11 +52,19 @@ class Outputs(str, Enum):
 class AccessChoice(str, Enum):
     auto = "auto"
     probabilities = "probabilities"
+    topk = "topk"
     label = "label"
+
+
+class ProcedureChoice(str, Enum):
+    calibrated = "calibrated"
+    paper = "paper"
+    physical = "physical"
 
 
 class DemoMethod(str, Enum):
     tracker = "tracker"
+    isotope = "isotope"
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -107,16 +116,28 @@ def keygen(
     param: Annotated[
         list[str], typer.Option("--param", "-p", help="Method parameter NAME=VALUE (repeatable).")
     ] = [],  # noqa: B006 - typer needs a literal default
+    mark_file: Annotated[
+        Optional[Path],
+        typer.Option(help="isotope: use this image as your mark (embedded in the key)."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
 ) -> None:
     """Create a secret key. Keep it private; publish its commitment if you like."""
     from .keys import Key
 
-    key = Key.generate(method, **_parse_params(param))
+    params = _parse_params(param)
+    if mark_file is not None:
+        if method != "isotope":
+            raise TracemarkError("--mark-file is for isotope keys (--method isotope)")
+        from .marks import read_mark_file
+
+        params["mark"] = "image"
+        params["image_png"], params["image_sha256"] = read_mark_file(mark_file)
+    key = Key.generate(method, **params)
     key.save(out, force=force)
     stdout.print(f"wrote {out} (mode 0600; keep it secret and backed up)")
     stdout.print(f"method     {key.method}")
-    stdout.print(f"params     {json.dumps(key.params, sort_keys=True)}")
+    stdout.print(f"params     {json.dumps(key.public_info()['params'], sort_keys=True)}")
     stdout.print(f"commitment {key.commitment()}")
 
 
@@ -175,24 +196,53 @@ def audit(
     model: Annotated[
         Path, typer.Argument(help="Suspicious model: .onnx, TorchScript, or tracemark checkpoint.")
     ],
-    marked: Annotated[Path, typer.Option(help="The marked images you published.")],
-    holdout: Annotated[
-        Path,
+    marked: Annotated[
+        Optional[Path],
         typer.Option(
-            help="Never-published images of the same domain: a flat folder (like yours), "
-            "or one subfolder per class named by class index (or listed in --class-names)."
+            help="The images you published (tracker: required; isotope: used to find their "
+            "class when --label is not given; physical: photos showing the object)."
         ),
-    ],
+    ] = None,
+    holdout: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="tracker: never-published images of the same kind: a flat folder (like "
+            "yours), or one subfolder per class named by class index (or in --class-names)."
+        ),
+    ] = None,
+    aux: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="isotope: images of the same domain (a flat folder, or class subfolders); "
+            "your class is excluded by label or by the model's prediction. Physical mode: "
+            "comparable photos without the object."
+        ),
+    ] = None,
     label: Annotated[
         Optional[str],
         typer.Option(help="Class of your images (index or name); default: majority vote."),
     ] = None,
     alpha: Annotated[float, typer.Option(min=1e-9, max=0.5, help="False-positive level.")] = 0.01,
     n_pseudo: Annotated[
-        int, typer.Option(min=1, help="Pseudo-users in the null distribution.")
+        int, typer.Option(min=1, help="tracker: pseudo-users in the null distribution.")
     ] = 1000,
+    procedure: Annotated[
+        ProcedureChoice,
+        typer.Option(help="isotope: calibrated (default), paper (not calibrated), physical."),
+    ] = ProcedureChoice.calibrated,
+    externals: Annotated[
+        int, typer.Option(min=1, help="isotope: never-published bank marks to rank against.")
+    ] = 99,
+    aux_per_mark: Annotated[
+        int, typer.Option(min=2, help="isotope: aux images each mark is blended into.")
+    ] = 100,
+    rounds: Annotated[int, typer.Option(min=1, help="isotope paper procedure: Q.")] = 5,
+    round_size: Annotated[int, typer.Option(min=2, help="isotope paper procedure: n.")] = 250,
+    lam: Annotated[float, typer.Option(help="isotope paper procedure: lambda.")] = 0.1,
+    delta: Annotated[float, typer.Option(help="isotope paper procedure: delta.")] = 0.6,
     access: Annotated[
-        AccessChoice, typer.Option(help="Force the label-only (0/1 loss) statistic with 'label'.")
+        AccessChoice,
+        typer.Option(help="Use less than the model gives: 'label' (tracker 0/1 loss) or 'topk'."),
     ] = AccessChoice.auto,
     outputs: Annotated[Outputs, typer.Option(help="What the model returns.")] = Outputs.auto,
     budget: Annotated[
@@ -213,7 +263,9 @@ def audit(
 ) -> None:
     """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
     from .api import audit as run_audit
+    from .keys import load_key
 
+    key = load_key(key_path)
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     label_idx = None
     if label is not None:
@@ -223,22 +275,36 @@ def audit(
             label_idx = names.index(label)
         else:
             raise TracemarkError(f"--label {label!r} is not a class index or one of --class-names")
+    if key.method == "tracker":
+        if marked is None or holdout is None:
+            raise TracemarkError("a tracker audit needs --marked and --holdout")
+        what, steps = "pseudo-users", n_pseudo
+    else:
+        what, steps = "external marks", externals
     with progress_bars(not quiet) as bars:
         verdict = run_audit(
             model,
-            key_path,
+            key,
             marked,
             holdout,
+            aux=aux,
             label=label_idx,
             alpha=alpha,
             n_pseudo=n_pseudo,
+            procedure=procedure.value,
+            externals=externals,
+            aux_per_mark=aux_per_mark,
+            rounds=rounds,
+            round_size=round_size,
+            lam=lam,
+            delta=delta,
             access=access.value,
             outputs=outputs.value,
             budget=budget,
             size=_parse_size(size),
             mode=mode.value,
             class_names=names,
-            progress=bars("pseudo-users", n_pseudo),
+            progress=bars(what, steps),
         )
     if evidence is not None:
         from .fsutil import atomic_write_text
@@ -248,6 +314,55 @@ def audit(
         sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
     else:
         stdout.print(verdict.summary())
+
+
+@app.command()
+def distinguish(
+    model: Annotated[Path, typer.Argument(help="The model: .onnx, TorchScript, or checkpoint.")],
+    keys: Annotated[list[Path], typer.Argument(help="Two or more isotope key files.")],
+    labels: Annotated[
+        str, typer.Option(help="Comma-separated class of each key's images, in order.")
+    ],
+    aux: Annotated[Path, typer.Option(help="Images of the same domain (flat or class folders).")],
+    alpha: Annotated[float, typer.Option(min=1e-9, max=0.5, help="Level of each test.")] = 0.01,
+    outputs: Annotated[Outputs, typer.Option(help="What the model returns.")] = Outputs.auto,
+    size: Annotated[Optional[str], typer.Option(help="Resize images to HxW for the model.")] = None,
+    mode: Annotated[
+        ColourMode, typer.Option(help="Colour mode the model expects.")
+    ] = ColourMode.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Isotope V_D: does each key's mark shift its own class more than the others' marks do?"""
+    from .api import distinguish_marks
+
+    try:
+        label_list = [int(v) for v in labels.split(",")]
+    except ValueError:
+        raise TracemarkError(
+            f"--labels takes comma-separated class indices, got {labels!r}"
+        ) from None
+    result = distinguish_marks(
+        model, keys, label_list, aux, alpha=alpha, outputs=outputs.value,
+        size=_parse_size(size), mode=mode.value,
+    )  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table(
+        title=f"V_D at alpha = {alpha}: p(row's mark shifts row's class more than column's)"
+    )
+    table.add_column("key (class)")
+    for name in result["keys"]:
+        table.add_column(Path(name).name, justify="right")
+    for j, name in enumerate(result["keys"]):
+        cells = [
+            "-" if j == k else f"{p:.3g}{' *' if result['distinguished'][j][k] else ''}"
+            for k, p in enumerate(result["p_values"][j])
+        ]
+        table.add_row(f"{Path(name).name} ({result['labels'][j]})", *cells)
+    stdout.print(table)
+    verdict = "all pairs distinguished" if result["all_distinguished"] else "not all distinguished"
+    stdout.print(f"{verdict} (* = both directions significant); {result['queries']} queries")
 
 
 @app.command()
@@ -304,21 +419,82 @@ def demo(
         DemoMethod, typer.Argument(help="Which method to demonstrate.")
     ] = DemoMethod.tracker,
     quick: Annotated[bool, typer.Option(help="A small run (for tests).")] = False,
+    classes: Annotated[
+        Optional[str],
+        typer.Option(help="isotope: comma-separated classes of the users (one user each)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
-    """End-to-end demo on Fashion-MNIST: mark, train, audit members and non-members."""
-    from .demos.tracker import TrackerDemoConfig, run_tracker_demo
-
-    config = TrackerDemoConfig.quick() if quick else TrackerDemoConfig()
+    """End-to-end demo on Fashion-MNIST: mark, train, audit, and measure TPR and FPR."""
     with progress_bars(not quiet) as bars:
         stage = (lambda msg: stderr.log(msg)) if not quiet else None
-        result = run_tracker_demo(config, stage=stage, progress_factory=bars)
+        if method == DemoMethod.isotope:
+            from .demos.isotope import IsotopeDemoConfig, run_isotope_demo
+
+            config = IsotopeDemoConfig.quick() if quick else IsotopeDemoConfig()
+            if classes:
+                config = replace(config, classes=_parse_classes(classes))
+            result = run_isotope_demo(config, stage=stage, progress_factory=bars)
+        else:
+            from .demos.tracker import TrackerDemoConfig, run_tracker_demo
+
+            config = TrackerDemoConfig.quick() if quick else TrackerDemoConfig()
+            result = run_tracker_demo(config, stage=stage, progress_factory=bars)
     if as_json:
-        payload = {k: v for k, v in result.items() if k != "users"}
+        payload = {k: v for k, v in result.items() if k not in ("users", "marks")}
+        if "marks" in result:  # isotope: the users' own audits are few enough to show
+            payload["user_marks"] = [m for m in result["marks"] if m["published"]]
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    _print_tracker_demo(result)
+    if method == DemoMethod.isotope:
+        _print_isotope_demo(result)
+    else:
+        _print_tracker_demo(result)
+
+
+def _parse_classes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise TracemarkError(
+            f"--classes takes comma-separated class indices, got {text!r}"
+        ) from None
+    if not values or len(set(values)) != len(values) or min(values) < 0 or max(values) > 9:
+        raise TracemarkError("--classes takes distinct Fashion-MNIST classes 0-9")
+    return values
+
+
+def _print_isotope_demo(result: dict) -> None:
+    r = result["rates"]
+    a = r["alpha"]
+    table = Table(title=f"isotope demo: audits at alpha = {a}")
+    table.add_column("procedure")
+    table.add_column("TPR users' marks", justify="right")
+    table.add_column("FPR never-published", justify="right")
+    table.add_column("FPR clean model", justify="right")
+    for name, label in (
+        ("calibrated", "calibrated (exact rank)"),
+        ("calibrated_gaussian_approx", "calibrated, Gaussian approx."),
+        ("paper", "paper's (Q-round t-tests)"),
+    ):
+        m = r[name]
+        table.add_row(
+            label,
+            f"{m['tpr_users']:.3f}",
+            f"{m['fpr_never_published']:.3f}",
+            f"{m['fpr_clean_model_all_marks']:.3f}",
+        )
+    stdout.print(table)
+    c = r["calibrated"]
+    stdout.print(
+        f"{c['users']} users' marks, {c['never_published']} never-published marks, "
+        f"{c['clean_model_marks']} marks on the clean model; false positives should be <= {a} "
+        "(the paper's procedure is not calibrated)"
+    )
+    for name, m in result["models"].items():
+        stdout.print(f"{name}: test accuracy {m['test_accuracy']:.3f}, {m['queries']} queries")
+    stdout.print(f"finished in {result['seconds']} s")
 
 
 def _print_tracker_demo(result: dict) -> None:

@@ -38,7 +38,58 @@ class TrackerParams(BaseModel):
     compress: bool = Field(True, description="compress colours as c/8 + 128 (authors' default)")
 
 
-PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {"tracker": TrackerParams}
+class IsotopeParams(BaseModel):
+    """Data Isotopes marking parameters (see the README and methods spec §2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mark: Literal["natural", "pixel-square", "random-pixels", "image"] = Field(
+        "natural", description="bank photo crop, corner checkerboard, white pixels, or your file"
+    )
+    visibility: float = Field(0.4, gt=0, le=1, description="alpha: the mark's weight in the blend")
+    fraction: float = Field(0.1, gt=0, le=1, description="p: share of the images that are marked")
+    mask: tuple[float, float, float, float] | None = Field(
+        None, description="box (top, left, height, width) as fractions; default: whole image"
+    )
+    tiles: int = Field(2, ge=1, le=4, description="natural marks: a tiles x tiles crop mosaic")
+    square_size: float = Field(0.25, gt=0, le=1, description="pixel-square side (of shorter side)")
+    pixel_density: float = Field(0.05, gt=0, lt=1, description="share of random white pixels")
+    image_png: str | None = Field(None, description="the user's mark image, base64 PNG")
+    image_sha256: str | None = Field(None, description="SHA-256 of the user's mark file")
+
+    @field_validator("mask")
+    @classmethod
+    def _check_mask(cls, v: tuple[float, float, float, float] | None):
+        if v is None:
+            return v
+        top, left, h, w = v
+        if min(v) < 0 or h <= 0 or w <= 0 or top + h > 1 + 1e-9 or left + w > 1 + 1e-9:
+            raise ValueError("mask must be (top, left, height, width) fractions inside the image")
+        return v
+
+    @model_validator(mode="after")
+    def _check_image(self) -> IsotopeParams:
+        has = self.image_png is not None, self.image_sha256 is not None
+        if self.mark == "image" and not all(has):
+            raise ValueError("mark=image needs the mark file (keygen --mark-file FILE)")
+        if self.mark != "image" and any(has):
+            raise ValueError("image_png/image_sha256 are only used with mark=image")
+        return self
+
+
+PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {
+    "tracker": TrackerParams,
+    "isotope": IsotopeParams,
+}
+_LONG_PARAM = 120  # characters: longer values (an embedded mark image) are summarised
+
+
+def summarise_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters for display: long values (an embedded image) replaced by their length."""
+    return {
+        k: f"<{len(v)} characters>" if isinstance(v, str) and len(v) > _LONG_PARAM else v
+        for k, v in params.items()
+    }
 
 
 def _format_validation_error(err: ValidationError, where: str) -> str:
@@ -127,7 +178,7 @@ class Key(BaseModel):
         """Everything about the key that is safe to show: no seed."""
         return {
             "method": self.method,
-            "params": self.params,
+            "params": summarise_params(self.params),
             "created": self.created,
             "commitment": self.commitment(),
         }

@@ -81,3 +81,33 @@ def detection_rate(p_values: np.ndarray, alpha: float) -> float:
     """Fraction of audits deciding "trained on" at level ``alpha``."""
     p = np.asarray(p_values, dtype=np.float64)
     return float(np.mean(p <= alpha)) if p.size else float("nan")
+
+
+def gaussian_p_value(
+    observed: float, null: np.ndarray, alternative: Literal["less", "greater"] = "greater"
+) -> tuple[float, float]:
+    """APPROXIMATE p-value and z-score of ``observed`` against a normal fit to ``null``.
+
+    Reaches below 1/(N+1) with few null draws, but is only as good as the normal fit
+    to the null's tail: report it beside the exact rank p-value, never instead of it.
+    """
+    from scipy.stats import norm
+
+    null = np.asarray(null, dtype=np.float64).ravel()
+    if null.size < 2:
+        raise TracemarkError("a Gaussian approximation needs at least two null draws")
+    z = standardised_gap(observed, null)
+    return float(norm.sf(z) if alternative == "greater" else norm.cdf(z)), z
+
+
+def deciding_round_p_value(p_values: np.ndarray, delta: float) -> float:
+    """The round p-value that decides "more than delta·Q rounds below lambda".
+
+    More than ⌊delta·Q⌋ rounds lie below lambda exactly when the (⌊delta·Q⌋ + 1)-th
+    smallest round p-value does, so that order statistic summarises the vote.
+    """
+    p = np.sort(np.asarray(p_values, dtype=np.float64).ravel())
+    if p.size == 0:
+        raise TracemarkError("no rounds to vote on")
+    needed = int(np.floor(delta * p.size + 1e-9)) + 1
+    return float(p[needed - 1]) if needed <= p.size else 1.0

@@ -11,7 +11,9 @@ class Verdict(BaseModel):
     """Whether a model was trained on the owner's marked data, and why we think so.
 
     ``decision`` is ``p_value <= alpha``: under the null hypothesis ("not trained on my
-    data") an audit decides True with probability at most ``alpha``.
+    data") an audit decides True with probability at most ``alpha``. The one exception
+    is the isotope paper procedure, kept for reproduction: ``alpha`` is its lambda, the
+    decision is its round vote, and its ``test`` says it is not calibrated.
     """
 
     method: str
