@@ -290,3 +290,13 @@ def test_audit_refuses_what_cannot_work():
         isotope.audit(oracle, key, None, _images())
     with pytest.raises(TracemarkError, match="isotope key"):
         isotope.audit(oracle, Key.generate("tracker"), None, _images(), label=1)
+
+
+def test_class_folders_of_mixed_colour_modes_load_as_one_mode(tmp_path):
+    from tracemark.api import load_holdout
+
+    for c, shape in (("0", (8, 8)), ("1", (8, 8, 3))):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.full(shape, 200, np.uint8)).save(tmp_path / c / "a.png")
+    aux = load_holdout(tmp_path)
+    assert aux.images.shape == (2, 8, 8, 3) and aux.labels.tolist() == [0, 1]

@@ -19,7 +19,7 @@ from . import __version__
 from .datasets import LabelledImages
 from .errors import TracemarkError
 from .fsutil import sha256_file
-from .images import list_images, read_folder, write_images, write_manifest
+from .images import detect_mode, list_images, read_folder, write_images, write_manifest
 from .keys import Key, load_key
 from .verdict import Verdict
 
@@ -114,6 +114,8 @@ def load_holdout(
     subdirs = sorted(p for p in entries if p.is_dir())
     if not subdirs or any(p.is_file() for p in entries):
         return read_folder(path, mode=mode, size=size).stack()
+    if mode == "auto":  # one colour mode for every class folder, so they stack
+        mode = detect_mode(path / rel for rel in list_images(path))
     names = list(class_names or [])
     images, labels = [], []
     for d in subdirs:
