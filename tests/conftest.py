@@ -1,6 +1,6 @@
 """Shared fixtures: real Fashion-MNIST and one tiny model trained on marked users.
 
-The trained model is built once per session (~40 s on 2 cores) and reused by the
+The trained model is built once per session (about 1.5 minutes on 2 cores) and reused by the
 end-to-end tests of both audits and the CLI. Its training set holds clean images, the
 tracker members' marked sets and two isotope users' classes (a share of each marked).
 """
