@@ -32,7 +32,6 @@ from ..marks import blend
 from ..methods import isotope
 from ..rng import derive, derive_bytes, derive_int
 from ..stats import (
-    deciding_round_p_value,
     detection_rate,
     gaussian_p_value,
     rank_p_value,
@@ -213,6 +212,7 @@ def run_isotope_demo(
 def _audit_marks(config, model_name, names, labels, base, probs, aux_y) -> list[MarkResult]:
     """Both procedures for every mark, from the shared probabilities."""
     out = []
+    external_shifts: dict[int, np.ndarray] = {}  # per class: the same for every mark of it
     for i, name in enumerate(names):
         y = labels[name]
         keep = aux_y != y  # aux images not of class y (labels known here)
@@ -222,7 +222,9 @@ def _audit_marks(config, model_name, names, labels, base, probs, aux_y) -> list[
             return float((p[keep, y] - b).mean())
 
         s_user = shift(probs["marks"][i])
-        s_ext = np.array([shift(p) for p in probs["externals"]])
+        if y not in external_shifts:
+            external_shifts[y] = np.array([shift(p) for p in probs["externals"]])
+        s_ext = external_shifts[y]
         p_exact = rank_p_value(s_user, s_ext, "greater")
         p_gauss = gaussian_p_value(s_user, s_ext, "greater")[0]
         published = name.startswith("user-")
@@ -248,8 +250,7 @@ def _audit_marks(config, model_name, names, labels, base, probs, aux_y) -> list[
             round_p.append(
                 isotope.paired_greater(probs["marks"][i][idx, y], probs["paper"][r][idx, y])
             )
-        round_p = np.array(round_p)
-        counted = int(np.count_nonzero(round_p < config.lam))
+        deciding, _, vote = isotope.paper_vote(np.array(round_p), config.lam, config.delta)
         out.append(
             MarkResult(
                 mark=name,
@@ -257,10 +258,10 @@ def _audit_marks(config, model_name, names, labels, base, probs, aux_y) -> list[
                 label=y,
                 model=model_name,
                 procedure="paper",
-                p_value=deciding_round_p_value(round_p, config.delta),
+                p_value=deciding,
                 approx_gaussian_p_value=None,
                 shift=None,
-                decision=counted > config.delta * config.rounds,
+                decision=vote,
             )
         )
     return out

@@ -377,7 +377,8 @@ def audit(
         pool = build_aux_pool(oracle, aux, label, aux_per_mark, key.seed, access)
     elif len(pool.images) == 0:
         raise TracemarkError("the precomputed aux pool is empty")
-    user_shift, per_image = mark_shift(oracle, pool, key_mark(key), params.visibility, label)
+    mark_ = key_mark(key)
+    user_shift, per_image = mark_shift(oracle, pool, mark_, params.visibility, label)
     notes = []
     if null is None:
         marks = external_marks(key, externals)
@@ -415,7 +416,7 @@ def audit(
         "aux_excluded_as_class_y": pool.excluded,
         "aux_exclusion": pool.how,
         "visibility": params.visibility,
-        "mark": key_mark(key).describe(),
+        "mark": mark_.describe(),
         **label_info,
     }
     evidence = (
@@ -479,6 +480,16 @@ def paper_rounds(
     return p_values, diffs
 
 
+def paper_vote(p_values: np.ndarray, lam: float, delta: float) -> tuple[float, int, bool]:
+    """The paper's decision over Q round p-values: (deciding p, rounds below lambda, vote).
+
+    The vote is "more than delta·Q rounds have p < lambda".
+    """
+    p_values = np.asarray(p_values, dtype=np.float64)
+    counted = int(np.count_nonzero(p_values < lam))
+    return deciding_round_p_value(p_values, delta), counted, counted > delta * len(p_values)
+
+
 def paired_greater(a: np.ndarray, b: np.ndarray) -> float:
     """One-sided paired t-test p-value for mean(a − b) > 0 (1.0 when a − b is constant 0)."""
     d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
@@ -498,9 +509,7 @@ def _paper_audit(
     p_values, diffs = paper_rounds(
         oracle, pool, key_mark(key), externals, params.visibility, label, round_size, key.seed
     )
-    deciding = deciding_round_p_value(p_values, delta)
-    counted = int(np.count_nonzero(p_values < lam))
-    decision = counted > delta * rounds
+    deciding, counted, decision = paper_vote(p_values, lam, delta)
     return Verdict(
         method=METHOD,
         decision=decision,
