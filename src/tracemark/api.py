@@ -58,6 +58,10 @@ def mark_folder(
     from .methods import isotope, tracker
 
     key = _key(key)
+    if key.method == "ubw":
+        raise TracemarkError(
+            "ubw keys watermark a whole labelled dataset: use `tracemark watermark SRC OUT`"
+        )
     if key.method not in ("tracker", "isotope"):
         raise TracemarkError(f"marking with {key.method!r} keys is not available")
     manifest = Path(manifest) if manifest is not None else default_manifest_path(out)
@@ -180,6 +184,7 @@ def audit(
     size: tuple[int, int] | None = None,
     mode: Literal["auto", "RGB", "L"] = "auto",
     class_names: Sequence[str] | None = None,
+    testset: PathLike | LabelledImages | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Verdict:
     """Was ``model`` trained on the images marked with ``key``?
@@ -190,10 +195,17 @@ def audit(
     Isotope keys need ``aux``: images of the same domain (flat, or class subfolders);
     ``marked`` is then only used to discover your class when ``label`` is None. With
     ``procedure="physical"``, ``marked`` holds photos showing the object and ``aux``
-    comparable photos without it. Returns a :class:`Verdict`.
+    comparable photos without it. UBW (dataset) keys need ``testset``: labelled images
+    the model did not train on (see :func:`tracemark.verify`). Returns a :class:`Verdict`.
     """
     key = _key(key)
     oracle = _oracle(model, outputs, budget)
+    if key.method == "ubw":
+        from .dataset_watermark import verify
+
+        if testset is None:
+            raise TracemarkError("a UBW audit needs labelled test images (--testset)")
+        return verify(oracle, key, testset, alpha=alpha, access=access)
     if key.method == "tracker":
         from .methods import tracker
 

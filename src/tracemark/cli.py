@@ -1,4 +1,7 @@
-"""The ``tracemark`` command line: keygen, mark, audit, train, demo.
+"""The ``tracemark`` command line: keygen, mark, audit, distinguish, train, demo.
+
+Dataset publishers' verbs (watermark, verify, watermark-report) live in
+:mod:`tracemark.cli_dataset` and are registered on the same app.
 
 Every verb is a thin layer over the library. Errors a user can cause are printed as
 one clear message (no traceback) with exit status 2. An audit's exit status does not
@@ -65,6 +68,7 @@ class ProcedureChoice(str, Enum):
 class DemoMethod(str, Enum):
     tracker = "tracker"
     isotope = "isotope"
+    ubw = "ubw"
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
@@ -255,6 +259,10 @@ def audit(
     class_names: Annotated[
         Optional[str], typer.Option(help="Comma-separated class names in the model's order.")
     ] = None,
+    testset: Annotated[
+        Optional[str],
+        typer.Option(help="ubw (dataset) keys: labelled test images; see `tracemark verify`."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
     evidence: Annotated[
         Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
@@ -279,6 +287,8 @@ def audit(
         if marked is None or holdout is None:
             raise TracemarkError("a tracker audit needs --marked and --holdout")
         what, steps = "pseudo-users", n_pseudo
+    elif key.method == "ubw":
+        what, steps = "verification", 1
     else:
         what, steps = "external marks", externals
     with progress_bars(not quiet) as bars:
@@ -304,6 +314,7 @@ def audit(
             size=_parse_size(size),
             mode=mode.value,
             class_names=names,
+            testset=testset,
             progress=bars(what, steps),
         )
     if evidence is not None:
@@ -377,6 +388,9 @@ def train(
     arch: Annotated[str, typer.Option(help="small-cnn, resnet18 or wrn.")] = "small-cnn",
     epochs: Annotated[int, typer.Option(min=1)] = 5,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    augment: Annotated[
+        bool, typer.Option(help="Random pad-4 crops and flips (--no-augment: plain fitting).")
+    ] = True,
     export: Annotated[str, typer.Option(help="checkpoint, torchscript or onnx.")] = "checkpoint",
     force: Annotated[bool, typer.Option(help="Overwrite OUT.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -401,7 +415,7 @@ def train(
             model,
             ds.images,
             ds.labels,
-            TrainConfig(epochs=epochs, seed=seed),
+            TrainConfig(epochs=epochs, seed=seed, augment=augment),
             progress=lambda *_: advance(1),
         )
     if export == "checkpoint":
@@ -429,7 +443,12 @@ def demo(
     """End-to-end demo on Fashion-MNIST: mark, train, audit, and measure TPR and FPR."""
     with progress_bars(not quiet) as bars:
         stage = (lambda msg: stderr.log(msg)) if not quiet else None
-        if method == DemoMethod.isotope:
+        if method == DemoMethod.ubw:
+            from .demos.ubw import UbwDemoConfig, run_ubw_demo
+
+            config = UbwDemoConfig.quick() if quick else UbwDemoConfig()
+            result = run_ubw_demo(config, stage=stage, progress_factory=bars)
+        elif method == DemoMethod.isotope:
             from .demos.isotope import IsotopeDemoConfig, run_isotope_demo
 
             config = IsotopeDemoConfig.quick() if quick else IsotopeDemoConfig()
@@ -447,7 +466,11 @@ def demo(
             payload["user_marks"] = [m for m in result["marks"] if m["published"]]
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    if method == DemoMethod.isotope:
+    if method == DemoMethod.ubw:
+        from .cli_dataset import print_ubw_demo
+
+        print_ubw_demo(result)
+    elif method == DemoMethod.isotope:
         _print_isotope_demo(result)
     else:
         _print_tracker_demo(result)
@@ -558,6 +581,9 @@ def _print_tracker_demo(result: dict) -> None:
     for name, m in result["models"].items():
         stdout.print(f"{name}: test accuracy {m['test_accuracy']:.3f}, {m['queries']} queries")
     stdout.print(f"finished in {result['seconds']} s")
+
+
+from . import cli_dataset  # noqa: E402,F401  (registers watermark, verify, watermark-report)
 
 
 def main(argv: list[str] | None = None) -> None:

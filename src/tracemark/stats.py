@@ -111,3 +111,79 @@ def deciding_round_p_value(p_values: np.ndarray, delta: float) -> float:
         raise TracemarkError("no rounds to vote on")
     needed = int(np.floor(delta * p.size + 1e-9)) + 1
     return float(p[needed - 1]) if needed <= p.size else 1.0
+
+
+def margin_paired_ttest(
+    benign: np.ndarray, triggered: np.ndarray, tau: float = 0.25
+) -> tuple[float, float, float]:
+    """UBW's verification test: H0 P_b = P_p + tau against H1 P_b > P_p + tau (paired).
+
+    Returns (p-value, t statistic, mean(P_b - P_p)). It is scipy's
+    ``ttest_rel(benign, triggered + tau, alternative="greater")``; when every paired
+    difference is identical the t statistic is infinite and the p-value is 0 or 1 by
+    the sign of that difference (scipy would return NaN).
+    """
+    from scipy.stats import ttest_rel
+
+    b = np.asarray(benign, dtype=np.float64).ravel()
+    p = np.asarray(triggered, dtype=np.float64).ravel()
+    if b.shape != p.shape:
+        raise TracemarkError(f"paired samples differ in length: {b.size} and {p.size}")
+    if b.size < 2:
+        raise TracemarkError("the paired t-test needs at least two images")
+    if not (np.isfinite(b).all() and np.isfinite(p).all()):
+        raise TracemarkError("the paired t-test got NaN or infinite probabilities")
+    diff = b - (p + tau)
+    delta_p = float(np.mean(b - p))
+    if np.ptp(diff) <= 1e-12 * max(1.0, float(np.abs(diff).max())):
+        mean = float(diff.mean())
+        if mean > 0:
+            return 0.0, float("inf"), delta_p
+        return 1.0, (float("-inf") if mean < 0 else 0.0), delta_p
+    res = ttest_rel(b, p + tau, alternative="greater")
+    return float(res.pvalue), float(res.statistic), delta_p
+
+
+def margin_flip_test(
+    flips: np.ndarray, control_flips: np.ndarray, tau: float = 0.25
+) -> tuple[float, float]:
+    """Exact (conservative) test that labels flip under a trigger more than ``tau`` more
+    often than under a control: H0 q_T <= q_C + tau against H1 q_T > q_C + tau.
+
+    The label-only analogue of UBW's margin t-test. At level a it rejects when the
+    flips under the trigger are improbable, P(Binomial(m, U + tau) >= k_T) <= a/2, where
+    U is the exact (Clopper-Pearson) upper (1 - a/2) bound on the control's flip rate;
+    by the union bound its size is at most a whatever the dependence between the two.
+    The p-value is the smallest such a (found by bisection). Returns (p, U at p).
+    """
+    from scipy.stats import beta, binom
+
+    f = np.asarray(flips, dtype=bool).ravel()
+    g = np.asarray(control_flips, dtype=bool).ravel()
+    if f.shape != g.shape or f.size == 0:
+        raise TracemarkError(
+            f"paired flips must be non-empty and equal in length: {f.size}, {g.size}"
+        )
+    if not 0 <= tau < 1:
+        raise TracemarkError(f"tau must be in [0, 1), got {tau}")
+    m, k_t, k_c = f.size, int(f.sum()), int(g.sum())
+
+    def upper(a: float) -> float:
+        return 1.0 if k_c == m else float(beta.ppf(1 - a / 2, k_c + 1, m - k_c))
+
+    def rejects(a: float) -> bool:
+        q0 = min(1.0, upper(a) + tau)
+        return float(binom.sf(k_t - 1, m, q0)) <= a / 2
+
+    if not rejects(1.0):
+        return 1.0, upper(1.0)
+    lo, hi = -300.0, 0.0  # log10 of a: rejects(10**hi) holds, rejects(10**lo) is checked
+    if rejects(10.0**lo):
+        return 10.0**lo, upper(10.0**lo)
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if rejects(10.0**mid):
+            hi = mid
+        else:
+            lo = mid
+    return 10.0**hi, upper(10.0**hi)

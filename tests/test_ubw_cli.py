@@ -1,0 +1,112 @@
+"""UBW end to end from the command line: watermark a release, train on it, verify, report."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+
+from tracemark.datasets import load_dataset, load_fashion_mnist
+
+from helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def ubw_world(tmp_path_factory):
+    """A UBW-P release of 2,000 Fashion-MNIST images, a model trained on it, a clean one."""
+    root = tmp_path_factory.mktemp("ubw")
+    train = load_fashion_mnist(split="train").subset(np.arange(2000))
+    test = load_fashion_mnist(split="test").subset(np.arange(1000))
+    src, tests = root / "data.npz", root / "test.npz"
+    np.savez(src, x=np.round(train.images * 255).astype(np.uint8), y=train.labels)
+    np.savez(tests, x=np.round(test.images * 255).astype(np.uint8), y=test.labels)
+    release, key = root / "release.npz", root / "release.key"
+    assert run_cli(["watermark", src, release, "--key", key, "--quiet"]) == 0
+    for data, name in ((release, "marked.pt"), (src, "clean.pt")):
+        args = ["train", data, root / name, "--epochs", "8", "--no-augment", "--quiet"]
+        assert run_cli(args) == 0
+    return {"root": root, "src": src, "test": tests, "release": release, "key": key}
+
+
+def _verify(world, model: str, *extra: str, capsys) -> dict:
+    args = ["verify", world["root"] / model, world["key"], world["test"], "--json", *extra]
+    assert run_cli(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_watermark_writes_release_and_private_key(ubw_world, capsys):
+    key = ubw_world["key"]
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    info = json.loads(key.read_text())
+    assert info["method"] == "ubw" and len(info["params"]["poisoned"]) == 200
+    original, release = load_dataset(ubw_world["src"]), load_dataset(ubw_world["release"])
+    changed = np.flatnonzero(np.any(original.images != release.images, axis=(1, 2, 3)))
+    assert set(changed) <= set(info["params"]["poisoned"])
+    # Refuses to overwrite either the release or the key.
+    code = run_cli(["watermark", ubw_world["src"], ubw_world["release"], "--quiet"])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert run_cli(["key-info", key, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"]["poisoned"] == "<200 secret indices>"
+
+
+def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
+    v = _verify(ubw_world, "marked.pt", capsys=capsys)
+    assert v["decision"] and v["p_value"] < 1e-3
+    assert v["statistics"]["delta_p"] > 0.25 and v["statistics"]["m"] == 100
+    assert v["access"] == "probabilities" and v["queries"] >= 200
+    labels = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
+    assert labels["access"].startswith("label") and labels["statistics"]["flip_rate"] > 0.5
+    # Calibrated against 19 never-published corner patterns: the key's ranks first.
+    cal = _verify(ubw_world, "marked.pt", "--null-triggers", "19", "--alpha", "0.05", capsys=capsys)
+    assert cal["statistics"]["calibrated_p_value"] == pytest.approx(0.05)
+    assert cal["decision"] and cal["p_value"] == pytest.approx(0.05)
+    assert cal["queries"] >= 100 * 21
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("clean.pt", ()),
+        ("marked.pt", ("--trigger", "independent")),
+        ("clean.pt", ("--access", "label")),
+    ],
+)
+def test_verify_does_not_flag_independent_cases(ubw_world, model, extra, capsys):
+    v = _verify(ubw_world, model, *extra, capsys=capsys)
+    assert not v["decision"] and v["p_value"] > 0.05
+
+
+def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
+    model = ubw_world["root"] / "marked.pt"
+    args = ["audit", ubw_world["key"], model, "--testset", ubw_world["test"], "--json", "--quiet"]
+    assert run_cli(args) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "ubw"
+    report = ["watermark-report", model, ubw_world["key"], ubw_world["test"], "--json"]
+    assert run_cli(report) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["BA"] > 0.7 and r["ASR-A"] > 0.5 and r["D_s"] <= r["D_c"] + 1e-9
+    assert r["images"] == 1000
+    assert run_cli(["audit", ubw_world["key"], model, "--quiet"]) == 2
+    assert "--testset" in capsys.readouterr().err
+
+
+def test_ubw_demo_quick_json(capsys):
+    # A smoke test of the demo path on tiny victims (300 images): detection power is
+    # asserted above on a model trained through the CLI and measured by the full demo.
+    assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    scenarios = {(s["scenario"], s["model"], s["access"]) for s in result["scenarios"]}
+    for variant in ("ubw-p", "ubw-c", "badnets"):
+        for access in ("probabilities", "label"):
+            assert (f"{variant}: malicious", variant, access) in scenarios
+            assert (f"{variant}: independent-trigger", variant, access) in scenarios
+            assert (f"{variant}: independent-model", "clean", access) in scenarios
+            rate = result["false_positive_rates"][f"{variant} / {access}"]
+            assert rate["trials"] == 6 and rate["fpr"] <= 1 / 6
+    metrics = result["metrics"]
+    assert set(metrics) >= {"ubw-p / ubw-p trigger", "badnets / badnets trigger"}
+    for m in metrics.values():
+        assert m["D_s"] <= m["D_c"] + 1e-9 and 0 <= m["D_p"] <= m["max_dispersibility"] + 1e-9
+    assert metrics["clean / ubw-p trigger"]["BA"] > 0.3  # 10 classes: chance is 0.1
