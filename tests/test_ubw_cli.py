@@ -57,7 +57,8 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     assert v["statistics"]["delta_p"] > 0.25 and v["statistics"]["m"] == 100
     assert v["access"] == "probabilities" and v["queries"] >= 200
     labels = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
-    assert labels["access"].startswith("label") and labels["statistics"]["flip_rate"] > 0.5
+    st = labels["statistics"]
+    assert labels["access"].startswith("label") and st["flip_rate"] > st["control_flip_rate"]
     # Calibrated against 19 never-published corner patterns: the key's ranks first.
     cal = _verify(ubw_world, "marked.pt", "--null-triggers", "19", "--alpha", "0.05", capsys=capsys)
     assert cal["statistics"]["calibrated_p_value"] == pytest.approx(0.05)

@@ -62,7 +62,7 @@ class UbwDemoConfig:
     def quick(cls) -> UbwDemoConfig:
         return cls(
             per_class=30,
-            epochs=12,
+            epochs=8,
             m=30,
             report_images=300,
             null_keys=3,
