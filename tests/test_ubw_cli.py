@@ -24,8 +24,8 @@ def ubw_world(tmp_path_factory):
     np.savez(tests, x=np.round(test.images * 255).astype(np.uint8), y=test.labels)
     release, key = root / "release.npz", root / "release.key"
     assert run_cli(["watermark", src, release, "--key", key, "--quiet"]) == 0
-    for data, name in ((release, "marked.pt"), (src, "clean.pt")):
-        args = ["train", data, root / name, "--epochs", "8", "--no-augment", "--quiet"]
+    for data, name, epochs in ((release, "marked.pt", "8"), (src, "clean.pt", "4")):
+        args = ["train", data, root / name, "--epochs", epochs, "--no-augment", "--quiet"]
         assert run_cli(args) == 0
     return {"root": root, "src": src, "test": tests, "release": release, "key": key}
 
@@ -84,17 +84,20 @@ def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
     args = ["audit", ubw_world["key"], model, "--testset", ubw_world["test"], "--json", "--quiet"]
     assert run_cli(args) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "ubw"
-    report = ["watermark-report", model, ubw_world["key"], ubw_world["test"], "--json"]
-    assert run_cli(report) == 0
-    r = json.loads(capsys.readouterr().out)
-    assert r["BA"] > 0.7 and r["ASR-A"] > 0.5 and r["D_s"] <= r["D_c"] + 1e-9
-    assert r["images"] == 1000
+    reports = {}
+    for name in ("marked.pt", "clean.pt"):
+        args = ["watermark-report", ubw_world["root"] / name, ubw_world["key"], ubw_world["test"]]
+        assert run_cli([*args, "--json"]) == 0
+        reports[name] = json.loads(capsys.readouterr().out)
+    r, clean = reports["marked.pt"], reports["clean.pt"]
+    assert r["BA"] > 0.7 and r["D_s"] <= r["D_c"] + 1e-9 and r["images"] == 1000
+    assert r["ASR-A"] > clean["ASR-A"] + 0.2  # the trigger flips what it did not flip before
     assert run_cli(["audit", ubw_world["key"], model, "--quiet"]) == 2
     assert "--testset" in capsys.readouterr().err
 
 
 def test_ubw_demo_quick_json(capsys):
-    # A smoke test of the demo path on tiny victims (300 images): detection power is
+    # A smoke test of the demo path on tiny victims (200 images): detection power is
     # asserted above on a model trained through the CLI and measured by the full demo.
     assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)

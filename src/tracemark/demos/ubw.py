@@ -61,7 +61,7 @@ class UbwDemoConfig:
     @classmethod
     def quick(cls) -> UbwDemoConfig:
         return cls(
-            per_class=30,
+            per_class=20,
             epochs=8,
             m=30,
             report_images=300,
