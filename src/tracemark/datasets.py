@@ -483,15 +483,18 @@ def load_npz(path: Path | str) -> LabelledImages:
 # --------------------------------------------------------------------------- dispatch
 
 
-def load_dataset(path: Path | str, split: Literal["train", "test"] = "train") -> LabelledImages:
-    """Load a dataset by what ``path`` is: "fashion-mnist", IDX/CIFAR folder, .npz, class folders.
+Layout = Literal["fashion-mnist", "idx", "cifar", "npz", "folder"]
 
-    ``split`` applies to Fashion-MNIST and CIFAR; an .npz or image folder is one set.
+
+def detect_layout(src: str | Path) -> Layout:
+    """Which layout :func:`tracemark.datasets.load_dataset` reads ``src`` as.
+
+    The checks run in the loader's order, so the release is written in exactly the
+    layout the source is read in.
     """
-    _check_split(split)
-    if str(path) == "fashion-mnist":
-        return load_fashion_mnist(split=split)
-    p = Path(path)
+    if str(src) == "fashion-mnist":
+        return "fashion-mnist"
+    p = Path(src)
     if not p.exists():
         raise TracemarkError(
             f"{p} does not exist; give 'fashion-mnist', a folder (Fashion-MNIST IDX files, "
@@ -499,15 +502,33 @@ def load_dataset(path: Path | str, split: Literal["train", "test"] = "train") ->
         )
     if p.is_file():
         if p.suffix.lower() == ".npz":
-            return load_npz(p)
+            return "npz"
         raise TracemarkError(f"{p} is not an .npz file; give an .npz or a dataset folder")
     if _has_idx(p):
-        return load_fashion_mnist(p, split=split)
+        return "idx"
     if _cifar_root(p) is not None:
-        return load_cifar(p, split=split)
+        return "cifar"
     if any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()):
-        return load_image_folder(p)
+        return "folder"
     raise TracemarkError(
         f"cannot tell what dataset {p} holds: expected Fashion-MNIST IDX files, CIFAR batches "
         "(data_batch_1 / train), or one subfolder of images per class"
     )
+
+
+def load_dataset(path: Path | str, split: Literal["train", "test"] = "train") -> LabelledImages:
+    """Load a dataset by what ``path`` is: "fashion-mnist", IDX/CIFAR folder, .npz, class folders.
+
+    ``split`` applies to Fashion-MNIST and CIFAR; an .npz or image folder is one set.
+    """
+    _check_split(split)
+    layout = detect_layout(path)
+    if layout == "fashion-mnist":
+        return load_fashion_mnist(split=split)
+    if layout == "npz":
+        return load_npz(path)
+    if layout == "idx":
+        return load_fashion_mnist(path, split=split)
+    if layout == "cifar":
+        return load_cifar(path, split=split)
+    return load_image_folder(path)

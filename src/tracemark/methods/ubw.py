@@ -298,8 +298,9 @@ def verify(
         "variant": params.variant,
         "trigger_kind": params.trigger,
     }
+    p_b = clean.prob_of(y) if mode == "probabilities" else None
     if mode == "probabilities":
-        p_b, p_p = clean.prob_of(y), triggered.prob_of(y)
+        p_p = triggered.prob_of(y)
         p_value, t, delta_p = margin_paired_ttest(p_b, p_p, tau)
         statistics = {
             **common,
@@ -342,19 +343,17 @@ def verify(
         )
         access_desc = "label flips (top-1 only)"
     if null_triggers:
-        own = (
-            float(np.mean(clean.prob_of(y) - triggered.prob_of(y)))
-            if mode == "probabilities"
-            else float(np.mean(triggered.top1() != y))
-        )
-        null = []
-        for j in range(null_triggers):
-            r = oracle.query(_triggered(key, images, j, PURPOSE_VERIFY_POSITIONS))
-            null.append(
-                float(np.mean(clean.prob_of(y) - r.prob_of(y)))
-                if mode == "probabilities"
-                else float(np.mean(r.top1() != y))
-            )
+
+        def statistic(resp) -> float:  # ΔP, or the flip rate, of one trigger's answers
+            if mode == "probabilities":
+                return float(np.mean(p_b - resp.prob_of(y)))
+            return float(np.mean(resp.top1() != y))
+
+        own = statistic(triggered)
+        null = [
+            statistic(oracle.query(_triggered(key, images, j, PURPOSE_VERIFY_POSITIONS)))
+            for j in range(null_triggers)
+        ]
         rank_p = rank_p_value(own, np.array(null), "greater")
         statistics |= {
             "margin_test_p_value": p_value,
