@@ -91,7 +91,9 @@ def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
         reports[name] = json.loads(capsys.readouterr().out)
     r, clean = reports["marked.pt"], reports["clean.pt"]
     assert r["BA"] > 0.7 and r["D_s"] <= r["D_c"] + 1e-9 and r["images"] == 1000
-    assert r["ASR-A"] > clean["ASR-A"] + 0.2  # the trigger flips what it did not flip before
+    # ASR-C counts only images classified correctly when clean, so the two models' different
+    # clean errors do not enter: the trigger flips what the clean model keeps.
+    assert r["ASR-C"] > clean["ASR-C"] + 0.2
     assert run_cli(["audit", ubw_world["key"], model, "--quiet"]) == 2
     assert "--testset" in capsys.readouterr().err
 
