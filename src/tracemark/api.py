@@ -138,10 +138,13 @@ def load_holdout(
 
 
 def _oracle(model, outputs: str, budget: int | None):
-    from .oracle import Oracle, TorchModuleOracle, load_oracle
+    """An oracle for a model given as an oracle, a file, an http(s) URL or a torch module."""
+    from .oracle import Oracle, TorchModuleOracle, is_url, load_oracle, open_endpoint
 
     if isinstance(model, Oracle):
         return model
+    if is_url(model):
+        return open_endpoint(model, budget=budget, outputs=outputs)
     if isinstance(model, (str, os.PathLike)):
         return load_oracle(model, outputs=outputs, budget=budget)
     return TorchModuleOracle(model, outputs=outputs, budget=budget)
@@ -189,7 +192,9 @@ def audit(
 ) -> Verdict:
     """Was ``model`` trained on the images marked with ``key``?
 
-    ``model``: an oracle, a torch module, or a path (.onnx, TorchScript, checkpoint).
+    ``model``: an oracle, a torch module, a path (.onnx, TorchScript, checkpoint), or an
+    http(s) URL (``http://HOST:PORT/v2/models/NAME``; for more control pass
+    :func:`tracemark.oracle.open_endpoint`'s oracle, with a query log).
     ``marked``: your published images (folder or array). Tracker keys need ``holdout``:
     never-published images of the same kind (flat, or class subfolders with ``label``).
     Isotope keys need ``aux``: images of the same domain (flat, or class subfolders);

@@ -23,6 +23,21 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .cli_http import (
+    AuthEnvOpt,
+    AuthFileOpt,
+    ConcurrencyOpt,
+    EndpointConfigOpt,
+    ModelArg,
+    ModelNameOpt,
+    NumClassesOpt,
+    ProtocolOpt,
+    QueryLogOpt,
+    RetriesOpt,
+    TimeoutOpt,
+    open_model,
+    report_traffic,
+)
 from .errors import TracemarkError
 from .progress import progress_bars, stderr
 
@@ -197,9 +212,7 @@ def mark(
 @app.command()
 def audit(
     key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file.")],
-    model: Annotated[
-        Path, typer.Argument(help="Suspicious model: .onnx, TorchScript, or tracemark checkpoint.")
-    ],
+    model: ModelArg,
     marked: Annotated[
         Optional[Path],
         typer.Option(
@@ -268,6 +281,23 @@ def audit(
         Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    protocol: ProtocolOpt = None,
+    model_name: ModelNameOpt = None,
+    query_log: QueryLogOpt = None,
+    auth_env: AuthEnvOpt = None,
+    auth_file: AuthFileOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    num_classes: NumClassesOpt = None,
+    endpoint_config: EndpointConfigOpt = None,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            help="MODEL is a query log: answer from it only (see `tracemark replay`).",
+            hidden=True,
+        ),
+    ] = False,
 ) -> None:
     """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
     from .api import audit as run_audit
@@ -291,32 +321,60 @@ def audit(
         what, steps = "verification", 1
     else:
         what, steps = "external marks", externals
-    with progress_bars(not quiet) as bars:
-        verdict = run_audit(
-            model,
-            key,
-            marked,
-            holdout,
-            aux=aux,
-            label=label_idx,
-            alpha=alpha,
-            n_pseudo=n_pseudo,
-            procedure=procedure.value,
-            externals=externals,
-            aux_per_mark=aux_per_mark,
-            rounds=rounds,
-            round_size=round_size,
-            lam=lam,
-            delta=delta,
-            access=access.value,
-            outputs=outputs.value,
-            budget=budget,
-            size=_parse_size(size),
-            mode=mode.value,
-            class_names=names,
-            testset=testset,
-            progress=bars(what, steps),
-        )
+    oracle = open_model(
+        model,
+        outputs=outputs.value,
+        budget=budget,
+        class_names=names,
+        protocol=protocol,
+        model_name=model_name,
+        query_log=query_log,
+        auth_env=auth_env,
+        auth_file=auth_file,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        num_classes=num_classes,
+        endpoint_config=endpoint_config,
+        replay=replay,
+    )
+    try:
+        with progress_bars(not quiet) as bars:
+            verdict = run_audit(
+                oracle,
+                key,
+                marked,
+                holdout,
+                aux=aux,
+                label=label_idx,
+                alpha=alpha,
+                n_pseudo=n_pseudo,
+                procedure=procedure.value,
+                externals=externals,
+                aux_per_mark=aux_per_mark,
+                rounds=rounds,
+                round_size=round_size,
+                lam=lam,
+                delta=delta,
+                access=access.value,
+                outputs=outputs.value,
+                budget=budget,
+                size=_parse_size(size),
+                mode=mode.value,
+                class_names=names,
+                testset=testset,
+                progress=bars(what, steps),
+            )
+    except KeyboardInterrupt:
+        if query_log is not None:
+            stderr.print(
+                f"interrupted: every answer received is in {query_log}; run the same command "
+                "again to resume without repeating a query"
+            )
+        raise typer.Exit(130) from None
+    finally:
+        report_traffic(oracle)
+        getattr(oracle, "close", lambda: None)()
     if evidence is not None:
         from .fsutil import atomic_write_text
 
@@ -325,6 +383,26 @@ def audit(
         sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
     else:
         stdout.print(verdict.summary())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def replay(
+    ctx: typer.Context,
+    log: Annotated[
+        Path, typer.Argument(metavar="LOG", help="Query log written by `audit --query-log`.")
+    ],
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file.")],
+) -> None:
+    """Recompute an audit's verdict from its query log alone, without querying the model.
+
+    Give the same options as the audit that wrote the log (--marked, --holdout, --aux,
+    --testset, --alpha, ...): every answer is then read from the log, and an image the
+    log does not cover is an error. Anyone holding the key, the images and the log can
+    re-check a verdict this way.
+    """
+    command = typer.main.get_command(app)
+    args = ["audit", str(key_path), str(log), "--replay", *ctx.args]
+    command.main(args, prog_name="tracemark", standalone_mode=False)
 
 
 @app.command()

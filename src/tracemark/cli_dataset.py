@@ -14,6 +14,21 @@ from typing import Annotated, Optional
 import typer
 
 from .cli import AccessChoice, Outputs, _parse_params, app, stdout
+from .cli_http import (
+    AuthEnvOpt,
+    AuthFileOpt,
+    ConcurrencyOpt,
+    EndpointConfigOpt,
+    ModelNameOpt,
+    NumClassesOpt,
+    ProtocolOpt,
+    QueryLogOpt,
+    RetriesOpt,
+    TimeoutOpt,
+    open_model,
+    report_traffic,
+)
+from .cli_http import ModelArg as AnyModelArg
 from .progress import progress_bars
 
 
@@ -115,7 +130,7 @@ def watermark(
 
 @app.command()
 def verify(
-    model: ModelArg,
+    model: AnyModelArg,
     key_path: KeyArg,
     testset: TestsetArg,
     m: Annotated[int, typer.Option(min=2, help="Correctly classified test images to use.")] = 100,
@@ -144,23 +159,52 @@ def verify(
     evidence: Annotated[
         Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
     ] = None,
+    protocol: ProtocolOpt = None,
+    model_name: ModelNameOpt = None,
+    query_log: QueryLogOpt = None,
+    auth_env: AuthEnvOpt = None,
+    auth_file: AuthFileOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    num_classes: NumClassesOpt = None,
+    endpoint_config: EndpointConfigOpt = None,
 ) -> None:
     """Decide whether MODEL was trained on your watermarked release. Exit 0 either way."""
     from .dataset_watermark import verify as run_verify
 
-    verdict = run_verify(
+    oracle = open_model(
         model,
-        key_path,
-        testset,
-        m=m,
-        tau=tau,
-        alpha=alpha,
-        trigger=trigger.value,
-        access=access.value,
-        null_triggers=null_triggers,
         outputs=outputs.value,
         budget=budget,
+        protocol=protocol,
+        model_name=model_name,
+        query_log=query_log,
+        auth_env=auth_env,
+        auth_file=auth_file,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        num_classes=num_classes,
+        endpoint_config=endpoint_config,
     )
+    try:
+        verdict = run_verify(
+            oracle,
+            key_path,
+            testset,
+            m=m,
+            tau=tau,
+            alpha=alpha,
+            trigger=trigger.value,
+            access=access.value,
+            null_triggers=null_triggers,
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    finally:
+        report_traffic(oracle)
+        getattr(oracle, "close", lambda: None)()
     if evidence is not None:
         from .fsutil import atomic_write_text
 

@@ -99,10 +99,15 @@ def verify(
     """
     from .api import _oracle
     from .methods import ubw
+    from .oracle import LoggedOracle
 
+    key = _ubw_key(key)
+    oracle = _oracle(model, outputs, budget)
+    if isinstance(oracle, LoggedOracle) and oracle.num_classes is None:
+        oracle.num_classes = key.typed_params().num_classes  # a label-only endpoint's classes
     return ubw.verify(
-        _oracle(model, outputs, budget),
-        _ubw_key(key),
+        oracle,
+        key,
         _testset(testset),
         m=m,
         tau=tau,

@@ -129,6 +129,10 @@ def mark(
 
 def score_mode(response, access: Access) -> Literal["probability", "rank"]:
     """Probabilities when the model reveals them (unless top-K ranks are forced)."""
+    if access == "probabilities" and response.mode != "probabilities":
+        raise TracemarkError(
+            f"--access probabilities was asked for, but the model answers with {response.mode}"
+        )
     if access == "topk" or response.mode != "probabilities":
         return "rank"
     return "probability"

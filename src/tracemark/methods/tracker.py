@@ -170,6 +170,10 @@ def image_losses(response, label: int, kind: ScoreKind) -> np.ndarray:
 
 def score_kind_for(response, access: Access) -> ScoreKind:
     """Cross-entropy when probabilities are available (unless label-only is forced)."""
+    if access == "probabilities" and response.mode != "probabilities":
+        raise TracemarkError(
+            f"--access probabilities was asked for, but the model answers with {response.mode}"
+        )
     if access == "label" or response.mode != "probabilities":
         return "zero-one"
     return "cross-entropy"

@@ -1,0 +1,331 @@
+"""Query a model behind an HTTP API: batches, concurrency, retries, a budget and a log.
+
+Real endpoints rate-limit, fail now and then, and bill per query. :class:`HttpOracle`
+sends only images it has no answer for yet, several batches at a time; retries 429,
+5xx and connection failures with exponential backoff (honouring ``Retry-After``);
+stops with a clear error on bad credentials or malformed answers; and appends every
+answer to a query log as it arrives, so an interrupted audit resumes where it stopped
+and a third party can replay it. On Ctrl-C, batches already in flight are waited for
+and logged, so the model is never asked the same thing twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import os
+import threading
+import warnings
+from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .. import __version__
+from ..errors import TracemarkError
+from ..rng import derive
+from .auth import AuthHeaders
+from .logged import LoggedOracle
+from .querylog import QueryLog, now_iso
+from .wire import JsonCodec, JsonFields, MalformedAnswer, V2Codec
+
+__all__ = ["HttpOracle", "is_url"]
+
+Protocol = Literal["v2", "json"]
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def is_url(value: object) -> bool:
+    """True for an ``http://`` or ``https://`` address (a model that is an API, not a file)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+class _Stopped(Exception):
+    """A worker was told to stop (the audit was interrupted or another batch failed)."""
+
+
+class HttpOracle(LoggedOracle):
+    """A classifier behind an HTTP endpoint speaking ``protocol`` ("v2" or "json").
+
+    ``url`` is the server's base address for v2 (``/v2/models/{model_name}/infer`` is
+    appended) and the full endpoint address for json. ``headers`` carry credentials
+    (see :func:`tracemark.oracle.auth.load_auth_headers`); they are never logged.
+    ``log`` is a query-log path: answers already in it are reused, new ones appended.
+    ``budget`` caps images *sent*. ``transport`` is an ``httpx`` transport (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: Protocol = "v2",
+        model_name: str | None = None,
+        version: str | None = None,
+        input_name: str | None = None,
+        layout: Literal["auto", "nchw", "nhwc"] = "auto",
+        output_name: str | None = None,
+        json_fields: JsonFields | None = None,
+        class_names: list[str] | None = None,
+        batch_size: int = 64,
+        concurrency: int = 4,
+        timeout: float = 30.0,
+        retries: int = 8,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_retry_after: float = 300.0,
+        headers: dict[str, str] | None = None,
+        log: str | os.PathLike | None = None,
+        seed: str = "00",
+        transport: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        import httpx
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TracemarkError(f"not an http(s) URL: {url!r}")
+        if parts.username or parts.password:
+            raise TracemarkError(
+                "the URL holds credentials; put them in a file (--auth-file) or an environment "
+                "variable (--auth-env) instead, so they never appear in logs or process lists"
+            )
+        for name, value, low in (
+            ("concurrency", concurrency, 1),
+            ("retries", retries, 0),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise TracemarkError(f"{name} must be an int >= {low}, got {value!r}")
+        numbers = (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff))
+        for name, value in numbers:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise TracemarkError(f"{name} must be a non-negative number, got {value!r}")
+        if protocol == "v2":
+            self.codec: V2Codec | JsonCodec = V2Codec(
+                model_name or "",
+                version,
+                input_name,
+                "nchw" if layout == "auto" else layout,
+                output_name,
+            )
+            self._configured = input_name is not None and layout != "auto"
+        elif protocol == "json":
+            self.codec = JsonCodec(json_fields, class_names)
+            self.codec.infer_path = url  # the endpoint's full address
+            self._configured = True
+        else:
+            raise TracemarkError(f"protocol must be 'v2' or 'json', got {protocol!r}")
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.model_name = model_name
+        self.concurrency = concurrency
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_retry_after = float(max_retry_after)
+        self.auth_source = getattr(headers, "source", None) or ("headers" if headers else None)
+        if headers and parts.scheme == "http" and not (parts.hostname or "").startswith(LOOPBACK):
+            warnings.warn(
+                f"sending credentials over plain http to {parts.hostname}; use https",
+                stacklevel=2,
+            )
+        self.requests = 0
+        self.retried = 0
+        self.failures: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._rng = derive(seed, "http/backoff-jitter")
+        self._client = httpx.Client(
+            base_url=self.url if protocol == "v2" else "",
+            headers=AuthHeaders(headers or {}),
+            timeout=httpx.Timeout(self.timeout),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            follow_redirects=False,
+            transport=transport,
+        )
+        query_log = None
+        if log is not None:
+            query_log = QueryLog(
+                log,
+                {
+                    "endpoint": self.url,
+                    "protocol": protocol,
+                    "model_name": model_name if protocol == "v2" else None,
+                    "auth": self.auth_source,
+                    "tracemark_version": __version__,
+                },
+            )
+        kwargs.setdefault("batch_size", batch_size)
+        super().__init__(log=query_log, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpOracle({self.url!r}, protocol={self.protocol!r}, model_name={self.model_name!r}, "
+            f"sent={self.queries}, from_log={self.from_log}, auth={self.auth_source})"
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> HttpOracle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ fetching
+
+    def _fetch_missing(self, images: np.ndarray, hashes: list[str]) -> None:
+        """Send the images in batches, ``concurrency`` at a time; log each answer on arrival."""
+        if not self._configured:
+            self._configure()
+        stop = threading.Event()
+        bs = self.batch_size
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tracemark-http")
+        futures: dict[Future, list[str]] = {}
+        recorded: set[Future] = set()
+        try:
+            for start in range(0, len(hashes), bs):
+                fut = pool.submit(self._send, images[start : start + bs], stop)
+                futures[fut] = hashes[start : start + bs]
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    when, answers = fut.result()  # raises the batch's error
+                    self._record(futures[fut], when, answers)
+                    recorded.add(fut)
+        except BaseException:
+            # Interrupted (Ctrl-C) or a batch failed: start nothing new, let requests in
+            # flight finish, and keep their answers so a re-run never sends them again.
+            stop.set()
+            for fut in futures:
+                fut.cancel()
+            pool.shutdown(wait=True)
+            for fut, batch in futures.items():
+                finished = fut not in recorded and fut.done() and not fut.cancelled()
+                if finished and fut.exception() is None:
+                    when, answers = fut.result()
+                    self._record(batch, when, answers)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+
+    def _configure(self) -> None:
+        """v2: learn the input name and layout from the model's metadata."""
+        if isinstance(self.codec, V2Codec):
+            body = self._request("GET", self.codec.model_path, None, threading.Event())
+            self.codec.configure(body)
+        self._configured = True
+
+    def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, list[dict]]:
+        when = now_iso()
+        body = self._request("POST", self.codec.infer_path, self.codec.encode(images), stop)
+        return when, self.codec.decode(body, images.shape[0])
+
+    def _request(self, method: str, path: str, payload: Any, stop: threading.Event) -> Any:
+        """One call with retries; returns the parsed JSON answer."""
+        import httpx
+
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if stop.is_set():
+                raise _Stopped()
+            delay = None
+            with self._stats_lock:
+                self.requests += 1
+            try:
+                r = self._client.request(method, path, json=payload)
+            except httpx.TimeoutException:
+                reason = f"timed out after {self.timeout:g} s"
+            except httpx.TransportError as exc:
+                reason = f"connection failed ({type(exc).__name__}: {exc})"
+            else:
+                if r.status_code < 300:
+                    try:
+                        return r.json()
+                    except ValueError:
+                        raise MalformedAnswer(
+                            f"{self._where(path)} answered HTTP {r.status_code} with a body that "
+                            f"is not JSON: {r.text[:200]!r}"
+                        ) from None
+                if r.status_code not in RETRY_STATUSES:
+                    raise self._fatal(r, path)
+                reason = f"HTTP {r.status_code}{_server_message(r)}"
+                delay = self._retry_after(r)
+            with self._stats_lock:
+                self.failures[reason.split(" (")[0]] += 1
+            if attempt == self.retries:
+                break
+            if delay is None:
+                with self._stats_lock:
+                    jitter = 0.5 + self._rng.random()
+                delay = min(self.max_backoff, self.backoff * 2**attempt) * jitter
+            with self._stats_lock:
+                self.retried += 1
+            if stop.wait(delay):
+                raise _Stopped()
+        raise TracemarkError(
+            f"{self._where(path)} failed {self.retries + 1} times in a row; last: {reason}. "
+            "The answers received so far are in the query log: re-run to resume"
+        )
+
+    def _retry_after(self, r: Any) -> float | None:
+        value = r.headers.get("Retry-After")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+        seconds = max(0.0, seconds)
+        if seconds > self.max_retry_after:
+            raise TracemarkError(
+                f"{self.url} asks to wait {seconds:.0f} s before retrying (Retry-After), more "
+                f"than the {self.max_retry_after:.0f} s allowed; re-run later to resume from the "
+                "query log"
+            )
+        return seconds
+
+    def _fatal(self, r: Any, path: str) -> TracemarkError:
+        where = self._where(path)
+        if r.status_code in (401, 403):
+            how = (
+                f"check the credentials from {self.auth_source}"
+                if self.auth_source
+                else "no credentials were sent: use --auth-env VAR or --auth-file FILE"
+            )
+            return TracemarkError(
+                f"{where} refused access (HTTP {r.status_code}{_server_message(r)}): {how}"
+            )
+        if r.status_code == 404:
+            hint = (
+                f"is the model name {self.model_name!r} right (--model-name)?"
+                if self.protocol == "v2"
+                else "is the endpoint URL right?"
+            )
+            return TracemarkError(f"{where} was not found (HTTP 404{_server_message(r)}): {hint}")
+        return TracemarkError(
+            f"{where} rejected the request (HTTP {r.status_code}{_server_message(r)})"
+        )
+
+    def _where(self, path: str) -> str:
+        return path if is_url(path) else f"{self.url}{path}"
+
+
+def _server_message(r: Any) -> str:
+    """The server's own error text, briefly (never request headers)."""
+    try:
+        body = r.json()
+        text = body.get("error") or body.get("detail") or body.get("message")
+    except (ValueError, AttributeError):
+        text = r.text
+    text = str(text or "").strip().replace("\n", " ")
+    return f": {text[:200]}" if text else ""

@@ -1,0 +1,27 @@
+"""One fingerprint per query image, shared by the query log, replay and `tracemark serve`.
+
+The hash covers the exact float32 pixels the model is asked about and their shape, so
+two images collide only if they are the same query. It is what makes a log resumable
+(an image already answered is never sent again) and checkable by a third party.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["image_hashes", "image_sha256"]
+
+
+def image_sha256(image: np.ndarray) -> str:
+    """SHA-256 (hex) of one (H, W, C) image as float32, with its shape."""
+    x = np.ascontiguousarray(image, dtype=np.float32)
+    digest = hashlib.sha256("x".join(str(d) for d in x.shape).encode() + b"\0")
+    digest.update(x.tobytes())
+    return digest.hexdigest()
+
+
+def image_hashes(images: np.ndarray) -> list[str]:
+    """:func:`image_sha256` of every image in an (N, H, W, C) batch."""
+    return [image_sha256(x) for x in images]

@@ -1,0 +1,158 @@
+"""Oracles whose answers arrive per image, are cached by image hash and can be logged.
+
+An HTTP endpoint answers with whatever it reveals: a score vector, a top-k list or a
+label. :class:`LoggedOracle` turns those per-image answers into one :class:`Response`,
+decides the access mode from them, never asks for an image it already has an answer
+for (from this run or from a query log), and charges the budget only for images
+actually sent. :class:`ReplayOracle` answers from a log alone, so a third party can
+recompute a verdict without the model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import BudgetExceededError, TracemarkError
+from .base import ModelOracle, check_images
+from .image_hash import image_hashes
+from .querylog import QueryLog, now_iso
+from .response import Response
+
+__all__ = ["LoggedOracle", "ReplayOracle", "answers_to_response"]
+
+
+class LoggedOracle(ModelOracle):
+    """Base for oracles that fetch per-image answers (subclasses implement ``_fetch``).
+
+    ``queries`` counts images sent to the model (what a paid API bills); ``from_log``
+    counts images answered from the log or from earlier in this run instead.
+    """
+
+    def __init__(self, *, log: QueryLog | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log = log
+        self._cache: dict[str, dict[str, Any]] = dict(log.answers) if log is not None else {}
+        self.from_log = 0
+        self.access_seen: str | None = None
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - not used
+        raise NotImplementedError("LoggedOracle answers through query()")
+
+    def _fetch(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Ask the model about ``images`` (each a new query); one answer per image."""
+        raise NotImplementedError
+
+    def _fetch_missing(self, images: np.ndarray, hashes: list[str]) -> None:
+        """Fetch and record answers for the distinct images ``hashes`` names (in order)."""
+        answers = self._fetch(images)
+        self._record(hashes, now_iso(), answers)
+
+    def _record(self, hashes: list[str], when: str, answers: list[dict[str, Any]]) -> None:
+        if len(answers) != len(hashes):
+            raise TracemarkError(
+                f"the endpoint answered {len(answers)} images for a batch of {len(hashes)}"
+            )
+        self._queries += len(hashes)
+        for sha, answer in zip(hashes, answers, strict=True):
+            self._cache[sha] = answer
+        if self.log is not None:
+            self.log.append((sha, when, a) for sha, a in zip(hashes, answers, strict=True))
+
+    def query(self, images: np.ndarray) -> Response:
+        """Answer from the cache where possible; send only images never answered before."""
+        images = check_images(images)
+        n = images.shape[0]
+        if n == 0:
+            c = self.num_classes or 0
+            return Response.from_probabilities(np.zeros((0, c)), c)
+        hashes = image_hashes(images)
+        missing: dict[str, int] = {}
+        for i, sha in enumerate(hashes):
+            if sha not in self._cache and sha not in missing:
+                missing[sha] = i
+        self.from_log += sum(sha not in missing for sha in hashes)
+        if missing:
+            if self.budget is not None and self._queries + len(missing) > self.budget:
+                raise BudgetExceededError(
+                    f"query budget exceeded: {self._queries} of {self.budget} queries used, "
+                    f"and {len(missing)} new images asked ({self.budget - self._queries} "
+                    "left). Nothing was sent; raise the budget or query fewer images"
+                )
+            self._fetch_missing(images[list(missing.values())], list(missing))
+        response = answers_to_response(
+            [self._cache[sha] for sha in hashes], self.num_classes, self._to_probabilities
+        )
+        if self.num_classes is None:
+            self.num_classes = response.num_classes
+        self.access_seen = response.mode
+        return response
+
+
+def answers_to_response(
+    answers: list[dict[str, Any]], num_classes: int | None, to_probs
+) -> Response:
+    """One Response from per-image answers, all of one kind (the access mode they reveal).
+
+    ``to_probs(raw, n)`` checks and normalises a score matrix (probabilities or logits).
+    A top-k list with scores that covers every class is full access.
+    """
+    n = len(answers)
+    if all("output" in a for a in answers):
+        widths = {len(a["output"]) for a in answers}
+        if len(widths) != 1:
+            raise TracemarkError(
+                f"the endpoint answered with score vectors of different lengths {sorted(widths)}"
+            )
+        raw = np.array([a["output"] for a in answers], dtype=np.float64)
+        probs = to_probs(raw, n)
+        return Response.from_probabilities(probs, probs.shape[1])
+    if any("output" in a for a in answers):
+        raise TracemarkError(
+            "the endpoint answered some images with scores and others with labels only; "
+            "an audit needs one kind of answer"
+        )
+    ks = {len(a["labels"]) for a in answers}
+    if len(ks) != 1:
+        raise TracemarkError(f"the endpoint answered top-k lists of different lengths {sorted(ks)}")
+    k = ks.pop()
+    labels = np.array([a["labels"] for a in answers], dtype=np.int64)
+    has_scores = all(a.get("scores") is not None for a in answers)
+    scores = np.array([a["scores"] for a in answers], dtype=np.float64) if has_scores else None
+    if num_classes is None:
+        raise TracemarkError(
+            "the endpoint reveals only labels, so the number of classes is unknown: pass "
+            "--num-classes (or --class-names)"
+        )
+    if labels.max() >= num_classes:
+        raise TracemarkError(
+            f"the endpoint answered label {int(labels.max())}, but the model has "
+            f"{num_classes} classes (--num-classes)"
+        )
+    if scores is not None and k == num_classes:
+        full = np.zeros((n, num_classes))
+        np.put_along_axis(full, labels, scores, axis=1)
+        return Response.from_probabilities(to_probs(full, n), num_classes)
+    if scores is not None and not np.isfinite(scores).all():
+        raise TracemarkError("the endpoint answered non-finite scores")
+    return Response("label" if k == 1 else "topk", labels, None, scores, num_classes)
+
+
+class ReplayOracle(LoggedOracle):
+    """Answers only from a query log: recompute an audit's verdict without the model."""
+
+    def __init__(self, log: str | os.PathLike | QueryLog, **kwargs: Any) -> None:
+        log = log if isinstance(log, QueryLog) else QueryLog.read(log)
+        super().__init__(log=log, **kwargs)
+
+    def _fetch(self, images: np.ndarray) -> list[dict[str, Any]]:
+        raise TracemarkError(
+            f"the query log {self.log.path} has no answer for {len(images)} of the images this "
+            "audit asks about: replay needs the same key, images and options as the audit that "
+            "wrote the log"
+        )
+
+    def _record(self, hashes, when, answers) -> None:  # pragma: no cover - _fetch raises
+        raise AssertionError("a replay never records")
