@@ -18,3 +18,16 @@ fi
 # constraints.txt pins the CPU torch build; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 echo "tracemark is installed in .venv ($(.venv/bin/tracemark --version))"
+
+# Seldon MLServer, a real third-party v2 inference server for tests/test_mlserver.py, in its
+# own virtualenv: its pinned dependencies conflict with tracemark's. Reinstalled only when
+# scripts/mlserver-requirements.txt changes (its hash is stamped into the virtualenv).
+MLSERVER_STAMP=.venv-mlserver/.requirements.sha256
+MLSERVER_HASH="$(sha256sum scripts/mlserver-requirements.txt | cut -d' ' -f1)"
+if [ ! -x .venv-mlserver/bin/mlserver ] || [ "$(cat "$MLSERVER_STAMP" 2>/dev/null)" != "$MLSERVER_HASH" ]; then
+  "$PYTHON" -m venv --clear .venv-mlserver
+  .venv-mlserver/bin/python -m pip install --quiet --disable-pip-version-check \
+    -r scripts/mlserver-requirements.txt
+  echo "$MLSERVER_HASH" > "$MLSERVER_STAMP"
+fi
+echo "MLServer is installed in .venv-mlserver for tests/test_mlserver.py ($(.venv-mlserver/bin/mlserver --version))"

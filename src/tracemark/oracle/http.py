@@ -240,8 +240,9 @@ class HttpOracle(LoggedOracle):
             try:
                 r = self._client.request(method, path, json=payload)
             except httpx.TimeoutException:
-                reason = f"timed out after {self.timeout:g} s"
+                kind, reason = "timeout", f"timed out after {self.timeout:g} s"
             except httpx.TransportError as exc:
+                kind = "connection failed"
                 reason = f"connection failed ({type(exc).__name__}: {exc})"
             else:
                 if r.status_code < 300:
@@ -254,10 +255,11 @@ class HttpOracle(LoggedOracle):
                         ) from None
                 if r.status_code not in RETRY_STATUSES:
                     raise self._fatal(r, path)
-                reason = f"HTTP {r.status_code}{_server_message(r)}"
+                kind = f"HTTP {r.status_code}"
+                reason = kind + _server_message(r)
                 delay = self._retry_after(r)
             with self._stats_lock:
-                self.failures[reason.split(" (")[0]] += 1
+                self.failures[kind] += 1
             if attempt == self.retries:
                 break
             if delay is None:

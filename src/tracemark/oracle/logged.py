@@ -10,6 +10,7 @@ recompute a verdict without the model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -85,6 +86,8 @@ class LoggedOracle(ModelOracle):
         response = answers_to_response(
             [self._cache[sha] for sha in hashes], self.num_classes, self._to_probabilities
         )
+        if self._kind == "logits" and response.mode == "probabilities":
+            response = dataclasses.replace(response, softmax_applied=True)
         if self.num_classes is None:
             self.num_classes = response.num_classes
         self.access_seen = response.mode

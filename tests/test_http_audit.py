@@ -1,0 +1,201 @@
+"""Audits of a trained model served over HTTP (`tracemark serve`), end to end via the CLI.
+
+The served model is the session's small CNN trained on marked users. Each test
+compares the HTTP audit with the same audit run in-process on the same file: the
+verdict must not depend on how the model is reached, on injected faults, or on an
+interruption. Every server listens on 127.0.0.1 and is stopped by its test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tracemark.serve import FaultPlan, ServeOptions, create_app, serving
+
+from helpers import run_cli, write_pngs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(marked_world, fmnist_test, tmp_path_factory):
+    """TorchScript files of the trained and clean models, and the tracker user's folders."""
+    from tracemark.training import export_torchscript
+
+    d = tmp_path_factory.mktemp("http-audit")
+    example = marked_world.marked[0][:2]
+    export_torchscript(marked_world.model, d / "trained.pt", example=example)
+    export_torchscript(marked_world.clean_model, d / "clean.pt", example=example)
+    label = marked_world.classes[0]
+    write_pngs(d / "holdout" / str(label), fmnist_test.images[fmnist_test.labels == label][:300])
+    return d
+
+
+def _tracker_args(marked_world, world, model: str) -> list:
+    return [
+        "audit", marked_world.cli_key, model, "--marked", marked_world.cli_marked,
+        "--holdout", world / "holdout", "--label", str(marked_world.classes[0]),
+        "--n-pseudo", "100", "--json", "--quiet",
+    ]  # fmt: skip
+
+
+def _audit(args: list, capsys) -> dict:
+    capsys.readouterr()
+    code = run_cli(args)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _same_verdict(a: dict, b: dict, fields=("p_value", "effect", "decision", "label", "access")):
+    for field in fields:
+        assert a[field] == b[field], field
+    # The served model sends probabilities; in-process, tracemark softmaxes its logits.
+    skip = {"softmax_applied"}
+    stats = [{k: v for k, v in d["statistics"].items() if k not in skip} for d in (a, b)]
+    assert stats[0] == stats[1]
+
+
+@pytest.mark.parametrize("model", ["trained.pt", "clean.pt"])
+def test_http_audit_is_identical_to_in_process_and_replays(
+    marked_world, world, model, tmp_path, capsys
+):
+    local = _audit([*_tracker_args(marked_world, world, world / model)], capsys)
+    access, log = tmp_path / "served.jsonl", tmp_path / "q.jsonl"
+    app = create_app(world / model, ServeOptions(name="cnn"), access_log=access)
+    with serving(app) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/cnn")
+        remote = _audit([*args, "--query-log", log], capsys)
+        _same_verdict(remote, local)
+        assert remote["queries"] == local["queries"] == 30 + 100 * 30
+        served = [r["sha256"] for r in _lines(access)]
+        assert len(served) == len(set(served)) == remote["queries"]
+        # Again with the same log: every answer comes from it; the model sees nothing new.
+        again = _audit([*args, "--query-log", log], capsys)
+        _same_verdict(again, local)
+        assert len(_lines(access)) == len(served)
+    # A third party recomputes the verdict from the log alone (the server is gone).
+    replayed = _audit(["replay", log, marked_world.cli_key, *args[3:]], capsys)
+    _same_verdict(replayed, local)
+    header, *records = _lines(log)
+    assert header["format"] == "tracemark-query-log" and header["model_name"] == "cnn"
+    assert len(records) == len({r["sha256"] for r in records}) == local["queries"]
+    assert local["decision"] is (model == "trained.pt")
+
+
+def test_faults_and_latency_do_not_change_the_verdict_or_repeat_queries(
+    marked_world, world, tmp_path, capsys
+):
+    local = _audit(_tracker_args(marked_world, world, world / "clean.pt"), capsys)
+    plan = FaultPlan(error_rate=0.3, error_codes=(500, 429), latency=0.05, retry_after=0)
+    access, log = tmp_path / "served.jsonl", tmp_path / "q.jsonl"
+    app = create_app(world / "clean.pt", ServeOptions(faults=plan, seed="0f"), access_log=access)
+    config = tmp_path / "endpoint.json"
+    config.write_text(json.dumps({"backoff": 0.01, "max_backoff": 0.1, "retries": 30}))
+    with serving(app) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/model")
+        args += ["--query-log", log, "--endpoint-config", config, "--concurrency", "4"]
+        remote = _audit(args, capsys)
+        injected = app.state.faults.injected
+    _same_verdict(remote, local)
+    requests = -(-remote["queries"] // 64)
+    assert injected >= 0.15 * requests  # about 30% of requests failed, and were retried
+    served = [r["sha256"] for r in _lines(access)]
+    assert len(served) == len(set(served)) == remote["queries"]  # nothing answered twice
+    records = _lines(log)[1:]
+    assert len(records) == len({r["sha256"] for r in records}) == remote["queries"]
+
+
+def test_sigint_mid_audit_then_resume_gives_the_same_verdict(marked_world, world, tmp_path, capsys):
+    local = _audit(_tracker_args(marked_world, world, world / "clean.pt"), capsys)
+    access, log = tmp_path / "served.jsonl", tmp_path / "q.jsonl"
+    plan = FaultPlan(latency=0.3)  # slow enough to interrupt halfway
+    app = create_app(world / "clean.pt", ServeOptions(faults=plan), access_log=access)
+    with serving(app) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/model")
+        args += ["--query-log", log]
+        cli = [sys.executable, "-m", "tracemark", *map(str, args), "--concurrency", "2"]
+        proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while len(_lines(log)) < 1 + 10 * 64:  # header + 10 batches answered
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the audit made no progress"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, err
+        assert "resume" in err and out == ""
+        done = len(_lines(log)) - 1
+        assert 10 * 64 <= done < local["queries"]  # stopped halfway, in-flight answers kept
+        assert len(_lines(access)) == done  # every answer the server gave is in the log
+        resumed = _audit(args, capsys)
+    _same_verdict(resumed, local)
+    served = [r["sha256"] for r in _lines(access)]
+    assert len(served) == len(set(served)) == local["queries"]  # no query repeated
+
+
+@pytest.mark.parametrize(
+    ("restrict", "flag"), [({"top_k": 5}, "topk"), ({"label_only": True}, "label")]
+)
+def test_tracker_with_restricted_answers_uses_the_zero_one_proxy(
+    marked_world, world, restrict, flag, capsys
+):
+    # In-process, forcing the same access mode on the full model gives the same test.
+    local = _audit([*_tracker_args(marked_world, world, world / "trained.pt"), "--access",
+                    "label"], capsys)  # fmt: skip
+    with serving(create_app(world / "trained.pt", ServeOptions(**restrict))) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/model")
+        remote = _audit([*args, "--num-classes", "10"], capsys)
+        # Forcing full-probability access on an endpoint that does not give it is an error.
+        assert run_cli([*args, "--num-classes", "10", "--access", "probabilities"]) == 2
+        assert "answers with" in capsys.readouterr().err
+    assert "0/1-loss proxy" in remote["access"]
+    assert remote["access"].startswith("topk" if flag == "topk" else "label")
+    _same_verdict(remote, local, fields=("p_value", "effect", "decision", "label"))
+
+
+@pytest.mark.parametrize(
+    ("restrict", "expect"), [({"top_k": 5}, True), ({"label_only": True}, None)]
+)
+def test_isotope_with_restricted_answers_uses_rank_shifts(
+    marked_world, fmnist_test, tmp_path, restrict, expect, capsys
+):
+    from tracemark.training import export_onnx
+
+    key = tmp_path / "iso.key"
+    marked_world.isotope_keys[0].save(key)
+    write_pngs(tmp_path / "mine", marked_world.isotope_images[0])
+    assert run_cli(["mark", key, tmp_path / "mine", tmp_path / "published", "--quiet"]) == 0
+    write_pngs(tmp_path / "aux", fmnist_test.images[-150:])
+    model = tmp_path / "model.onnx"
+    export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
+    with serving(create_app(model, ServeOptions(**restrict))) as url:
+        v = _audit(
+            [
+                "audit", key, f"{url}/v2/models/model", "--marked", tmp_path / "published",
+                "--aux", tmp_path / "aux", "--alpha", "0.05", "--externals", "39",
+                "--aux-per-mark", "100", "--json", "--quiet", "--num-classes", "10",
+            ],
+            capsys,
+        )  # fmt: skip
+    assert v["method"] == "isotope" and v["access"] == "top-K ranks"
+    assert v["label"] == marked_world.isotope_classes[0]
+    if expect is not None:
+        assert v["decision"] is expect
+    assert 0 < v["p_value"] <= 1 and v["queries"] > 0
+    assert os.path.exists(model)

@@ -1,0 +1,213 @@
+"""`tracemark serve` over real loopback sockets, queried by the HTTP oracle.
+
+A fixed synthetic model keeps these fast; audits of trained models over HTTP are in
+test_http_audit.py. Every server here listens on 127.0.0.1 and is stopped by the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from tracemark.errors import TracemarkError
+from tracemark.oracle import CallableOracle, EndpointConfig, open_endpoint
+from tracemark.oracle.image_hash import image_sha256
+from tracemark.serve import FaultPlan, ServeOptions, create_app, serving
+
+C = 10
+
+
+def _model(x: np.ndarray) -> np.ndarray:
+    """A fixed 'model' on (n, H, W, C) images: softmax of a map of two image statistics."""
+    flat = x.reshape(len(x), -1)
+    logits = np.outer(flat.mean(axis=1), np.arange(C)) + np.outer(
+        flat.std(axis=1), np.sin(np.arange(C))
+    )
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 8, 8, 1), dtype=np.float32)
+
+
+def _oracle() -> CallableOracle:
+    return CallableOracle(_model, num_classes=C)
+
+
+def _access_log_hashes(path) -> list[str]:
+    return [json.loads(line)["sha256"] for line in path.read_text().splitlines()]
+
+
+def _port_closed(url: str) -> bool:
+    parts = urlsplit(url)
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((parts.hostname, parts.port)) != 0
+
+
+def test_v2_probabilities_over_http_are_bit_identical(tmp_path):
+    x = _images(150)
+    local = _oracle().query(x)
+    app = create_app(_oracle(), ServeOptions(name="cnn"), access_log=tmp_path / "access.jsonl")
+    with serving(app) as url:
+        assert urlsplit(url).hostname == "127.0.0.1"
+        with open_endpoint(f"{url}/v2/models/cnn") as oracle:
+            remote = oracle.query(x)
+            assert oracle.queries == 150 and oracle.requests == 1 + 3  # metadata, 64-image batches
+    assert _port_closed(url)
+    assert remote.mode == "probabilities"
+    np.testing.assert_array_equal(remote.probs, local.probs)
+    assert sorted(_access_log_hashes(tmp_path / "access.jsonl")) == sorted(
+        image_sha256(im) for im in x
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "mode", "k"),
+    [
+        (ServeOptions(top_k=5), "topk", 5),
+        (ServeOptions(label_only=True), "label", 1),
+    ],
+)
+def test_restricted_answers_are_detected_as_such(options, mode, k):
+    x = _images(40)
+    local = _oracle().query(x)
+    with (
+        serving(create_app(_oracle(), options)) as url,
+        open_endpoint(f"{url}/v2/models/model", EndpointConfig(num_classes=C)) as oracle,
+    ):
+        remote = oracle.query(x)
+    assert remote.mode == mode and remote.labels.shape == (40, k)
+    np.testing.assert_array_equal(remote.labels, local.labels[:, :k])
+    if mode == "topk":
+        np.testing.assert_array_equal(remote.scores, local.scores[:, :5])
+
+
+def test_json_endpoint_with_pngs_matches_the_quantised_images():
+    x = _images(20)
+    q = np.round(x * 255) / 255  # PNGs carry 8-bit pixels
+    local = _oracle().query(q.astype(np.float32))
+    with serving(create_app(_oracle())) as url:
+        config = EndpointConfig(protocol="json")
+        with open_endpoint(f"{url}/predict", config) as oracle:
+            remote = oracle.query(x)
+    np.testing.assert_allclose(remote.probs, local.probs, rtol=0, atol=1e-12)
+
+
+def test_faults_latency_and_retry_after_are_survived_without_repeats(tmp_path):
+    x = _images(400)
+    local = _oracle().query(x)
+    plan = FaultPlan(error_rate=0.3, error_codes=(500, 429), latency=0.02)
+    app = create_app(_oracle(), ServeOptions(faults=plan), access_log=tmp_path / "access.jsonl")
+    with serving(app) as url:
+        config = EndpointConfig(batch_size=16, backoff=0.01, max_backoff=0.05, retries=20)
+        with open_endpoint(f"{url}/v2/models/model", config, log=tmp_path / "q.jsonl") as oracle:
+            remote = oracle.query(x)
+            assert oracle.retried > 0 and oracle.failures
+            assert set(oracle.failures) <= {"HTTP 500", "HTTP 429"}
+        assert app.state.faults.injected == oracle.retried
+    np.testing.assert_array_equal(remote.probs, local.probs)
+    served = _access_log_hashes(tmp_path / "access.jsonl")
+    assert len(served) == len(set(served)) == 400  # no image answered twice
+    logged = [json.loads(line) for line in (tmp_path / "q.jsonl").read_text().splitlines()[1:]]
+    assert len({r["sha256"] for r in logged}) == len(logged) == 400
+
+
+def test_rate_limit_answers_429_with_retry_after_and_the_oracle_waits():
+    plan = FaultPlan(rate_limit=2.0, burst=2)
+    with serving(create_app(_oracle(), ServeOptions(faults=plan))) as url:
+        r = [httpx.get(f"{url}/v2/models/model") for _ in range(2)]  # metadata: not limited
+        assert all(resp.status_code == 200 for resp in r)
+        config = EndpointConfig(batch_size=8, concurrency=3)
+        with open_endpoint(f"{url}/v2/models/model", config) as oracle:
+            t = time.monotonic()
+            oracle.query(_images(24))  # 3 requests at once: 2 tokens, so one waits
+            assert oracle.failures["HTTP 429"] > 0
+            assert time.monotonic() - t >= 1.0  # Retry-After: 1 was honoured
+
+
+def test_bad_requests_and_wrong_names_get_clear_errors():
+    with serving(create_app(_oracle(), ServeOptions(name="cnn"))) as url:
+        r = httpx.post(f"{url}/v2/models/cnn/infer", json={"inputs": [{"shape": [1, 1, 2, 2]}]})
+        assert r.status_code == 400 and "datatype" in r.json()["error"]
+        bad = {"name": "input", "datatype": "FP32", "shape": [1, 1, 2, 2], "data": [0.1] * 3}
+        r = httpx.post(f"{url}/v2/models/cnn/infer", json={"inputs": [bad]})
+        assert r.status_code == 400 and "needs 4 values" in r.json()["error"]
+        r = httpx.post(f"{url}/predict", json={"images": ["not base64!"]})
+        assert r.status_code == 400 and "base64 PNG" in r.json()["error"]
+        with (
+            open_endpoint(f"{url}/v2/models/other") as oracle,
+            pytest.raises(TracemarkError, match=r"not found.*model name 'other'"),
+        ):
+            oracle.query(_images(2))
+
+
+def test_refuses_non_loopback_hosts_unless_allowed():
+    with pytest.raises(TracemarkError, match="loopback"), serving(create_app(_oracle()), "0.0.0.0"):
+        pass
+
+
+def test_cli_serve_runs_until_sigint(tmp_path, marked_world):
+    from tracemark.training import export_onnx
+
+    model = tmp_path / "m.onnx"
+    export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
+    url_file = tmp_path / "url"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracemark",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--top-k",
+            "3",
+            "--url-file",
+            str(url_file),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not url_file.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        url = url_file.read_text().strip()
+        assert urlsplit(url).hostname == "127.0.0.1"
+        meta = httpx.get(f"{url}/v2/models/model").json()
+        assert meta["inputs"][0]["shape"] == [-1, 1, 28, 28]
+        assert [o["name"] for o in meta["outputs"]] == ["labels", "scores"]
+        # Top-3 lists cover 3 of the 10 classes: the client is told how many there are.
+        with open_endpoint(f"{url}/v2/models/model", EndpointConfig(num_classes=10)) as oracle:
+            assert oracle.query(marked_world.marked[0][:5]).mode == "topk"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGINT, 130), err
+    assert "serving" in err and "top-3" in err
+    assert _port_closed(url)
+
+
+def test_cli_serve_refuses_a_public_host(tmp_path, capsys):
+    from helpers import run_cli
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert run_cli(["serve", model, "--host", "0.0.0.0"]) == 2
+    assert "loopback" in capsys.readouterr().err
+    assert os.path.exists(model)
