@@ -185,6 +185,27 @@ def test_demo_quick_json(capsys):
     assert rates["set_based"]["auc"] >= 0.8
     assert rates["instance_based"]["auc"] >= 0.9  # members' images really were memorised
     assert result["models"]["trained-on-members"]["test_accuracy"] > 0.7
+    # Every audit once per access mode; the restricted ones read the same answers.
+    by_access = result["by_access"]
+    assert list(by_access) == ["probabilities", "topk", "label"]
+    full = by_access["probabilities"]
+    assert (full["tpr"], full["fpr"], full["fpr_clean_model"]) == (
+        rates["tpr_members"],
+        rates["fpr_nonmembers"],
+        rates["fpr_clean_model_all_users"],
+    )
+    assert full["access"] == "probabilities"
+    for access, block in by_access.items():
+        assert block["trials"] == {"tpr": 3, "fpr": 5, "fpr_clean_model": 8}
+        assert all(0 <= block[k] <= 1 for k in ("tpr", "fpr", "fpr_clean_model"))
+        assert block["fpr"] <= 0.2 and block["fpr_clean_model"] <= 0.125  # as above
+        # Counted at the wrapper: a stand-alone audit's queries (its set, 100 pseudo-users).
+        assert block["queries_per_audit"] == 30 * 101
+        assert block["queries"] == full["queries"]
+        if access != "probabilities":
+            assert block["access"] == f"{access} (0/1-loss proxy)"
+    for model in result["models"].values():  # restricted audits cost no model queries
+        assert model["model_queries"] == model["queries"]
 
 
 def test_isotope_demo_quick_json(capsys):
@@ -199,3 +220,21 @@ def test_isotope_demo_quick_json(capsys):
     assert cal["fpr_clean_model_all_marks"] <= 0.15
     assert result["query_cost_per_audit"]["calibrated"] > 0
     assert result["models"]["trained-with-marks"]["test_accuracy"] > 0.6
+    # Every audit once per access mode; the restricted ones read the same answers.
+    by_access = result["by_access"]
+    assert list(by_access) == ["probabilities", "topk", "label"]
+    full = by_access["probabilities"]
+    assert (full["tpr"], full["fpr"], full["fpr_clean_model"]) == (
+        cal["tpr_users"],
+        cal["fpr_never_published"],
+        cal["fpr_clean_model_all_marks"],
+    )
+    for access, block in by_access.items():
+        assert block["trials"] == {"tpr": 2, "fpr": 20, "fpr_clean_model": 22}
+        assert all(0 <= block[k] <= 1 for k in ("tpr", "fpr", "fpr_clean_model"))
+        assert block["fpr"] <= 0.2 and block["fpr_clean_model"] <= 0.2  # measured <= 2 of 20
+        assert block["access"] == ("probability" if access == "probabilities" else "top-K ranks")
+        assert block["queries"] == full["queries"]
+        assert block["queries_per_audit"] == result["query_cost_per_audit"]["calibrated"]
+    for model in result["models"].values():  # restricted audits cost no model queries
+        assert model["model_queries"] == model["queries"]

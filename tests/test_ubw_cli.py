@@ -105,7 +105,7 @@ def test_ubw_demo_quick_json(capsys):
     result = json.loads(capsys.readouterr().out)
     scenarios = {(s["scenario"], s["model"], s["access"]) for s in result["scenarios"]}
     for variant in ("ubw-p", "ubw-c", "badnets"):
-        for access in ("probabilities", "label"):
+        for access in ("probabilities", "topk", "label"):
             assert (f"{variant}: malicious", variant, access) in scenarios
             assert (f"{variant}: independent-trigger", variant, access) in scenarios
             assert (f"{variant}: independent-model", "clean", access) in scenarios
@@ -116,3 +116,38 @@ def test_ubw_demo_quick_json(capsys):
     for m in metrics.values():
         assert m["D_s"] <= m["D_c"] + 1e-9 and 0 <= m["D_p"] <= m["max_dispersibility"] + 1e-9
     assert metrics["clean / ubw-p trigger"]["BA"] > 0.3  # 10 classes: chance is 0.1
+    by_access = result["by_access"]
+    assert list(by_access) == ["probabilities", "topk", "label"]
+    for access, block in by_access.items():
+        # Malicious per watermark; Independent-T, Independent-M and 2 x 3 null triggers.
+        assert block["trials"] == {"tpr": 3, "fpr": 24, "fpr_clean_model": 12}
+        assert 0 <= block["tpr"] <= 1 and block["fpr"] <= 1 / 6
+        assert block["fpr_clean_model"] <= 1 / 6
+        flips = "label flips (top-1 only)"
+        assert block["access"] == ("probabilities" if access == "probabilities" else flips)
+        assert set(block["variants"]) == {"ubw-p", "ubw-c", "badnets"}
+    # Top-K verification reads the top-1 label: the same test, the same answers.
+    p_values = {(s["scenario"], s["model"], s["access"]): s["p_value"] for s in result["scenarios"]}
+    for (scenario, model, access), p in p_values.items():
+        if access == "topk":
+            assert p == p_values[(scenario, model, "label")]
+    # The flip test also queries a control trigger.
+    assert by_access["label"]["queries_per_audit"] > by_access["probabilities"]["queries_per_audit"]
+
+
+@pytest.mark.parametrize("restrict", [{"top_k": 5}, {"label_only": True}])
+def test_verify_over_http_with_restricted_answers_uses_label_flips(ubw_world, restrict, capsys):
+    # The served model reveals only its top 5 labels, or only the label: verification
+    # detects that from the answers and runs the label-flip test, exactly as forcing
+    # `--access label` on the model file does. The key supplies the number of classes.
+    from tracemark.serve import ServeOptions, create_app, serving
+
+    local = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
+    with serving(create_app(ubw_world["root"] / "marked.pt", ServeOptions(**restrict))) as url:
+        args = ["verify", f"{url}/v2/models/model", ubw_world["key"], ubw_world["test"], "--json"]
+        assert run_cli(args) == 0
+        remote = json.loads(capsys.readouterr().out)
+    assert remote["access"] == local["access"] == "label flips (top-1 only)"
+    for field in ("p_value", "effect", "decision", "queries"):
+        assert remote[field] == local[field], field
+    assert remote["decision"] and remote["p_value"] < 1e-3

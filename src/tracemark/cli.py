@@ -593,6 +593,11 @@ def _print_isotope_demo(result: dict) -> None:
         f"{c['clean_model_marks']} marks on the clean model; false positives should be <= {a} "
         "(the paper's procedure is not calibrated)"
     )
+    if "by_access" in result:  # calibrated procedure, per access mode
+        from .demos.common import access_table
+
+        what = {"tpr": "TPR users", "fpr": "FPR never-published", "fpr_clean_model": "FPR clean"}
+        stdout.print(access_table(result, what))
     for name, m in result["models"].items():
         stdout.print(f"{name}: test accuracy {m['test_accuracy']:.3f}, {m['queries']} queries")
     stdout.print(f"finished in {result['seconds']} s")
@@ -656,12 +661,18 @@ def _print_tracker_demo(result: dict) -> None:
             f"{m['auc']:.3f}",
         )
     stdout.print(metrics)
+    if "by_access" in result:
+        from .demos.common import access_table
+
+        what = {"tpr": "TPR members", "fpr": "FPR non-members", "fpr_clean_model": "FPR clean"}
+        stdout.print(access_table(result, what))
     for name, m in result["models"].items():
         stdout.print(f"{name}: test accuracy {m['test_accuracy']:.3f}, {m['queries']} queries")
     stdout.print(f"finished in {result['seconds']} s")
 
 
-from . import cli_dataset  # noqa: E402,F401  (registers watermark, verify, watermark-report)
+# Verbs defined in their own modules register themselves on `app` when imported.
+from . import cli_dataset, cli_serve  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -678,7 +689,3 @@ def main(argv: list[str] | None = None) -> None:
         hint = escape(f"this needs {exc.name}: pip install 'tracemark[{extra}]'")
         stderr.print(f"[bold red]error:[/bold red] {hint}", highlight=False)
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

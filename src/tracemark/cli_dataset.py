@@ -281,4 +281,13 @@ def print_ubw_demo(result: dict) -> None:
         if isinstance(r, dict):
             rates.add_row(name, f"{r['fpr']:.3f}", str(r["trials"]))
     stdout.print(rates)
+    if "by_access" in result:
+        from .demos.common import access_table
+
+        what = {
+            "tpr": "TPR malicious",
+            "fpr": "FPR independent + null",
+            "fpr_clean_model": "FPR clean",
+        }
+        stdout.print(access_table(result, what))
     stdout.print(f"finished in {result['seconds']} s")

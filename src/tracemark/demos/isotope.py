@@ -16,6 +16,8 @@ Cost sharing: each mark is blended once into every auxiliary image and queried o
 the shift S of every class is read off those probabilities (class y's shift uses the
 aux images not labelled y). The statistics, external marks and tests are those of
 :func:`tracemark.methods.isotope.audit`; only the queries are shared between audits.
+Every audit also runs with top-K and label-only access (shifts of the rank of y, as
+the audit scores restricted answers; label-only is rank 1 or 2), from the same answers.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from ..stats import (
     gaussian_p_value,
     rank_p_value,
 )
-from .common import epoch_callback
+from .common import (
+    AnswerCache,
+    access_block,
+    access_name,
+    check_accesses,
+    epoch_callback,
+    restrict,
+)
 
 DEMO_SEED = "69736f746f70652d64656d6f2d736565"  # fixed: the demo is reproducible
 
@@ -64,6 +73,11 @@ class IsotopeDemoConfig:
     lam: float = 0.1
     delta: float = 0.6
     accuracy_images: int = 10_000  # test images the reported accuracy is measured on
+    # Every audit runs once per access mode: full probabilities (shifts of p_y), the
+    # top-k labels (shifts of y's rank) and the top-1 label. The model is queried once
+    # (see demos.common).
+    accesses: tuple[str, ...] = ("probabilities", "topk", "label")
+    top_k: int = 5
     seed: str = DEMO_SEED
 
     @classmethod
@@ -139,6 +153,7 @@ def run_isotope_demo(
     from ..training import TrainConfig, accuracy, train_model
 
     config = config or IsotopeDemoConfig()
+    accesses = check_accesses(config.accesses, config.top_k)
     say = stage or (lambda _msg: None)
     t0 = time.perf_counter()
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
@@ -159,7 +174,10 @@ def run_isotope_demo(
     labels = {f"user-{c}": c for c in config.classes}
     labels |= {f"never-{j}": j % 10 for j in range(config.never_published)}
 
-    results: list[MarkResult] = []
+    all_marks = list(marks.values()) + externals + paper_externals
+    results: dict[str, list[MarkResult]] = {a: [] for a in accesses}
+    reads: dict[str, list[str]] = {a: [] for a in accesses}  # what the audits read
+    queries: dict[str, dict[str, int]] = {a: {} for a in accesses}
     summary: dict = {"config": asdict(config), "models": {}}
     for name, x in (("trained-with-marks", x_marked), ("clean", x_clean)):
         say(f"training a small CNN ({name}) on {len(x)} images for {config.epochs} epochs")
@@ -174,29 +192,43 @@ def run_isotope_demo(
         train_model(
             model, x, y, cfg, progress=epoch_callback(progress_factory, name, config.epochs)
         )
-        oracle = TorchModuleOracle(model, num_classes=10)
-        all_marks = list(marks.values()) + externals + paper_externals
-        say(f"querying {len(all_marks)} marks on {len(aux_x)} aux images ({name})")
-        bar = progress_factory(f"{name}: marks", len(all_marks)) if progress_factory else None
-        base = oracle.query(aux_x).probs
-        probs = []
-        for m in all_marks:
-            probs.append(oracle.query(blend(aux_x, m, config.visibility)).probs)
-            if bar:
-                bar(1)
-        shifts = {
-            "marks": np.stack(probs[: len(marks)]),
-            "externals": np.stack(probs[len(marks) : len(marks) + len(externals)]),
-            "paper": np.stack(probs[len(marks) + len(externals) :]),
-        }
-        results += _audit_marks(config, name, list(marks), labels, base, shifts, aux_y)
+        # One model, queried once: every access mode reads its memoised answers.
+        cache = AnswerCache(TorchModuleOracle(model, num_classes=10))
+        for i, access in enumerate(accesses):
+            oracle = restrict(cache.view(passthrough=i == 0), access, config.top_k)
+            label = access_name(access, config.top_k)
+            say(f"querying {len(all_marks)} marks on {len(aux_x)} aux images ({name}, {label})")
+            bar = (
+                progress_factory(f"{name} ({label}): marks", len(all_marks))
+                if progress_factory
+                else None
+            )
+            base_response = oracle.query(aux_x)
+            mode = isotope.score_mode(base_response, "auto")
+            base = _score_matrix(base_response, mode)
+            scores = []
+            for m in all_marks:
+                scores.append(_score_matrix(oracle.query(blend(aux_x, m, config.visibility)), mode))
+                if bar:
+                    bar(1)
+            shifts = {
+                "marks": np.stack(scores[: len(marks)]),
+                "externals": np.stack(scores[len(marks) : len(marks) + len(externals)]),
+                "paper": np.stack(scores[len(marks) + len(externals) :]),
+            }
+            results[access] += _audit_marks(config, name, list(marks), labels, base, shifts, aux_y)
+            reads[access].append("probability" if mode == "probability" else "top-K ranks")
+            queries[access][name] = oracle.queries
         summary["models"][name] = {
             "test_accuracy": accuracy(
                 model, test.images[: config.accuracy_images], test.labels[: config.accuracy_images]
             ),
-            "queries": oracle.queries,
+            "queries": queries[accesses[0]][name],
+            "model_queries": cache.model_queries,
         }
-    summary["rates"] = _rates(results, config)
+    first = results[accesses[0]]
+    summary["rates"] = _rates(first, config)
+    summary["rates_access"] = accesses[0]
     # What one stand-alone audit of a mark would cost with these settings (the demo shares
     # queries between audits): the unmarked aux images, then the mark and every external.
     aux_not_y = float(np.mean([np.count_nonzero(aux_y != c) for c in range(10)]))
@@ -204,13 +236,29 @@ def run_isotope_demo(
         "calibrated": round((config.externals + 2) * aux_not_y),
         "paper": 2 * config.rounds * config.round_size,
     }
+    summary["by_access"] = {
+        a: _access_rates(results[a], reads[a], summary["query_cost_per_audit"], queries[a])
+        for a in accesses
+    }
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["marks"] = [asdict(r) for r in results]
+    summary["marks"] = [asdict(r) for r in first]
     return summary
 
 
+def _score_matrix(response, mode) -> np.ndarray:
+    """(N, C) belief in every class, as the audit scores it: p_c, or minus c's rank.
+
+    Column c is :func:`tracemark.methods.isotope.class_scores` for class c, so the
+    shifts below are those :func:`tracemark.methods.isotope.audit` computes.
+    """
+    return np.stack(
+        [isotope.class_scores(response, c, mode) for c in range(response.num_classes)], axis=1
+    )
+
+
 def _audit_marks(config, model_name, names, labels, base, probs, aux_y) -> list[MarkResult]:
-    """Both procedures for every mark, from the shared probabilities."""
+    """Both procedures for every mark, from the shared scores (probabilities, or minus
+    ranks with restricted access; see :func:`_score_matrix`)."""
     out = []
     external_shifts: dict[int, np.ndarray] = {}  # per class: the same for every mark of it
     for i, name in enumerate(names):
@@ -301,3 +349,31 @@ def _rates(results: list[MarkResult], config: IsotopeDemoConfig) -> dict:
         approx[key] = detection_rate(p, config.alpha)
     rates["calibrated_gaussian_approx"] = approx
     return rates
+
+
+def _access_rates(
+    results: list[MarkResult], reads: list[str], cost: dict, queries: dict[str, int]
+) -> dict:
+    """One access mode's rates: the calibrated procedure's, and the paper's beside them."""
+
+    def groups(procedure: str) -> dict[str, list[MarkResult]]:
+        pick = [r for r in results if r.procedure == procedure]
+        return {
+            "tpr": [r for r in pick if r.model == "trained-with-marks" and r.published],
+            "fpr": [r for r in pick if r.model == "trained-with-marks" and not r.published],
+            "fpr_clean_model": [r for r in pick if r.model == "clean"],
+        }
+
+    def rate(g: list[MarkResult]) -> float | None:
+        return float(np.mean([r.decision for r in g])) if g else None
+
+    calibrated = groups("calibrated")
+    return access_block(
+        reads,
+        flagged={k: sum(r.decision for r in g) for k, g in calibrated.items()},
+        trials={k: len(g) for k, g in calibrated.items()},
+        queries_per_audit=cost["calibrated"],
+        queries=queries,
+        procedure="calibrated",
+        paper={k: rate(g) for k, g in groups("paper").items()},
+    )

@@ -12,22 +12,38 @@ class, scored under the same label. Pseudo-users are computed once per
 distribution does not depend on which user is audited, and sharing it makes auditing
 hundreds of users affordable on a CPU. A real audit (``tracemark audit``) draws its
 own pseudo-users from the user's key.
+
+Every audit runs once per access mode (full probabilities; top-K labels and scores;
+the top-1 label): the restricted audits score the 0/1 loss of the top-1 label, so
+top-K and label-only give the same verdicts. The demo runs in two phases,
+:func:`prepare_tracker_demo` (mark, train) and :func:`audit_tracker_world`, so the
+same models can be audited through other oracles (e.g. over HTTP).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from ..datasets import load_fashion_mnist
+from ..datasets import LabelledImages, load_fashion_mnist
+from ..errors import TracemarkError
 from ..keys import Key
 from ..methods import tracker
+from ..oracle.base import Oracle
 from ..rng import derive, derive_bytes, derive_int
 from ..stats import detection_rate, fpr_at_tpr, roc_auc, tpr_at_fpr
-from .common import epoch_callback
+from .common import (
+    AnswerCache,
+    access_block,
+    access_name,
+    check_accesses,
+    epoch_callback,
+    restrict,
+)
 
 DEMO_SEED = "74726163656d61726b2d64656d6f2d31"  # fixed: the demo is reproducible
 
@@ -53,6 +69,10 @@ class TrackerDemoConfig:
     augment: bool = False
     batch_size: int = 64
     accuracy_images: int = 10_000  # test images the reported accuracy is measured on
+    # Every audit runs once per access mode: full probabilities, the top-k labels with
+    # their scores, the top-1 label. The model is queried once (see demos.common).
+    accesses: tuple[str, ...] = ("probabilities", "topk", "label")
+    top_k: int = 5
     seed: str = DEMO_SEED
 
     @classmethod
@@ -103,17 +123,41 @@ def _split_users(
     return users[: config.members], users[config.members :], pool, classes
 
 
-def run_tracker_demo(
+@dataclass
+class TrackerWorld:
+    """Everything the demo audits: the users' keys and marked sets, and the trained models.
+
+    ``marked[u]`` is user u's published marked images, ``classes[u]`` their class; users
+    ``0 .. members - 1`` are members (their images were trained on). ``models`` maps
+    "trained-on-members" and "clean" to torch modules.
+    """
+
+    config: TrackerDemoConfig
+    keys: list[Key]
+    auditor: Key
+    marked: list[np.ndarray]
+    classes: list[int]
+    members: int
+    test: LabelledImages
+    models: dict[str, Any]
+    seconds: float = 0.0
+
+    @property
+    def users(self) -> int:
+        return len(self.marked)
+
+
+def prepare_tracker_demo(
     config: TrackerDemoConfig | None = None,
     stage: Stage | None = None,
     progress_factory=None,
-) -> dict:
-    """Run the demo and return its measured rates and per-user results."""
+) -> TrackerWorld:
+    """Mark every user's images and train the two models (the demo's first phase)."""
     from ..models import build_model
-    from ..oracle import TorchModuleOracle
-    from ..training import TrainConfig, accuracy, train_model
+    from ..training import TrainConfig, train_model
 
     config = config or TrackerDemoConfig()
+    check_accesses(config.accesses, config.top_k)
     say = stage or (lambda _msg: None)
     t0 = time.perf_counter()
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
@@ -163,63 +207,183 @@ def run_tracker_demo(
         params=params,
         seed=derive_bytes(config.seed, "demo/tracker/auditor").hex(),
     )
-    results: list[UserResult] = []
+    return TrackerWorld(
+        config=config,
+        keys=keys,
+        auditor=auditor,
+        marked=marked,
+        classes=classes,
+        members=config.members,
+        test=test,
+        models=models,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
+def audit_tracker_world(
+    world: TrackerWorld,
+    oracles: dict[str, Oracle] | None = None,
+    accesses: Sequence[str] | None = None,
+    stage: Stage | None = None,
+    progress_factory=None,
+) -> dict:
+    """Audit every user against every model once per access mode (the second phase).
+
+    ``oracles``: how to reach each model (e.g. an ``HttpOracle`` serving it); models
+    not given are queried in-process. ``accesses``: defaults to the config's. Each
+    model is queried once: the restricted audits read its memoised answers through
+    ``TopK``/``LabelOnly`` wrappers (see :mod:`tracemark.demos.common`). ``rates``,
+    ``users`` and each model's ``queries`` are the first access's (full probabilities
+    by default); ``by_access`` has every access's TPR and FPR.
+    """
+    from ..oracle import TorchModuleOracle
+    from ..training import accuracy
+
+    config = world.config
+    accesses = check_accesses(config.accesses if accesses is None else accesses, config.top_k)
+    unknown = set(oracles or {}) - set(world.models)
+    if unknown:
+        raise TracemarkError(
+            f"no model named {sorted(unknown)}; the models are {list(world.models)}"
+        )
+    say = stage or (lambda _msg: None)
+    t0 = time.perf_counter()
+    test = world.test
+    results: dict[str, list[UserResult]] = {a: [] for a in accesses}
     image_losses: dict[int, list[float]] = {}  # per-image losses on the trained model
-    summary: dict = {"config": asdict(config), "models": {}}
-    for name, model in models.items():
-        oracle = TorchModuleOracle(model, num_classes=10)
+    reads: dict[str, list[str]] = {a: [] for a in accesses}  # the verdicts' access strings
+    costs: dict[str, list[int]] = {a: [] for a in accesses}  # queries of a stand-alone audit
+    queries: dict[str, dict[str, int]] = {a: {} for a in accesses}
+    summary: dict = {"config": asdict(replace(config, accesses=accesses)), "models": {}}
+    for name, model in world.models.items():
+        given = (oracles or {}).get(name)
+        if given is None:
+            given = TorchModuleOracle(model, num_classes=10)
+        cache = AnswerCache(given)
         test_acc = accuracy(
             model, test.images[: config.accuracy_images], test.labels[: config.accuracy_images]
         )
-        # Each user gives their class (as a photographer knows what their photos show);
-        # pseudo-users are test images of that class, scored under the same label.
-        nulls: dict[int, tracker.NullDistribution] = {}
-        say(f"auditing {n_users} users against the {name} model")
-        for u in range(n_users):
-            c = classes[u]
-            if c not in nulls:
-                advance = (
-                    progress_factory(f"{name}: pseudo-users, class {c}", config.n_pseudo)
-                    if progress_factory
-                    else None
-                )
-                nulls[c] = tracker.calibrate(
-                    oracle,
-                    auditor,
-                    test.images[test.labels == c],
-                    c,
-                    config.images_per_user,
-                    config.n_pseudo,
-                    progress=advance,
-                )
-            verdict = tracker.audit(
-                oracle,
-                keys[u],
-                marked[u],
-                label=c,
-                alpha=config.alpha,
-                null=nulls[c],
-            )
-            if name == "trained-on-members":
-                image_losses[u] = verdict.evidence["user_losses"]
-            results.append(
-                UserResult(
-                    user=u,
-                    member=u < config.members,
-                    true_class=c,
-                    model=name,
-                    label=int(verdict.label),
-                    p_value=verdict.p_value,
-                    effect=verdict.effect,
-                    decision=verdict.decision,
-                )
-            )
-        summary["models"][name] = {"test_accuracy": test_acc, "queries": oracle.queries}
+        for i, access in enumerate(accesses):
+            oracle = restrict(cache.view(passthrough=i == 0), access, config.top_k)
+            label = access_name(access, config.top_k)
+            say(f"auditing {world.users} users against the {name} model ({label})")
+            found, losses = _audit_users(world, name, oracle, label, progress_factory)
+            results[access] += [r for r, _, _ in found]
+            reads[access] += [v for _, v, _ in found]
+            costs[access] += [c for _, _, c in found]
+            queries[access][name] = oracle.queries
+            if i == 0 and name == "trained-on-members":
+                image_losses = losses
+        summary["models"][name] = {
+            "test_accuracy": test_acc,
+            "queries": queries[accesses[0]][name],
+            "model_queries": cache.model_queries,
+        }
 
-    summary["rates"] = _rates(results, config, image_losses)
+    first = results[accesses[0]]
+    summary["rates"] = _rates(first, config, image_losses)
+    summary["rates_access"] = accesses[0]
+    summary["by_access"] = {
+        a: _access_rates(results[a], reads[a], costs[a], queries[a]) for a in accesses
+    }
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["users"] = [asdict(r) for r in results]
+    summary["users"] = [asdict(r) for r in first]
     return summary
+
+
+def _audit_users(
+    world: TrackerWorld, name: str, oracle: Oracle, label: str, progress_factory
+) -> tuple[list[tuple[UserResult, str, int]], dict[int, list[float]]]:
+    """Every user's audit on one model through ``oracle``.
+
+    Returns (result, the verdict's access string, the queries a stand-alone audit
+    would spend) per user, and each user's per-image losses.
+    """
+    config, test = world.config, world.test
+    # Each user gives their class (as a photographer knows what their photos show);
+    # pseudo-users are test images of that class, scored under the same label.
+    nulls: dict[int, tracker.NullDistribution] = {}
+    found, losses = [], {}
+    for u in range(world.users):
+        c = world.classes[u]
+        if c not in nulls:
+            advance = (
+                progress_factory(f"{name} ({label}): pseudo-users, class {c}", config.n_pseudo)
+                if progress_factory
+                else None
+            )
+            nulls[c] = tracker.calibrate(
+                oracle,
+                world.auditor,
+                test.images[test.labels == c],
+                c,
+                config.images_per_user,
+                config.n_pseudo,
+                progress=advance,
+            )
+        verdict = tracker.audit(
+            oracle,
+            world.keys[u],
+            world.marked[u],
+            label=c,
+            alpha=config.alpha,
+            null=nulls[c],
+        )
+        losses[u] = verdict.evidence["user_losses"]
+        result = UserResult(
+            user=u,
+            member=u < world.members,
+            true_class=c,
+            model=name,
+            label=int(verdict.label),
+            p_value=verdict.p_value,
+            effect=verdict.effect,
+            decision=verdict.decision,
+        )
+        found.append((result, verdict.access, verdict.queries + nulls[c].queries))
+    return found, losses
+
+
+def run_tracker_demo(
+    config: TrackerDemoConfig | None = None,
+    stage: Stage | None = None,
+    progress_factory=None,
+) -> dict:
+    """Run the demo and return its measured rates and per-user results."""
+    t0 = time.perf_counter()
+    world = prepare_tracker_demo(config, stage, progress_factory)
+    summary = audit_tracker_world(world, stage=stage, progress_factory=progress_factory)
+    summary["timings_s"] = {"prepare": world.seconds, "audit": summary["seconds"]}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
+
+
+def _pick(results: list[UserResult], model: str, member: bool | None) -> list[UserResult]:
+    return [r for r in results if r.model == model and (member is None or r.member == member)]
+
+
+def _access_rates(
+    results: list[UserResult],
+    reads: list[str],
+    costs: list[int],
+    queries: dict[str, int],
+) -> dict:
+    """One access mode's TPR (members), FPR (non-members) and FPR on the clean model."""
+    groups = {
+        "tpr": _pick(results, "trained-on-members", True),
+        "fpr": _pick(results, "trained-on-members", False),
+        "fpr_clean_model": _pick(results, "clean", None),
+    }
+    pos = -np.array([r.p_value for r in groups["tpr"]])
+    neg = -np.array([r.p_value for r in groups["fpr"]])
+    return access_block(
+        reads,
+        flagged={k: sum(r.decision for r in g) for k, g in groups.items()},
+        trials={k: len(g) for k, g in groups.items()},
+        queries_per_audit=float(np.mean(costs)) if costs else 0.0,
+        queries=queries,
+        set_based_auc=roc_auc(pos, neg) if len(pos) and len(neg) else None,
+    )
 
 
 def _rates(
@@ -228,7 +392,7 @@ def _rates(
     """TPR/FPR at alpha, research metrics, and the instance-based baseline."""
 
     def pick(model: str, member: bool | None) -> list[UserResult]:
-        return [r for r in results if r.model == model and (member is None or r.member == member)]
+        return _pick(results, model, member)
 
     a = config.alpha
     tm, tn = pick("trained-on-members", True), pick("trained-on-members", False)

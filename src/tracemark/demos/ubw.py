@@ -9,7 +9,7 @@ dispersibilities, and runs verification in the paper's three scenarios:
 - Independent-M: the clean model, the key's trigger;
 - Independent-T: the watermarked model, a never-published trigger;
 
-with full probabilities (margin t-test) and with labels only (flip test). False
+with full probabilities (margin t-test), top-K and labels only (flip test). False
 positives are *measured*: ``null_keys`` never-published triggers of the same kind
 are verified on the watermarked and the clean model, and the share flagged is reported.
 """
@@ -27,7 +27,7 @@ from ..keys import Key
 from ..methods import ubw
 from ..rng import derive, derive_bytes, derive_int
 from ..stats import detection_rate
-from .common import epoch_callback
+from .common import AnswerCache, access_block, check_accesses, epoch_callback, restrict
 
 DEMO_SEED = "7562772d64656d6f2d736565642d3031"  # fixed: the demo is reproducible
 Stage = Callable[[str], None]
@@ -56,6 +56,11 @@ class UbwDemoConfig:
     surrogate_width: int = 16
     victim_width: int = 32
     variants: tuple[str, ...] = ("ubw-p", "ubw-c", "badnets")
+    # Every verification runs once per access mode: probabilities (margin t-test), the
+    # top-k labels and the top-1 label (both: the label-flip test, which reads the top-1
+    # label). The models are queried once (see demos.common).
+    accesses: tuple[str, ...] = ("probabilities", "topk", "label")
+    top_k: int = 5
     seed: str = DEMO_SEED
 
     @classmethod
@@ -82,6 +87,7 @@ class Scenario:
     effect: float
     decision: bool
     queries: int
+    reads: str = ""  # what the test used: "probabilities", or "label flips (top-1 only)"
 
 
 def _key(config: UbwDemoConfig, variant: str, name: str) -> Key:
@@ -109,17 +115,17 @@ def _training_set(config: UbwDemoConfig, train: LabelledImages) -> LabelledImage
     return train.subset(np.sort(idx))
 
 
-def _verify_all(config, name, model, key, test, null_keys) -> list[Scenario]:
-    """The paper's scenarios for one model, both access modes, plus the null keys."""
-    from ..oracle import LabelOnly, TorchModuleOracle
+def _verify_all(config, name, cache, key, test, null_keys) -> list[Scenario]:
+    """The paper's scenarios for one model, every access mode, plus the null keys.
 
+    ``cache`` holds the model's answers (demos.common): the first access mode queries
+    the model exactly as a stand-alone verification would, the others read the memo
+    through ``TopK``/``LabelOnly`` and query the model only for images not yet seen
+    (the label-flip test's control trigger).
+    """
     out = []
-    for access in ("probabilities", "label"):
-
-        def oracle(access=access):
-            o = TorchModuleOracle(model, num_classes=10)
-            return o if access == "probabilities" else LabelOnly(o)
-
+    accesses = check_accesses(config.accesses, config.top_k)
+    for i, access in enumerate(accesses):
         runs = [("malicious" if name != "clean" else "independent-model", key, "key")]
         if name != "clean":
             runs.append(("independent-trigger", key, "independent"))
@@ -127,12 +133,16 @@ def _verify_all(config, name, model, key, test, null_keys) -> list[Scenario]:
         # (a fresh key's own trigger would be the paper's fixed corner pattern again).
         runs += [(f"null-trigger-{j}", k, "independent") for j, k in enumerate(null_keys)]
         for scenario, k, trigger in runs:
-            o = oracle()
+            o = restrict(cache.view(passthrough=i == 0), access, config.top_k)
             v = ubw.verify(
                 o, k, test, m=config.m, tau=config.tau, alpha=config.alpha, trigger=trigger,
                 include_evidence=False,
             )  # fmt: skip
-            out.append(Scenario(name, scenario, access, v.p_value, v.effect, v.decision, v.queries))
+            out.append(
+                Scenario(
+                    name, scenario, access, v.p_value, v.effect, v.decision, v.queries, v.access
+                )
+            )
     return out
 
 
@@ -147,6 +157,7 @@ def run_ubw_demo(
     from ..training import TrainConfig, train_model
 
     config = config or UbwDemoConfig()
+    check_accesses(config.accesses, config.top_k)
     say = stage or (lambda _msg: None)
     t0 = time.perf_counter()
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
@@ -194,11 +205,13 @@ def run_ubw_demo(
         for variant in config.variants if name == "clean" else (name,):
             metrics[f"{name} / {variant} trigger"] = ubw.report(probs, keys[variant], report_set)
 
+    # One memo per model: the clean model is verified with every watermark's keys.
+    caches = {name: AnswerCache(TorchModuleOracle(m, num_classes=10)) for name, m in models.items()}
     scenarios: list[Scenario] = []
     for variant in config.variants:
         nulls = [_key(config, variant, f"null-{variant}-{j}") for j in range(config.null_keys)]
         for name in (variant, "clean"):
-            found = _verify_all(config, name, models[name], keys[variant], test, nulls)
+            found = _verify_all(config, name, caches[name], keys[variant], test, nulls)
             for s in found:
                 s.scenario = f"{variant}: {s.scenario}"
             scenarios += found
@@ -208,6 +221,8 @@ def run_ubw_demo(
         "metrics": metrics,
         "scenarios": [asdict(s) for s in scenarios],
         "false_positive_rates": _null_rates(scenarios, config),
+        "by_access": _access_rates(scenarios, config),
+        "model_queries": {name: c.model_queries for name, c in caches.items()},
         "timings_s": timings,
         "key_commitments": {v: k.commitment() for v, k in keys.items()},
     }
@@ -219,7 +234,7 @@ def _null_rates(scenarios: list[Scenario], config: UbwDemoConfig) -> dict:
     """Share of never-published keys flagged, per watermark and access mode."""
     rates: dict = {"alpha": config.alpha, "null_keys_per_model": config.null_keys}
     for variant in config.variants:
-        for access in ("probabilities", "label"):
+        for access in config.accesses:
             p = [
                 s.p_value
                 for s in scenarios
@@ -230,3 +245,42 @@ def _null_rates(scenarios: list[Scenario], config: UbwDemoConfig) -> dict:
                 "trials": len(p),
             }
     return rates
+
+
+def _access_rates(scenarios: list[Scenario], config: UbwDemoConfig) -> dict:
+    """Per access mode: TPR (Malicious flagged) and FPR (every negative case flagged).
+
+    Negatives are Independent-T, Independent-M and the null triggers (on the
+    watermarked and the clean model); ``fpr_clean_model`` is the clean model's share.
+    ``variants`` splits them per watermark.
+    """
+    out = {}
+    for access in config.accesses:
+        mine = [s for s in scenarios if s.access == access]
+
+        def groups(found: list[Scenario]) -> dict[str, list[Scenario]]:
+            return {
+                "tpr": [s for s in found if s.scenario.endswith(": malicious")],
+                "fpr": [s for s in found if not s.scenario.endswith(": malicious")],
+                "fpr_clean_model": [s for s in found if s.model == "clean"],
+            }
+
+        variants = {}
+        for variant in config.variants:
+            g = groups([s for s in mine if s.scenario.startswith(f"{variant}: ")])
+            variants[variant] = {
+                k: {"flagged": sum(s.decision for s in v), "trials": len(v)} for k, v in g.items()
+            }
+        g = groups(mine)
+        out[access] = access_block(
+            [s.reads for s in mine],
+            flagged={k: sum(s.decision for s in v) for k, v in g.items()},
+            trials={k: len(v) for k, v in g.items()},
+            queries_per_audit=float(np.mean([s.queries for s in mine])) if mine else 0.0,
+            queries={
+                name: sum(s.queries for s in mine if s.model == name)
+                for name in (*config.variants, "clean")
+            },
+            variants=variants,
+        )
+    return out
