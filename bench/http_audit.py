@@ -27,7 +27,7 @@ import signal
 import tempfile
 import threading
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +39,11 @@ from tracemark.demos.tracker import (
 from tracemark.oracle import EndpointConfig, open_endpoint
 from tracemark.serve import FaultPlan, ServeOptions, create_app, serving
 from tracemark.training import export_torchscript
+
+PARTS = ("plain", "faults", "sigint", "topk", "label")
+
+
+PARTS = ("plain", "faults", "sigint", "topk", "label")
 
 
 def _records(path: Path) -> list[str]:
@@ -70,7 +75,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the quick demo's sizes")
     ap.add_argument("--nonmembers", type=int, help="override the number of non-member users")
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--parts", default=",".join(PARTS), help="which checks to run")
     args = ap.parse_args()
+    parts = args.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        ap.error(f"--parts takes some of {','.join(PARTS)}")
     config = TrackerDemoConfig.quick() if args.quick else TrackerDemoConfig()
     if args.nonmembers is not None:
         config = replace(config, nonmembers=args.nonmembers)
@@ -91,23 +100,35 @@ def main() -> None:
         files[name] = tmp / f"{name}.pt"
         export_torchscript(model, files[name], example=world.marked[0][:2])
 
-    def over_http(tag: str, options: ServeOptions, accesses=None, interrupt_at=None):
-        """Audit every user with each model behind its own server; returns (result, logs)."""
+    @contextmanager
+    def servers(tag: str, options: ServeOptions):
+        """Each model behind its own `tracemark serve`; yields {name: (url, access log)}."""
         with ExitStack() as stack:
-            oracles, logs = {}, {}
+            out = {}
             for name, path in files.items():
                 access = tmp / f"{tag}-{name}-served.jsonl"
                 app = create_app(path, replace(options, name="cnn"), access_log=access)
-                url = stack.enter_context(serving(app))
-                logs[name] = (tmp / f"{tag}-{name}-queries.jsonl", access)
-                cfg = EndpointConfig(
-                    concurrency=args.concurrency, backoff=0.01, max_backoff=0.2, retries=50
-                )
+                out[name] = (stack.enter_context(serving(app)), access)
+            yield out
+
+    def audit(tag: str, served: dict, accesses=None, interrupt_at=None) -> dict:
+        """Every user audited against the served models, each with its own query log."""
+        cfg = EndpointConfig(
+            concurrency=args.concurrency,
+            backoff=0.01,
+            max_backoff=0.2,
+            retries=50,
+            num_classes=10,  # top-K and label answers do not say how many classes there are
+        )
+        with ExitStack() as stack:
+            oracles = {}
+            for name, (url, _) in served.items():
+                log = tmp / f"{tag}-{name}-queries.jsonl"
                 oracles[name] = stack.enter_context(
-                    open_endpoint(f"{url}/v2/models/cnn", cfg, log=logs[name][0])
+                    open_endpoint(f"{url}/v2/models/cnn", cfg, log=log)
                 )
             if interrupt_at is not None:
-                _interrupt_when(logs["trained-on-members"][0], interrupt_at)
+                _interrupt_when(tmp / f"{tag}-trained-on-members-queries.jsonl", interrupt_at)
             t = time.perf_counter()
             result = audit_tracker_world(world, oracles=oracles, accesses=accesses)
             result["http_seconds"] = round(time.perf_counter() - t, 1)
@@ -116,49 +137,66 @@ def main() -> None:
                     "from_log": o.from_log, "failures": dict(o.failures)}
                 for n, o in oracles.items()
             }  # fmt: skip
-            return result, logs
+            return result
 
-    say("auditing over HTTP (full probabilities)")
-    plain, logs = over_http("plain", ServeOptions())
-    summary["plain"] = {**_compare(local, plain), "seconds": plain["http_seconds"]}
-    summary["plain"]["traffic"] = plain["traffic"]
-    say(f"HTTP vs in-process: {summary['plain']}")
-    total = len(_records(logs["trained-on-members"][0]))
+    def repeats(served: dict) -> dict[str, int]:
+        """Per model: images its server answered more than once."""
+        out = {}
+        for name, (_, access) in served.items():
+            hashes = _served(access) if access.exists() else []
+            out[name] = len(hashes) - len(set(hashes))
+        return out
 
-    say("auditing over HTTP with 30% of requests failing (500/429) and up to 50 ms latency")
-    plan = FaultPlan(error_rate=0.3, error_codes=(500, 429), latency=0.05)
-    faulty, logs = over_http("faults", ServeOptions(faults=plan, seed="0f"))
-    served = [h for _, access in logs.values() for h in _served(access)]
-    summary["faults"] = {
-        **_compare(local, faulty),
-        "traffic": faulty["traffic"],
-        "images_answered_twice": len(served) - len(set(served)),
-        "seconds": faulty["http_seconds"],
-    }
-    say(f"under faults: {summary['faults']}")
+    if "plain" in parts:
+        say("auditing over HTTP (full probabilities)")
+        with servers("plain", ServeOptions()) as served:
+            plain = audit("plain", served)
+        summary["plain"] = {
+            **_compare(local, plain),
+            "seconds": plain["http_seconds"],
+            "traffic": plain["traffic"],
+        }
+        say(f"HTTP vs in-process: {summary['plain']}")
 
-    say(f"SIGINT once {int(0.4 * total)} of {total} answers are logged, then resume")
-    options = ServeOptions()
-    try:
-        over_http("sigint", options, interrupt_at=int(0.4 * total))
-        raise SystemExit("the audit was not interrupted")
-    except KeyboardInterrupt:
-        pass
-    kept = {n: len(_records(q)) for n, (q, _) in _logs("sigint", tmp, files).items()}
-    resumed, logs = over_http("sigint", options)
-    served = [h for _, access in logs.values() for h in _served(access)]
-    summary["sigint"] = {
-        **_compare(local, resumed),
-        "answers_logged_before_interrupt": kept,
-        "sent_after_resume": {n: t["sent"] for n, t in resumed["traffic"].items()},
-        "images_answered_twice": len(served) - len(set(served)),
-    }
-    say(f"interrupted and resumed: {summary['sigint']}")
+    if "faults" in parts:
+        say("auditing over HTTP with 30% of requests failing (500/429) and up to 50 ms latency")
+        plan = FaultPlan(error_rate=0.3, error_codes=(500, 429), latency=0.05)
+        with servers("faults", ServeOptions(faults=plan, seed="0f")) as served:
+            faulty = audit("faults", served)
+        summary["faults"] = {
+            **_compare(local, faulty),
+            "traffic": faulty["traffic"],
+            "images_answered_twice": repeats(served),
+            "seconds": faulty["http_seconds"],
+        }
+        say(f"under faults: {summary['faults']}")
 
-    for access, options in (("topk", ServeOptions(top_k=config.top_k)),
-                            ("label", ServeOptions(label_only=True))):  # fmt: skip
+    if "sigint" in parts:
+        total = local["models"]["trained-on-members"]["queries"]
+        say(f"SIGINT once {int(0.4 * total)} of {total} answers are logged, then resume")
+        with servers("sigint", ServeOptions()) as served:
+            try:
+                audit("sigint", served, interrupt_at=int(0.4 * total))
+                raise SystemExit("the audit was not interrupted")
+            except KeyboardInterrupt:
+                pass
+            kept = {n: len(_records(tmp / f"sigint-{n}-queries.jsonl")) for n in files}
+            resumed = audit("sigint", served)  # same servers, same logs
+        summary["sigint"] = {
+            **_compare(local, resumed),
+            "answers_logged_before_interrupt": kept,
+            "sent_after_resume": {n: t["sent"] for n, t in resumed["traffic"].items()},
+            "images_answered_twice": repeats(served),
+        }
+        say(f"interrupted and resumed: {summary['sigint']}")
+
+    restricted = {"topk": ServeOptions(top_k=config.top_k), "label": ServeOptions(label_only=True)}
+    for access, options in restricted.items():
+        if access not in parts:
+            continue
         say(f"auditing over HTTP against a server that reveals {options.reveals}")
-        result, _ = over_http(access, options, accesses=(access,))
+        with servers(access, options) as served:
+            result = audit(access, served, accesses=(access,))
         block = result["by_access"][access]
         summary[f"served_{access}"] = block
         same = {
@@ -168,10 +206,6 @@ def main() -> None:
 
     print(json.dumps(summary, indent=2))
     say("done")
-
-
-def _logs(tag: str, tmp: Path, files: dict) -> dict:
-    return {n: (tmp / f"{tag}-{n}-queries.jsonl", None) for n in files}
 
 
 def _interrupt_when(log: Path, records: int) -> None:
