@@ -9,7 +9,6 @@ interruption. Every server listens on 127.0.0.1 and is stopped by its test.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -67,10 +66,10 @@ def _same_verdict(a: dict, b: dict, fields=("p_value", "effect", "decision", "la
     assert stats[0] == stats[1]
 
 
-@pytest.mark.parametrize("model", ["trained.pt", "clean.pt"])
-def test_http_audit_is_identical_to_in_process_and_replays(
-    marked_world, world, model, tmp_path, capsys
-):
+def test_http_audit_is_identical_to_in_process_and_replays(marked_world, world, tmp_path, capsys):
+    # The clean model: its p-value is not pinned at the floor 1/101, so equality means something
+    # (the trained model over a real third-party server is in test_mlserver.py).
+    model = "clean.pt"
     local = _audit([*_tracker_args(marked_world, world, world / model)], capsys)
     access, log = tmp_path / "served.jsonl", tmp_path / "q.jsonl"
     app = create_app(world / model, ServeOptions(name="cnn"), access_log=access)
@@ -91,7 +90,7 @@ def test_http_audit_is_identical_to_in_process_and_replays(
     header, *records = _lines(log)
     assert header["format"] == "tracemark-query-log" and header["model_name"] == "cnn"
     assert len(records) == len({r["sha256"] for r in records}) == local["queries"]
-    assert local["decision"] is (model == "trained.pt")
+    assert not local["decision"] and local["p_value"] > 1 / 101
 
 
 def test_faults_and_latency_do_not_change_the_verdict_or_repeat_queries(
@@ -169,12 +168,7 @@ def test_tracker_with_restricted_answers_uses_the_zero_one_proxy(
     _same_verdict(remote, local, fields=("p_value", "effect", "decision", "label"))
 
 
-@pytest.mark.parametrize(
-    ("restrict", "expect"), [({"top_k": 5}, True), ({"label_only": True}, None)]
-)
-def test_isotope_with_restricted_answers_uses_rank_shifts(
-    marked_world, fmnist_test, tmp_path, restrict, expect, capsys
-):
+def test_isotope_with_top5_answers_uses_rank_shifts(marked_world, fmnist_test, tmp_path, capsys):
     from tracemark.training import export_onnx
 
     key = tmp_path / "iso.key"
@@ -184,7 +178,7 @@ def test_isotope_with_restricted_answers_uses_rank_shifts(
     write_pngs(tmp_path / "aux", fmnist_test.images[-150:])
     model = tmp_path / "model.onnx"
     export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
-    with serving(create_app(model, ServeOptions(**restrict))) as url:
+    with serving(create_app(model, ServeOptions(top_k=5))) as url:
         v = _audit(
             [
                 "audit", key, f"{url}/v2/models/model", "--marked", tmp_path / "published",
@@ -195,7 +189,5 @@ def test_isotope_with_restricted_answers_uses_rank_shifts(
         )  # fmt: skip
     assert v["method"] == "isotope" and v["access"] == "top-K ranks"
     assert v["label"] == marked_world.isotope_classes[0]
-    if expect is not None:
-        assert v["decision"] is expect
-    assert 0 < v["p_value"] <= 1 and v["queries"] > 0
-    assert os.path.exists(model)
+    assert v["decision"] is True
+    assert v["p_value"] <= 0.05 and v["queries"] > 0
