@@ -424,7 +424,6 @@ def serving(
     check_host(host, allow_remote)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
     thread = threading.Thread(target=server.run, name="tracemark-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
