@@ -125,7 +125,15 @@ def test_sigint_mid_audit_then_resume_gives_the_same_verdict(marked_world, world
         args = _tracker_args(marked_world, world, f"{url}/v2/models/model")
         args += ["--query-log", log]
         cli = [sys.executable, "-m", "tracemark", *map(str, args), "--concurrency", "2"]
-        proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A shell without job control starts background jobs with SIGINT ignored (CI may run
+        # the suite so); give the audit Ctrl-C's default behaviour, as a terminal would.
+        proc = subprocess.Popen(
+            cli,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             deadline = time.monotonic() + 120
             while len(_lines(log)) < 1 + 10 * 64:  # header + 10 batches answered
