@@ -36,7 +36,7 @@ from .cli_http import (
     RetriesOpt,
     TimeoutOpt,
     open_model,
-    report_traffic,
+    querying,
 )
 from .errors import TracemarkError
 from .progress import progress_bars, stderr
@@ -338,43 +338,32 @@ def audit(
         endpoint_config=endpoint_config,
         replay=replay,
     )
-    try:
-        with progress_bars(not quiet) as bars:
-            verdict = run_audit(
-                oracle,
-                key,
-                marked,
-                holdout,
-                aux=aux,
-                label=label_idx,
-                alpha=alpha,
-                n_pseudo=n_pseudo,
-                procedure=procedure.value,
-                externals=externals,
-                aux_per_mark=aux_per_mark,
-                rounds=rounds,
-                round_size=round_size,
-                lam=lam,
-                delta=delta,
-                access=access.value,
-                outputs=outputs.value,
-                budget=budget,
-                size=_parse_size(size),
-                mode=mode.value,
-                class_names=names,
-                testset=testset,
-                progress=bars(what, steps),
-            )
-    except KeyboardInterrupt:
-        if query_log is not None:
-            stderr.print(
-                f"interrupted: every answer received is in {query_log}; run the same command "
-                "again to resume without repeating a query"
-            )
-        raise typer.Exit(130) from None
-    finally:
-        report_traffic(oracle)
-        getattr(oracle, "close", lambda: None)()
+    with querying(oracle, query_log), progress_bars(not quiet) as bars:
+        verdict = run_audit(
+            oracle,
+            key,
+            marked,
+            holdout,
+            aux=aux,
+            label=label_idx,
+            alpha=alpha,
+            n_pseudo=n_pseudo,
+            procedure=procedure.value,
+            externals=externals,
+            aux_per_mark=aux_per_mark,
+            rounds=rounds,
+            round_size=round_size,
+            lam=lam,
+            delta=delta,
+            access=access.value,
+            outputs=outputs.value,
+            budget=budget,
+            size=_parse_size(size),
+            mode=mode.value,
+            class_names=names,
+            testset=testset,
+            progress=bars(what, steps),
+        )
     if evidence is not None:
         from .fsutil import atomic_write_text
 

@@ -26,7 +26,7 @@ from .cli_http import (
     RetriesOpt,
     TimeoutOpt,
     open_model,
-    report_traffic,
+    querying,
 )
 from .cli_http import ModelArg as AnyModelArg
 from .progress import progress_bars
@@ -188,7 +188,7 @@ def verify(
         num_classes=num_classes,
         endpoint_config=endpoint_config,
     )
-    try:
+    with querying(oracle, query_log):
         verdict = run_verify(
             oracle,
             key_path,
@@ -200,11 +200,6 @@ def verify(
             access=access.value,
             null_triggers=null_triggers,
         )
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-    finally:
-        report_traffic(oracle)
-        getattr(oracle, "close", lambda: None)()
     if evidence is not None:
         from .fsutil import atomic_write_text
 

@@ -7,6 +7,8 @@ an environment variable, ``--auth-file FILE`` a file of ``Header: value`` lines.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -167,6 +169,24 @@ def open_model(
         outputs=outputs,
         class_names=class_names,
     )
+
+
+@contextlib.contextmanager
+def querying(oracle, query_log: Path | None = None) -> Iterator[None]:
+    """Run an audit through ``oracle``: Ctrl-C exits 130 (saying how to resume from the
+    query log); afterwards the traffic is reported and the connection closed."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if query_log is not None:
+            stderr.print(
+                f"interrupted: every answer received is in {query_log}; run the same command "
+                "again to resume without repeating a query"
+            )
+        raise typer.Exit(130) from None
+    finally:
+        report_traffic(oracle)
+        getattr(oracle, "close", lambda: None)()
 
 
 def report_traffic(oracle) -> None:

@@ -234,33 +234,30 @@ def create_app(
     async def metadata(request: Request):
         return check_name(request) or JSONResponse(_metadata(options, served.oracle))
 
+    async def answer(request: Request, read_images, render):
+        """Inject faults, parse the images, ask the model, render its answer."""
+        if (fault := await misbehave()) is not None:
+            return fault
+        try:
+            images = read_images(await _json(request))
+            response = await run_in_threadpool(served.predict, images)
+        except _BadRequest as exc:
+            return error(400, str(exc))
+        except TracemarkError as exc:
+            return error(422, str(exc))
+        return JSONResponse(render(response))
+
     async def infer(request: Request):
         if (bad := check_name(request)) is not None:
             return bad
-        if (fault := await misbehave()) is not None:
-            return fault
-        try:
-            images = _v2_images(await _json(request))
-            response = await run_in_threadpool(served.predict, images)
-        except _BadRequest as exc:
-            return error(400, str(exc))
-        except TracemarkError as exc:
-            return error(422, str(exc))
-        return JSONResponse(
-            {"model_name": name, "model_version": "1", "outputs": _v2_outputs(response)}
+        return await answer(
+            request,
+            _v2_images,
+            lambda r: {"model_name": name, "model_version": "1", "outputs": _v2_outputs(r)},
         )
 
     async def predict(request: Request):
-        if (fault := await misbehave()) is not None:
-            return fault
-        try:
-            images = _png_images(await _json(request))
-            response = await run_in_threadpool(served.predict, images)
-        except _BadRequest as exc:
-            return error(400, str(exc))
-        except TracemarkError as exc:
-            return error(422, str(exc))
-        return JSONResponse({"predictions": _json_predictions(response)})
+        return await answer(request, _png_images, lambda r: {"predictions": _json_predictions(r)})
 
     model_routes = [
         Route("/v2/models/{name}", metadata),
