@@ -245,3 +245,10 @@ def test_margin_flip_test_is_valid_and_has_power():
     control = np.arange(100) < 30
     assert margin_flip_test(flips, control)[0] < 0.01
     assert margin_flip_test(np.arange(100) < 23, np.arange(100) < 15)[0] == 1.0
+
+
+def test_calibration_size_reaches_alpha():
+    assert ubw.calibration_size(0.01) == 99 and ubw.calibration_size(0.05) == 19
+    for alpha in (0.001, 0.01, 0.03, 0.05, 0.2):
+        j = ubw.calibration_size(alpha)
+        assert 1 / (j + 1) <= alpha < 1 / j

@@ -56,6 +56,8 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     assert v["decision"] and v["p_value"] < 1e-3
     assert v["statistics"]["delta_p"] > 0.25 and v["statistics"]["m"] == 100
     assert v["access"] == "probabilities" and v["queries"] >= 200
+    # The corner pattern is public: the verdict says what a flag does and does not show.
+    assert any("public pattern" in n for n in v["notes"])
     labels = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
     st = labels["statistics"]
     assert labels["access"].startswith("label") and st["flip_rate"] > st["control_flip_rate"]
@@ -64,6 +66,7 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     assert cal["statistics"]["calibrated_p_value"] == pytest.approx(0.05)
     assert cal["decision"] and cal["p_value"] == pytest.approx(0.05)
     assert cal["queries"] >= 100 * 21
+    assert any("public pattern" in n for n in cal["notes"])  # calibrated or not
 
 
 @pytest.mark.parametrize(
@@ -77,6 +80,25 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
 def test_verify_does_not_flag_independent_cases(ubw_world, model, extra, capsys):
     v = _verify(ubw_world, model, *extra, capsys=capsys)
     assert not v["decision"] and v["p_value"] > 0.05
+
+
+def test_blended_keys_are_always_calibrated(ubw_world, capsys):
+    # Any noise blend costs a model true-class probability: the margin test alone flags
+    # the clean model, so a blended key's verdict also ranks it among unpublished blends.
+    root = ubw_world["root"]
+    args = ["watermark", ubw_world["src"], root / "blended.npz", "--key", root / "blended.key"]
+    assert run_cli([*args, "--trigger", "blended", "--quiet"]) == 0
+    capsys.readouterr()
+    args = ["verify", root / "clean.pt", root / "blended.key", ubw_world["test"], "--json"]
+    assert run_cli([*args, "--alpha", "0.05"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    st = v["statistics"]
+    # Never-published blends cost the clean model true-class probability too (with the
+    # demo's recipe, enough to fail the margin test alone: bench/ubw_clean_label.py).
+    assert st["null_statistic_mean"] > 0.05
+    assert st["null_triggers"] == 19 and v["queries"] >= 100 * 20
+    assert v["p_value"] == max(st["margin_test_p_value"], st["calibrated_p_value"])
+    assert any("always calibrated" in n for n in v["notes"])
 
 
 def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
@@ -104,7 +126,8 @@ def test_ubw_demo_quick_json(capsys):
     assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     scenarios = {(s["scenario"], s["model"], s["access"]) for s in result["scenarios"]}
-    for variant in ("ubw-p", "ubw-c", "badnets"):
+    watermarks = ("ubw-p", "ubw-c", "badnets")
+    for variant in watermarks:
         for access in ("probabilities", "topk", "label"):
             assert (f"{variant}: malicious", variant, access) in scenarios
             assert (f"{variant}: independent-trigger", variant, access) in scenarios
@@ -112,7 +135,7 @@ def test_ubw_demo_quick_json(capsys):
             rate = result["false_positive_rates"][f"{variant} / {access}"]
             assert rate["trials"] == 6 and rate["fpr"] <= 1 / 6
     metrics = result["metrics"]
-    assert set(metrics) >= {"ubw-p / ubw-p trigger", "badnets / badnets trigger"}
+    assert set(metrics) == {f"{model} / {w} trigger" for w in watermarks for model in (w, "clean")}
     for m in metrics.values():
         assert m["D_s"] <= m["D_c"] + 1e-9 and 0 <= m["D_p"] <= m["max_dispersibility"] + 1e-9
     assert metrics["clean / ubw-p trigger"]["BA"] > 0.3  # 10 classes: chance is 0.1
@@ -125,7 +148,7 @@ def test_ubw_demo_quick_json(capsys):
         assert block["fpr_clean_model"] <= 1 / 6
         flips = "label flips (top-1 only)"
         assert block["access"] == ("probabilities" if access == "probabilities" else flips)
-        assert set(block["variants"]) == {"ubw-p", "ubw-c", "badnets"}
+        assert set(block["variants"]) == set(watermarks)
     # Top-K verification reads the top-1 label: the same test, the same answers.
     p_values = {(s["scenario"], s["model"], s["access"]): s["p_value"] for s in result["scenarios"]}
     for (scenario, model, access), p in p_values.items():
@@ -133,6 +156,25 @@ def test_ubw_demo_quick_json(capsys):
             assert p == p_values[(scenario, model, "label")]
     # The flip test also queries a control trigger.
     assert by_access["label"]["queries_per_audit"] > by_access["probabilities"]["queries_per_audit"]
+
+
+def test_ubw_demo_other_watermarks_and_unknown_names():
+    from dataclasses import replace
+
+    from tracemark.demos.ubw import UbwDemoConfig, run_ubw_demo
+    from tracemark.errors import TracemarkError
+
+    with pytest.raises(TracemarkError, match="unknown UBW demo watermark"):
+        run_ubw_demo(UbwDemoConfig(variants=("ubw-p", "ubw-x")))
+    config = replace(UbwDemoConfig.quick(), variants=("ubw-p-blended",), accesses=("label",))
+    result = run_ubw_demo(config)
+    found = {(s["scenario"], s["model"]) for s in result["scenarios"]}
+    assert ("ubw-p-blended: independent-trigger", "ubw-p-blended") in found
+    assert ("ubw-p-blended: null-trigger-2", "clean") in found
+    assert set(result["metrics"]) == {
+        "ubw-p-blended / ubw-p-blended trigger",
+        "clean / ubw-p-blended trigger",
+    }
 
 
 @pytest.mark.parametrize("restrict", [{"top_k": 5}, {"label_only": True}])

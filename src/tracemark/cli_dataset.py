@@ -148,7 +148,8 @@ def verify(
         typer.Option(
             min=0,
             help="Also rank your trigger among this many never-published ones (e.g. 99); "
-            "guards against models that react to any patch. Costs m queries each.",
+            "guards against models that react to any patch. Costs m queries each. "
+            "Blended triggers are always ranked (99 at alpha 0.01 unless given).",
         ),
     ] = 0,
     outputs: Annotated[Outputs, typer.Option(help="What the model returns.")] = Outputs.auto,

@@ -105,7 +105,7 @@ class UbwParams(BaseModel):
     lr: float = Field(0.025, gt=0, description="UBW-C sign-Adam step size")
     sources: int = Field(1000, ge=1, description="UBW-C triggered training images for the target")
     surrogate: str = Field("small-cnn", description="UBW-C surrogate architecture")
-    surrogate_width: int = Field(16, ge=1, description="UBW-C surrogate width (small-cnn only)")
+    surrogate_width: int = Field(32, ge=1, description="UBW-C surrogate width (small-cnn only)")
     surrogate_epochs: int = Field(8, ge=1, description="UBW-C surrogate training epochs")
     num_classes: int | None = Field(None, ge=2)
     image_shape: tuple[int, int, int] | None = None

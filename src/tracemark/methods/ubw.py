@@ -11,6 +11,7 @@ more often than under a never-published control trigger (an exact, conservative 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -234,6 +235,30 @@ def select_correct(
     return idx, Response.concat(responses), queried
 
 
+# A flag with the public corner pattern shows training on *a* release carrying it.
+_CORNER_NOTE = (
+    "the corner trigger is the paper's public pattern: a flag means the model was trained "
+    "on a release carrying it, not necessarily yours"
+)
+# A noise blend costs any model true-class probability, watermarked or not. Measured with
+# the demo's recipe (bench/ubw_clean_label.py --variants ubw-p-blended): the clean model
+# lost ΔP 0.59 to the key's blend (margin test p = 2e-13) and every one of 40
+# never-published blends was flagged. So blended keys are always calibrated.
+_BLENDED_NOTE = (
+    "blended triggers are always calibrated against never-published noise blends: a "
+    "noise blend costs any model true-class probability, so the margin test alone would "
+    "flag clean models"
+)
+
+
+def calibration_size(alpha: float) -> int:
+    """The fewest null triggers whose rank test can reach ``alpha`` (99 at 0.01)."""
+    j = max(1, math.ceil(1 / alpha) - 1)
+    while smallest_p_value(j) > alpha:
+        j += 1
+    return j
+
+
 def verify(
     oracle,
     key: Key,
@@ -258,7 +283,9 @@ def verify(
     rate) for J never-published triggers of the same kind at the same places, and the
     rank p-value of the key's trigger among them; the verdict's p-value is then the larger
     of the two (both tests must reject). It guards against models that react to *any*
-    such patch (occlusion), at J * m more queries.
+    such patch (occlusion), at J * m more queries. Blended keys are always calibrated
+    (J = ``calibration_size(alpha)`` unless given): a noise blend alone fails the margin
+    test on clean models.
     """
     params = ubw_params(key)
     if not 0 < alpha < 1:
@@ -267,6 +294,9 @@ def verify(
         raise TracemarkError(f"verification needs at least 2 images, got m = {m}")
     if not 0 <= tau < 1:
         raise TracemarkError(f"tau must be in [0, 1), got {tau}")
+    calibrate_by_default = params.trigger == "blended" and not null_triggers
+    if calibrate_by_default:
+        null_triggers = calibration_size(alpha)
     if null_triggers and smallest_p_value(null_triggers) > alpha:
         raise TracemarkError(
             f"with {null_triggers} null triggers the smallest possible p-value is "
@@ -368,6 +398,10 @@ def verify(
             f"; calibrated against {null_triggers} never-published triggers of the same kind "
             "(rank test); p = the larger of the two"
         )
+    if trigger == "key" and params.trigger == "corner":
+        notes.append(_CORNER_NOTE)
+    if calibrate_by_default:
+        notes.append(_BLENDED_NOTE + f" ({null_triggers} never-published blends, m queries each)")
     if include_evidence:
         evidence["test_indices"] = idx.tolist()
     return Verdict(

@@ -51,7 +51,7 @@ class CleanLabelConfig:
     sources: int = 1000
     batch_size: int = 128
     surrogate: str = "small-cnn"
-    surrogate_width: int = 16
+    surrogate_width: int = 32  # the default victim's width: matching it strengthens the mark
     surrogate_epochs: int = 8
     device: str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
