@@ -74,6 +74,7 @@ class UbwDemoConfig:
         return cls(
             per_class=20,
             epochs=8,
+            augment=False,  # 8 augmented epochs on 200 images leave a CNN near chance
             m=30,
             report_images=300,
             null_keys=3,
