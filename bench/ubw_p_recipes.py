@@ -25,12 +25,15 @@ RECIPES = {  # name -> (epochs, random shift and flip)
 
 def main() -> None:
     from tracemark.datasets import load_fashion_mnist
-    from tracemark.demos.ubw import DEMO_SEED, UbwDemoConfig, _key, _training_set
+    from tracemark.demos.ubw import (
+        DEMO_SEED,
+        UbwDemoConfig,
+        demo_key,
+        train_victim,
+        training_set,
+    )
     from tracemark.methods import ubw
-    from tracemark.models import build_model
     from tracemark.oracle import TorchModuleOracle
-    from tracemark.rng import derive_int
-    from tracemark.training import TrainConfig, train_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -48,22 +51,10 @@ def main() -> None:
                 per_class=args.per_class, epochs=epochs, augment=augment, seed=seed
             )
             release, key = ubw.watermark(
-                _training_set(config, train), _key(config, "ubw-p", "ubw-p")
-            )
-            model = build_model(
-                "small-cnn", in_channels=1, num_classes=10, width=config.victim_width
+                training_set(config, train), demo_key(config, "ubw-p", "ubw-p")
             )
             start = time.perf_counter()
-            train_model(
-                model,
-                release.images,
-                release.labels,
-                TrainConfig(
-                    epochs=epochs,
-                    augment=augment,
-                    seed=derive_int(seed, "demo/ubw/train", "ubw-p"),
-                ),
-            )
+            model = train_victim(config, "ubw-p", release)
             oracle = TorchModuleOracle(model, num_classes=10)
             metrics = ubw.report(lambda x, o=oracle: o.query(x).probs, key, test)
             row = {"recipe": recipe, "seed": seed, "train_s": round(time.perf_counter() - start, 1)}

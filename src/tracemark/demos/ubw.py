@@ -108,7 +108,8 @@ WATERMARKS: dict[str, dict[str, str]] = {
 }
 
 
-def _key(config: UbwDemoConfig, watermark: str, name: str) -> Key:
+def demo_key(config: UbwDemoConfig, watermark: str, name: str) -> Key:
+    """A fresh key for one of ``WATERMARKS``, derived from the demo seed and ``name``."""
     params: dict = {**WATERMARKS[watermark], "gamma": config.gamma}
     if params["variant"] == "ubw-c":
         params |= {
@@ -122,7 +123,8 @@ def _key(config: UbwDemoConfig, watermark: str, name: str) -> Key:
     return Key(method="ubw", params=params, seed=seed)
 
 
-def _training_set(config: UbwDemoConfig, train: LabelledImages) -> LabelledImages:
+def training_set(config: UbwDemoConfig, train: LabelledImages) -> LabelledImages:
+    """The demo's balanced split: ``per_class`` images of each class, drawn from the seed."""
     rng = derive(config.seed, "demo/ubw/split")
     idx = np.concatenate(
         [
@@ -131,6 +133,26 @@ def _training_set(config: UbwDemoConfig, train: LabelledImages) -> LabelledImage
         ]
     )
     return train.subset(np.sort(idx))
+
+
+def train_victim(config: UbwDemoConfig, name: str, release: LabelledImages, progress_factory=None):
+    """The demo's small CNN trained on ``release`` with the demo's recipe; seeded by ``name``."""
+    from ..models import build_model
+    from ..training import TrainConfig, train_model
+
+    model = build_model("small-cnn", in_channels=1, num_classes=10, width=config.victim_width)
+    cfg = TrainConfig(
+        epochs=config.epochs,
+        augment=config.augment,
+        seed=derive_int(config.seed, "demo/ubw/train", name),
+    )
+    return train_model(
+        model,
+        release.images,
+        release.labels,
+        cfg,
+        progress=epoch_callback(progress_factory, name, config.epochs),
+    )
 
 
 def _verify_all(config, name, cache, key, test, null_keys) -> list[Scenario]:
@@ -170,9 +192,7 @@ def run_ubw_demo(
     progress_factory=None,
 ) -> dict:
     """Run the demo; return metrics per model, verification per scenario, measured FPR."""
-    from ..models import build_model
     from ..oracle import TorchModuleOracle
-    from ..training import TrainConfig, train_model
 
     config = config or UbwDemoConfig()
     check_accesses(config.accesses, config.top_k)
@@ -184,9 +204,9 @@ def run_ubw_demo(
     say = stage or (lambda _msg: None)
     t0 = time.perf_counter()
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
-    data = _training_set(config, train)
+    data = training_set(config, train)
     report_set = test.subset(np.arange(min(config.report_images, len(test))))
-    keys = {v: _key(config, v, v) for v in config.variants}
+    keys = {v: demo_key(config, v, v) for v in config.variants}
     releases: dict[str, LabelledImages] = {"clean": data}
     timings: dict[str, float] = {}
     for variant, key in keys.items():
@@ -201,19 +221,7 @@ def run_ubw_demo(
     for name, release in releases.items():
         say(f"training a small CNN on the {name} release for {config.epochs} epochs")
         t = time.perf_counter()
-        model = build_model("small-cnn", in_channels=1, num_classes=10, width=config.victim_width)
-        cfg = TrainConfig(
-            epochs=config.epochs,
-            augment=config.augment,
-            seed=derive_int(config.seed, "demo/ubw/train", name),
-        )
-        train_model(
-            model,
-            release.images,
-            release.labels,
-            cfg,
-            progress=epoch_callback(progress_factory, name, config.epochs),
-        )
+        model = train_victim(config, name, release, progress_factory)
         models[name] = model
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
 
@@ -232,7 +240,7 @@ def run_ubw_demo(
     caches = {name: AnswerCache(TorchModuleOracle(m, num_classes=10)) for name, m in models.items()}
     scenarios: list[Scenario] = []
     for variant in config.variants:
-        nulls = [_key(config, variant, f"null-{variant}-{j}") for j in range(config.null_keys)]
+        nulls = [demo_key(config, variant, f"null-{variant}-{j}") for j in range(config.null_keys)]
         for name in (variant, "clean"):
             found = _verify_all(config, name, caches[name], keys[variant], test, nulls)
             for s in found:
