@@ -201,6 +201,37 @@ def test_log_resumes_without_repeating_and_replays_identically(tmp_path):
         ReplayOracle(log).query(_images(1, seed=5))
 
 
+def test_ctrl_c_inside_submit_still_logs_every_answer_the_server_gave(tmp_path, monkeypatch):
+    # Ctrl-C can land anywhere in the main thread, e.g. after the pool has queued a batch
+    # but before submit returned its future. That batch is still sent and answered, so its
+    # answer must reach the log, or a resumed audit asks the model the same thing twice.
+    from concurrent.futures import ThreadPoolExecutor
+
+    real_submit = ThreadPoolExecutor.submit
+    calls = []
+
+    def submit(pool, fn, *args, **kwargs):
+        future = real_submit(pool, fn, *args, **kwargs)
+        calls.append(future)
+        if len(calls) == 2:
+            future.result()  # the server has answered this batch...
+            raise KeyboardInterrupt  # ...and the user pressed Ctrl-C before submit returned
+        return future
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+    log, x, server = tmp_path / "q.jsonl", _images(20), Server()
+    oracle = _oracle(server, log=log)
+    with pytest.raises(KeyboardInterrupt):
+        oracle.query(x)
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", real_submit)
+    logged = [json.loads(line)["sha256"] for line in log.read_text().splitlines()[1:]]
+    assert len(server.seen) >= 8 and sorted(logged) == sorted(server.seen)
+    resumed = Server()
+    _oracle(resumed, log=log).query(x)
+    assert not set(resumed.seen) & set(server.seen)  # nothing asked twice
+    assert sorted(server.seen + resumed.seen) == sorted({image_sha256(i) for i in x})
+
+
 def test_a_half_written_last_line_is_dropped_on_resume(tmp_path):
     log = tmp_path / "q.jsonl"
     x = _images(8)

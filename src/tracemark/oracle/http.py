@@ -11,12 +11,15 @@ and logged, so the model is never asked the same thing twice.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import os
+import signal
 import threading
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -42,6 +45,21 @@ LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 def is_url(value: object) -> bool:
     """True for an ``http://`` or ``https://`` address (a model that is an API, not a file)."""
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Hold SIGINT back in the main thread for the block; a Ctrl-C pressed meanwhile is
+    raised right after it. Where signals cannot be masked, the block runs as it is."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class _Stopped(Exception):
@@ -184,32 +202,42 @@ class HttpOracle(LoggedOracle):
             self._configure()
         stop = threading.Event()
         bs = self.batch_size
+        # Each worker files its batch's answer here itself (keyed by the batch's start), so
+        # an answer survives a Ctrl-C that lands before the main thread has noted the
+        # future (e.g. inside pool.submit): the server answered it, so it must be logged.
+        answered: dict[int, tuple[str, list[dict]]] = {}
+        recorded: set[int] = set()
+
+        def send(start: int) -> int:
+            answered[start] = self._send(images[start : start + bs], stop)
+            return start
+
+        def record(start: int) -> None:
+            if start not in recorded:
+                when, answers = answered[start]
+                self._record(hashes[start : start + bs], when, answers)
+                recorded.add(start)
+
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tracemark-http")
-        futures: dict[Future, list[str]] = {}
-        recorded: set[Future] = set()
+        futures: list[Future] = []
         try:
-            for start in range(0, len(hashes), bs):
-                fut = pool.submit(self._send, images[start : start + bs], stop)
-                futures[fut] = hashes[start : start + bs]
+            # The pool starts its threads inside submit(); a Ctrl-C there can leave a thread
+            # the pool does not know of, whose answer shutdown() would not wait for.
+            with _ctrl_c_deferred():
+                for start in range(0, len(hashes), bs):
+                    futures.append(pool.submit(send, start))
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
-                    when, answers = fut.result()  # raises the batch's error
-                    self._record(futures[fut], when, answers)
-                    recorded.add(fut)
+                    record(fut.result())  # raises the batch's error
         except BaseException:
             # Interrupted (Ctrl-C) or a batch failed: start nothing new, let requests in
             # flight finish, and keep their answers so a re-run never sends them again.
             stop.set()
-            for fut in futures:
-                fut.cancel()
-            pool.shutdown(wait=True)
-            for fut, batch in futures.items():
-                finished = fut not in recorded and fut.done() and not fut.cancelled()
-                if finished and fut.exception() is None:
-                    when, answers = fut.result()
-                    self._record(batch, when, answers)
+            pool.shutdown(wait=True, cancel_futures=True)
+            for start in sorted(answered):
+                record(start)
             raise
         finally:
             pool.shutdown(wait=True)
