@@ -23,7 +23,11 @@ def ubw_world(tmp_path_factory):
     np.savez(src, x=np.round(train.images * 255).astype(np.uint8), y=train.labels)
     np.savez(tests, x=np.round(test.images * 255).astype(np.uint8), y=test.labels)
     release, key = root / "release.npz", root / "release.key"
-    assert run_cli(["watermark", src, release, "--key", key, "--quiet"]) == 0
+    # A fixed key seed (keys otherwise draw theirs from the OS), so that what the victim
+    # learns, and so every assertion below, is the same on every run.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("tracemark.keys.secrets.token_hex", lambda n: "5eed" * (n // 2))
+        assert run_cli(["watermark", src, release, "--key", key, "--quiet"]) == 0
     for data, name, epochs in ((release, "marked.pt", "8"), (src, "clean.pt", "4")):
         args = ["train", data, root / name, "--epochs", epochs, "--no-augment", "--quiet"]
         assert run_cli(args) == 0
@@ -60,10 +64,10 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     assert any("public pattern" in n for n in v["notes"])
     labels = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
     st = labels["statistics"]
-    # The trigger flips many labels of images the model gets right. (Whether it flips more
-    # than a never-published pattern in the same corner depends on the random key: a
-    # victim partly generalises over corner patterns; CI once measured 0.44 against 0.46.)
-    assert labels["access"].startswith("label") and st["flip_rate"] > 0.2
+    # The trigger flips far more labels of images the model gets right than a
+    # never-published pattern in the same corner does (measured: 0.64 against 0.05).
+    assert labels["access"].startswith("label") and labels["decision"]
+    assert st["flip_rate"] > st["control_flip_rate"] + 0.3
     # Calibrated against 19 never-published corner patterns: the key's ranks first.
     cal = _verify(ubw_world, "marked.pt", "--null-triggers", "19", "--alpha", "0.05", capsys=capsys)
     assert cal["statistics"]["calibrated_p_value"] == pytest.approx(0.05)
@@ -97,7 +101,8 @@ def test_blended_keys_are_always_calibrated(ubw_world, capsys):
     v = json.loads(capsys.readouterr().out)
     st = v["statistics"]
     # Never-published blends cost the clean model true-class probability too (with the
-    # demo's recipe, enough to fail the margin test alone: bench/ubw_clean_label.py).
+    # augmented 2,000-image recipe, enough to fail the margin test alone:
+    # bench/ubw_clean_label.py).
     assert st["null_statistic_mean"] > 0.05
     assert st["null_triggers"] == 19 and v["queries"] >= 100 * 20
     assert v["p_value"] == max(st["margin_test_p_value"], st["calibrated_p_value"])
@@ -180,6 +185,43 @@ def test_ubw_demo_other_watermarks_and_unknown_names():
     }
 
 
+def test_ubw_demo_trains_a_clean_model_per_victim_recipe():
+    # UBW-C's victims have their own recipe (augmented, 2,000 images in the full demo), so
+    # its Independent-M is a clean model trained the same way, not the UBW-P one.
+    from dataclasses import replace
+
+    from tracemark.demos.ubw import UbwDemoConfig, VictimRecipe, run_ubw_demo
+
+    quick = UbwDemoConfig.quick()
+    config = replace(
+        quick,
+        variants=("badnets", "ubw-c"),
+        accesses=("probabilities",),
+        null_keys=1,
+        ubw_c_recipe=VictimRecipe(per_class=10, epochs=4, augment=True),
+    )
+    result = run_ubw_demo(config)
+    victims = result["victims"]
+    assert list(victims) == ["clean", "clean-ubw-c", "badnets", "ubw-c"]
+    assert victims["clean"]["images"] == victims["badnets"]["images"] == 200
+    assert victims["clean-ubw-c"]["images"] == victims["ubw-c"]["images"] == 100
+    assert victims["ubw-c"]["recipe"]["augment"] and not victims["badnets"]["recipe"]["augment"]
+    found = {(s["scenario"], s["model"]) for s in result["scenarios"]}
+    assert ("ubw-c: independent-model", "clean-ubw-c") in found
+    assert ("badnets: independent-model", "clean") in found
+    assert ("ubw-c: null-trigger-0", "clean-ubw-c") in found
+    assert set(result["metrics"]) == {
+        "badnets / badnets trigger",
+        "clean / badnets trigger",
+        "ubw-c / ubw-c trigger",
+        "clean-ubw-c / ubw-c trigger",
+    }
+    block = result["by_access"]["probabilities"]
+    # Independent-M and a null trigger on each clean model, per watermark.
+    assert block["trials"]["fpr_clean_model"] == 4
+    assert set(block["queries"]) == set(victims)
+
+
 @pytest.mark.parametrize("restrict", [{"top_k": 5}, {"label_only": True}])
 def test_verify_over_http_with_restricted_answers_uses_label_flips(ubw_world, restrict, capsys):
     # The served model reveals only its top 5 labels, or only the label: verification
@@ -196,4 +238,5 @@ def test_verify_over_http_with_restricted_answers_uses_label_flips(ubw_world, re
     for field in ("p_value", "effect", "decision", "queries"):
         assert remote[field] == local[field], field
     st = remote["statistics"]
-    assert st == local["statistics"] and st["flip_rate"] > 0.2
+    assert st == local["statistics"] and remote["decision"]
+    assert st["flip_rate"] > st["control_flip_rate"] + 0.3

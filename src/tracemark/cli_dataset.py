@@ -245,6 +245,14 @@ def print_ubw_demo(result: dict) -> None:
     """Tables for `tracemark demo ubw`."""
     from rich.table import Table
 
+    victims = Table(title="Victims: each trained by the recipe its kind of release meets")
+    for col in ("model", "images", "epochs", "augmentation", "weight decay"):
+        victims.add_column(col)
+    for name, v in result.get("victims", {}).items():
+        r = v["recipe"]
+        aug = "shifts + flips" if r["augment"] else "none"
+        victims.add_row(name, str(v["images"]), str(r["epochs"]), aug, f"{r['weight_decay']:g}")
+    stdout.print(victims)
     metrics = Table(title="Watermark metrics (test set)")
     for col in ("model / trigger", "BA", "ASR-A", "ASR-C", "D_p", "D_s", "D_c"):
         metrics.add_column(col)

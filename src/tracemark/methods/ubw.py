@@ -241,9 +241,9 @@ _CORNER_NOTE = (
     "on a release carrying it, not necessarily yours"
 )
 # A noise blend costs any model true-class probability, watermarked or not. Measured with
-# the demo's recipe (bench/ubw_clean_label.py --variants ubw-p-blended): the clean model
-# lost ΔP 0.59 to the key's blend (margin test p = 2e-13) and every one of 40
-# never-published blends was flagged. So blended keys are always calibrated.
+# the augmented 2,000-image recipe (bench/ubw_clean_label.py --variants ubw-p-blended):
+# the clean model lost ΔP 0.59 to the key's blend (margin test p = 2e-13) and every one
+# of 40 never-published blends was flagged. So blended keys are always calibrated.
 _BLENDED_NOTE = (
     "blended triggers are always calibrated against never-published noise blends: a "
     "noise blend costs any model true-class probability, so the margin test alone would "
