@@ -245,7 +245,7 @@ def print_ubw_demo(result: dict) -> None:
     """Tables for `tracemark demo ubw`."""
     from rich.table import Table
 
-    victims = Table(title="Victims: each trained by the recipe its kind of release meets")
+    victims = Table(title="Victims and how each was trained")
     for col in ("model", "images", "epochs", "augmentation", "weight decay"):
         victims.add_column(col)
     for name, v in result.get("victims", {}).items():

@@ -2,10 +2,10 @@
 
 A publisher watermarks a balanced Fashion-MNIST training set three ways (UBW-P, UBW-C,
 and the targeted BadNets baseline; ``WATERMARKS`` has more); a small CNN is trained on
-each release and one on the clean data, with the recipe (``VictimRecipe``) that the
-watermark's kind of release meets (see ``UbwDemoConfig``), and one clean model per
-recipe. For every model the demo reports BA, ASR-A,
-ASR-C and the dispersibilities, and runs verification in the paper's three scenarios:
+each release with the victim recipe (``VictimRecipe``) chosen for that watermark
+(``UbwDemoConfig.recipe`` or ``ubw_c_recipe``), and one on the clean data per recipe.
+For every model the demo reports BA, ASR-A, ASR-C and the dispersibilities, and runs
+verification in the paper's three scenarios:
 
 - Malicious: the watermarked model, the key's trigger;
 - Independent-M: the clean model, the key's trigger;
