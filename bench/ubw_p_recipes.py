@@ -1,6 +1,6 @@
 """UBW-P's watermark metrics across victim training recipes and demo seeds.
 
-    python bench/ubw_p_recipes.py                          # 3 recipes x 3 seeds, ~30 min
+    python bench/ubw_p_recipes.py                          # 3 recipes x 3 seeds, ~25 min
     python bench/ubw_p_recipes.py --recipes demo --seeds 7562772d64656d6f2d736565642d3031
 
 For each (recipe, seed) it builds the UBW demo's training split for the recipe and the
