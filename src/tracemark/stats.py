@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -35,6 +36,14 @@ def rank_p_value(
 def smallest_p_value(n_null: int) -> float:
     """The smallest p-value a rank test against ``n_null`` draws can return."""
     return 1.0 / (n_null + 1)
+
+
+def calibration_size(alpha: float) -> int:
+    """The fewest null draws whose rank test can reach ``alpha`` (99 at 0.01)."""
+    n = max(1, math.ceil(1 / alpha) - 1)
+    while smallest_p_value(n) > alpha:  # 1/alpha can round below the true count
+        n += 1
+    return n
 
 
 def standardised_gap(observed: float, null: np.ndarray) -> float:

@@ -11,7 +11,6 @@ more often than under a never-published control trigger (an exact, conservative 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,7 +20,13 @@ from ..datasets import LabelledImages
 from ..errors import TracemarkError
 from ..images import quantize
 from ..keys import Key, UbwParams
-from ..stats import margin_flip_test, margin_paired_ttest, rank_p_value, smallest_p_value
+from ..stats import (
+    calibration_size,
+    margin_flip_test,
+    margin_paired_ttest,
+    rank_p_value,
+    smallest_p_value,
+)
 from ..triggers import CORNER_PATTERN, Trigger, random_positions, upscale
 from ..verdict import Verdict
 
@@ -249,14 +254,6 @@ _BLENDED_NOTE = (
     "noise blend costs any model true-class probability, so the margin test alone would "
     "flag clean models"
 )
-
-
-def calibration_size(alpha: float) -> int:
-    """The fewest null triggers whose rank test can reach ``alpha`` (99 at 0.01)."""
-    j = max(1, math.ceil(1 / alpha) - 1)
-    while smallest_p_value(j) > alpha:
-        j += 1
-    return j
 
 
 def verify(
