@@ -232,6 +232,25 @@ def test_ctrl_c_inside_submit_still_logs_every_answer_the_server_gave(tmp_path, 
     assert sorted(server.seen + resumed.seen) == sorted({image_sha256(i) for i in x})
 
 
+def test_a_log_append_interrupted_before_the_write_marks_nothing(tmp_path, monkeypatch):
+    # The oracle retries the append after a Ctrl-C; answers marked as logged but never
+    # written would be skipped by that retry and lost.
+    import tracemark.oracle.querylog as querylog
+
+    log = QueryLog(tmp_path / "q.jsonl", {"endpoint": "e"})
+    answer = {"output": [0.25, 0.75]}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C as the log file is being opened
+
+    monkeypatch.setattr(querylog, "open", interrupted, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        log.append([("a" * 64, "t", answer)])
+    monkeypatch.delattr(querylog, "open")
+    log.append([("a" * 64, "t", answer)])  # the retry
+    assert QueryLog(tmp_path / "q.jsonl", {"endpoint": "e"}).answers == {"a" * 64: answer}
+
+
 def test_a_half_written_last_line_is_dropped_on_resume(tmp_path):
     log = tmp_path / "q.jsonl"
     x = _images(8)

@@ -124,12 +124,12 @@ class QueryLog:
         """Append (sha256, request time, answer) records and make them durable."""
         if not self._writable:
             raise TracemarkError(f"query log {self.path} was opened read-only")
-        lines = []
+        lines, new = [], {}
         with self._lock:
             for sha, when, answer in records:
-                if sha in self.answers:
+                if sha in self.answers or sha in new:
                     continue  # never record an image twice
-                self.answers[sha] = answer
+                new[sha] = answer
                 lines.append(json.dumps({"sha256": sha, "time": when, "answer": answer}) + "\n")
             if not lines:
                 return
@@ -137,6 +137,9 @@ class QueryLog:
                 fh.write("".join(lines))
                 fh.flush()
                 os.fsync(fh.fileno())
+            # Only once they are on disk: a Ctrl-C before this point leaves them unmarked,
+            # so the caller's retry writes them (a repeated identical line loads fine).
+            self.answers.update(new)
 
     def _load(self, repair: bool) -> None:
         try:
