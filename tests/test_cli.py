@@ -68,6 +68,27 @@ def test_mark_folder_manifest_and_no_overwrite(tmp_path, fmnist_test, capsys):
     assert run_cli(["mark", tmp_path / "k.json", src, src / "marked", "--quiet"]) == 2
 
 
+def test_mark_publishes_the_keys_choice_and_lists_the_collection(tmp_path, fmnist_test):
+    from tracemark.keys import load_key
+    from tracemark.methods import tracker
+
+    src = tmp_path / "photos"
+    write_pngs(src, fmnist_test.images[:8])
+    assert run_cli(["keygen", "-o", tmp_path / "k.json"]) == 0
+    out = tmp_path / "published"
+    assert run_cli(["mark", tmp_path / "k.json", src, out, "--publish", "3", "--quiet"]) == 0
+    manifest = read_manifest(tmp_path / "published.manifest.json")
+    chosen = tracker.choose_published(
+        load_key(tmp_path / "k.json"), [e["source"] for e in manifest["files"]], 3
+    )
+    assert [e["published"] for e in manifest["files"]] == chosen.tolist()
+    assert manifest["published_images"] == 3 and manifest["collection_images"] == 8
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        e["marked"] for e in manifest["files"] if e["published"]
+    )
+    assert run_cli(["mark", tmp_path / "k.json", src, tmp_path / "x", "--publish", "9"]) == 2
+
+
 @pytest.fixture(scope="module")
 def exported(marked_world, tmp_path_factory):
     from tracemark.training import export_onnx, export_torchscript, save_checkpoint
@@ -79,16 +100,8 @@ def exported(marked_world, tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def holdout_dir(fmnist_test, tmp_path_factory, marked_world):
-    d = tmp_path_factory.mktemp("holdout")
-    for c in (marked_world.classes[0], 2):
-        write_pngs(d / str(c), fmnist_test.images[fmnist_test.labels == c][:300])
-    return d
-
-
 @pytest.mark.parametrize("model_name", ["trained.onnx", "trained.pt"])
-def test_cli_audit_detects_training(marked_world, exported, holdout_dir, model_name, capsys):
+def test_cli_audit_detects_training(marked_world, exported, model_name, capsys):
     args = [
         "audit",
         marked_world.cli_key,
@@ -96,7 +109,7 @@ def test_cli_audit_detects_training(marked_world, exported, holdout_dir, model_n
         "--marked",
         marked_world.cli_marked,
     ]
-    args += ["--holdout", holdout_dir, "--label", str(marked_world.classes[0])]
+    args += ["--originals", marked_world.cli_originals, "--label", str(marked_world.classes[0])]
     args += ["--n-pseudo", "100", "--json", "--quiet"]
     assert run_cli(args) == 0
     v = json.loads(capsys.readouterr().out)
@@ -105,11 +118,11 @@ def test_cli_audit_detects_training(marked_world, exported, holdout_dir, model_n
     assert v["label"] == marked_world.classes[0]
     assert v["queries"] == 30 + 100 * 30
     assert v["effect"] > 0
+    assert v["statistics"]["design"] == "randomised publication"
+    assert v["statistics"]["collection_size"] == 90
 
 
-def test_cli_audit_clean_model_exit_zero_and_readable(
-    marked_world, exported, holdout_dir, capsys, tmp_path
-):
+def test_cli_audit_clean_model_exit_zero_and_readable(marked_world, exported, capsys, tmp_path):
     args = [
         "audit",
         marked_world.cli_key,
@@ -117,9 +130,9 @@ def test_cli_audit_clean_model_exit_zero_and_readable(
         "--marked",
         marked_world.cli_marked,
     ]
-    # A flat folder of the user's own unpublished photos: labels by majority vote.
-    own = holdout_dir / str(marked_world.classes[0])
-    args += ["--holdout", own, "--n-pseudo", "100", "--quiet", "--evidence", tmp_path / "e.json"]
+    # No --label: each set is scored under its own majority vote.
+    args += ["--originals", marked_world.cli_originals, "--n-pseudo", "100", "--quiet"]
+    args += ["--evidence", tmp_path / "e.json"]
     assert run_cli(args) == 0
     out = capsys.readouterr().out
     assert "no evidence" in out and "p-value" in out
@@ -128,7 +141,7 @@ def test_cli_audit_clean_model_exit_zero_and_readable(
     assert full["label_source"].startswith("majority vote")
 
 
-def test_cli_audit_errors_are_clear(marked_world, exported, holdout_dir, tmp_path, capsys):
+def test_cli_audit_errors_are_clear(marked_world, exported, tmp_path, capsys):
     base = [
         "audit",
         marked_world.cli_key,
@@ -136,7 +149,17 @@ def test_cli_audit_errors_are_clear(marked_world, exported, holdout_dir, tmp_pat
         "--marked",
         marked_world.cli_marked,
     ]
-    assert run_cli([*base, "--holdout", tmp_path / "nowhere", "--quiet"]) == 2
+    assert run_cli([*base, "--originals", tmp_path / "nowhere", "--quiet"]) == 2
+    # The old holdout null is refused, with what to do instead.
+    assert run_cli([*base, "--holdout", marked_world.cli_originals, "--quiet"]) == 2
+    assert "--originals" in capsys.readouterr().err
+    # A published file with no original in --originals.
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted(marked_world.cli_originals.iterdir())[:2]:
+        (few / f.name).write_bytes(f.read_bytes())
+    assert run_cli([*base, "--originals", few, "--quiet"]) == 2
+    assert "has no original" in capsys.readouterr().err
     assert (
         run_cli(
             [
@@ -145,8 +168,8 @@ def test_cli_audit_errors_are_clear(marked_world, exported, holdout_dir, tmp_pat
                 exported / "trained.onnx",
                 "--marked",
                 tmp_path,
-                "--holdout",
-                holdout_dir,
+                "--originals",
+                marked_world.cli_originals,
             ]
         )
         == 2
@@ -160,8 +183,8 @@ def test_cli_audit_errors_are_clear(marked_world, exported, holdout_dir, tmp_pat
                 tmp_path / "junk.onnx",
                 "--marked",
                 marked_world.cli_marked,
-                "--holdout",
-                holdout_dir,
+                "--originals",
+                marked_world.cli_originals,
                 "--quiet",
             ]
         )

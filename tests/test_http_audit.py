@@ -32,15 +32,13 @@ def world(marked_world, fmnist_test, tmp_path_factory):
     example = marked_world.marked[0][:2]
     export_torchscript(marked_world.model, d / "trained.pt", example=example)
     export_torchscript(marked_world.clean_model, d / "clean.pt", example=example)
-    label = marked_world.classes[0]
-    write_pngs(d / "holdout" / str(label), fmnist_test.images[fmnist_test.labels == label][:300])
     return d
 
 
 def _tracker_args(marked_world, world, model: str) -> list:
     return [
         "audit", marked_world.cli_key, model, "--marked", marked_world.cli_marked,
-        "--holdout", world / "holdout", "--label", str(marked_world.classes[0]),
+        "--originals", marked_world.cli_originals, "--label", str(marked_world.classes[0]),
         "--n-pseudo", "100", "--json", "--quiet",
     ]  # fmt: skip
 

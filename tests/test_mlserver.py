@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import run_cli, write_pngs
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
@@ -219,14 +219,6 @@ def mlserver(mlserver_installed, marked_world, tmp_path_factory):
     assert not _accepts(http_port), f"port {http_port} still accepts connections after SIGTERM"
 
 
-@pytest.fixture(scope="module")
-def holdout_dir(fmnist_test, tmp_path_factory, marked_world):
-    d = tmp_path_factory.mktemp("holdout")
-    for c in (marked_world.classes[0], 2):
-        write_pngs(d / str(c), fmnist_test.images[fmnist_test.labels == c][:300])
-    return d
-
-
 def _cli_json(args: list) -> dict:
     """Run the CLI in-process; its JSON verdict (exit status 0 asserted)."""
     out = io.StringIO()
@@ -237,13 +229,13 @@ def _cli_json(args: list) -> dict:
 
 
 @pytest.fixture(scope="module")
-def audit_args(marked_world, holdout_dir):
+def audit_args(marked_world):
     """The options shared by the HTTP audit, the local audit and the replay."""
     return [
         "--marked",
         marked_world.cli_marked,
-        "--holdout",
-        holdout_dir,
+        "--originals",
+        marked_world.cli_originals,
         "--label",
         str(marked_world.classes[0]),
         "--n-pseudo",

@@ -2,7 +2,8 @@
 
 import tracemark
 tracemark.mark_folder("me.key", "photos/", "published/")
-verdict = tracemark.audit("suspect.onnx", "me.key", "published/", "unpublished/")
+tracemark.mark_folder("me.key", "photos/", "published/", publish=25)
+verdict = tracemark.audit("suspect.onnx", "me.key", "published/", originals="photos/")
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -46,14 +47,17 @@ def mark_folder(
     quality: int = 95,
     mode: Literal["auto", "RGB", "L"] = "auto",
     manifest: PathLike | None = None,
+    publish: int | None = None,
     force: bool = False,
     progress: ProgressFactory | None = None,
 ) -> Path:
-    """Write marked copies of every image under ``src`` to ``out``; return the manifest path.
+    """Write marked copies of the images under ``src`` to ``out``; return the manifest path.
 
-    tracker keys mark every image (noise seeded by its relative path); isotope keys mark
-    a share p of them (chosen by hashing the relative paths) and copy the rest. Re-marking
-    gives identical files. Nothing is written if any output exists (unless ``force``).
+    tracker keys mark and write the key's random choice of ``publish`` images (all of
+    them when None; noise seeded by each relative path): keep ``src`` whole, since the
+    audit draws its pseudo-users from it. isotope keys mark a share p of the images
+    (chosen by hashing the relative paths) and copy the rest. Re-marking gives identical
+    files. Nothing is written if any output exists (unless ``force``).
     """
     from .methods import isotope, tracker
 
@@ -67,18 +71,24 @@ def mark_folder(
     manifest = Path(manifest) if manifest is not None else default_manifest_path(out)
     if manifest.exists() and not force:
         raise TracemarkError(f"{manifest} already exists; pass --force to overwrite it")
+    if publish is not None and key.method != "tracker":
+        raise TracemarkError("--publish is for tracker keys; isotope keys choose their share p")
     count = len(list_images(src))
     bar = progress or (lambda _d, _t: None)
     images = read_folder(src, mode=mode, progress=bar("reading", count))
     if key.method == "tracker":
-        marked = tracker.mark(images.images, key, ids=images.rel_paths)
-        flags = [True] * len(images)
+        chosen = tracker.choose_published(key, images.rel_paths, publish)
+        published = [rel for rel, c in zip(images.rel_paths, chosen, strict=True) if c]
+        picked = [x for x, c in zip(images.images, chosen, strict=True) if c]
+        marked = tracker.mark(picked, key, ids=published)
+        flags = [True] * len(published)
     else:  # isotope: a fraction p of the images carry the mark, the rest are copies
         marked, chosen = isotope.mark(images.images, key, ids=images.rel_paths)
         flags = chosen.tolist()
+        published = images.rel_paths
     written = write_images(
         marked,
-        images.rel_paths,
+        published,
         out,
         src_root=src,
         fmt=fmt,
@@ -86,15 +96,23 @@ def mark_folder(
         force=force,
         progress=bar("writing", count),
     )
-    entries = [
-        {"source": rel, "source_sha256": sha256_file(Path(src) / rel), **w, "carries_mark": f}
-        for rel, w, f in zip(images.rel_paths, written, flags, strict=True)
-    ]
+    outputs = dict(zip(published, zip(written, flags, strict=True), strict=True))
+    entries = []
+    for rel in images.rel_paths:
+        entry = {"source": rel, "source_sha256": sha256_file(Path(src) / rel)}
+        if rel in outputs:
+            w, f = outputs[rel]
+            entry |= {**w, "carries_mark": f, "published": True}
+        else:
+            entry["published"] = False
+        entries.append(entry)
     meta = {
         "method": key.method,
         "params": key.public_info()["params"],
         "key_commitment": key.commitment(),
         "marked_images": int(sum(flags)),
+        "published_images": len(published),
+        "collection_images": len(images),
         "source_root": str(Path(src).resolve()),
         "marked_root": str(Path(out).resolve()),
         "created": datetime.now(timezone.utc).isoformat(),
@@ -137,6 +155,47 @@ def load_holdout(
     return LabelledImages(np.concatenate(images), np.array(labels, dtype=np.int64), names)
 
 
+def _stem(rel: str) -> str:
+    return PurePosixPath(rel).with_suffix("").as_posix()
+
+
+def tracker_collection(
+    originals: PathLike | None,
+    marked: PathLike | np.ndarray | None,
+    mode: Literal["auto", "RGB", "L"] = "auto",
+    size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The originals a tracker audit needs: images, their ids, and which were published.
+
+    ``originals``: the folder given to ``mark`` (ids are its relative paths, as when
+    marking). ``marked``: the published folder; each of its files names its original
+    by relative path (the suffix aside). None: every original was published.
+    """
+    if originals is None or isinstance(originals, np.ndarray):
+        raise TracemarkError(
+            "the tracker audit needs --originals: the folder of every image you gave to "
+            "`tracemark mark` (the audit re-marks them to build its pseudo-users)"
+        )
+    if marked is not None and not isinstance(marked, (str, os.PathLike)):
+        raise TracemarkError("give the published images as a folder (--marked) for a tracker audit")
+    folder = read_folder(originals, mode=mode, size=size)
+    ids = list(folder.rel_paths)
+    if marked is None:
+        return folder.stack(), ids, np.ones(len(ids), dtype=bool)
+    stems = {_stem(rel): i for i, rel in enumerate(ids)}
+    published = np.zeros(len(ids), dtype=bool)
+    for rel in list_images(marked):
+        if _stem(rel) not in stems:
+            raise TracemarkError(
+                f"{Path(marked) / rel} has no original in {originals}: give the folder you "
+                "marked from as --originals"
+            )
+        published[stems[_stem(rel)]] = True
+    if not published.any():
+        raise TracemarkError(f"{marked} holds no images")
+    return folder.stack(), ids, published
+
+
 def _oracle(model, outputs: str, budget: int | None):
     """An oracle for a model given as an oracle, a file, an http(s) URL or a torch module."""
     from .oracle import Oracle, TorchModuleOracle, is_url, load_oracle, open_endpoint
@@ -170,6 +229,7 @@ def audit(
     marked: PathLike | np.ndarray | None,
     holdout: PathLike | np.ndarray | LabelledImages | None = None,
     *,
+    originals: PathLike | None = None,
     aux: PathLike | np.ndarray | LabelledImages | None = None,
     label: int | None = None,
     alpha: float = 0.01,
@@ -195,8 +255,10 @@ def audit(
     ``model``: an oracle, a torch module, a path (.onnx, TorchScript, checkpoint), or an
     http(s) URL (``http://HOST:PORT/v2/models/NAME``; for more control pass
     :func:`tracemark.oracle.open_endpoint`'s oracle, with a query log).
-    ``marked``: your published images (folder or array). Tracker keys need ``holdout``:
-    never-published images of the same kind (flat, or class subfolders with ``label``).
+    ``marked``: your published images (folder or array). Tracker keys need
+    ``originals``: the folder of every image given to :func:`mark_folder` (published or
+    kept back); ``marked`` (a folder) then says which of them were published, and when
+    it is None every original counts as published (see :func:`tracker_collection`).
     Isotope keys need ``aux``: images of the same domain (flat, or class subfolders);
     ``marked`` is then only used to discover your class when ``label`` is None. With
     ``procedure="physical"``, ``marked`` holds photos showing the object and ``aux``
@@ -214,16 +276,22 @@ def audit(
     if key.method == "tracker":
         from .methods import tracker
 
-        if marked is None:
-            raise TracemarkError("the tracker audit needs your published marked images (--marked)")
-        published, colour = _images(marked, mode, size)
+        if holdout is not None:
+            raise TracemarkError(
+                "the tracker audit no longer takes a holdout: pseudo-users drawn from other "
+                "images are not exchangeable with yours (with small holdouts that flagged up "
+                "to a third of clean models at alpha = 0.05). Give --originals: the folder "
+                "of every image you gave to `tracemark mark`"
+            )
         if access == "topk":
             raise TracemarkError("the tracker audit takes access auto, probabilities or label")
+        collection, ids, published = tracker_collection(originals, marked, mode, size)
         return tracker.audit(
             oracle,
             key,
-            published,
-            _pool(holdout, colour, size, class_names),
+            collection,
+            ids=ids,
+            published=published,
             label=label,
             alpha=alpha,
             n_pseudo=n_pseudo,

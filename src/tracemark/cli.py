@@ -187,10 +187,18 @@ def mark(
     manifest: Annotated[
         Optional[Path], typer.Option(help="Manifest path [default: OUT.manifest.json beside OUT].")
     ] = None,
+    publish: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="tracker: publish only the key's random choice of this many images of SRC "
+            "(the rest stay private and make the audit stronger) [default: all].",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Write marked copies of every image in SRC to OUT, plus a manifest with hashes."""
+    """Write marked copies of the images in SRC to OUT, plus a manifest with hashes."""
     from .api import mark_folder
 
     with progress_bars(not quiet) as bars:
@@ -202,11 +210,14 @@ def mark(
             quality=quality,
             mode=mode.value,
             manifest=manifest,
+            publish=publish,
             force=force,
             progress=bars,
         )
     stdout.print(f"marked the images of {src} into {out}; manifest: {written}")
     stdout.print("publish the marked folder only: keep the key and the manifest private")
+    if publish is not None:
+        stdout.print(f"keep {src} whole: the audit needs every image in it (--originals)")
 
 
 @app.command()
@@ -216,16 +227,21 @@ def audit(
     marked: Annotated[
         Optional[Path],
         typer.Option(
-            help="The images you published (tracker: required; isotope: used to find their "
-            "class when --label is not given; physical: photos showing the object)."
+            help="The images you published (tracker: which of --originals were published; "
+            "isotope: used to find their class when --label is not given; physical: photos "
+            "showing the object)."
+        ),
+    ] = None,
+    originals: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="tracker: the folder you gave to `tracemark mark`, whole (published and "
+            "kept-back originals): pseudo-users are drawn from it."
         ),
     ] = None,
     holdout: Annotated[
         Optional[Path],
-        typer.Option(
-            help="tracker: never-published images of the same kind: a flat folder (like "
-            "yours), or one subfolder per class named by class index (or in --class-names)."
-        ),
+        typer.Option(hidden=True, help="No longer used by the tracker audit: see --originals."),
     ] = None,
     aux: Annotated[
         Optional[Path],
@@ -314,8 +330,8 @@ def audit(
         else:
             raise TracemarkError(f"--label {label!r} is not a class index or one of --class-names")
     if key.method == "tracker":
-        if marked is None or holdout is None:
-            raise TracemarkError("a tracker audit needs --marked and --holdout")
+        if marked is None or (originals is None and holdout is None):
+            raise TracemarkError("a tracker audit needs --marked and --originals")
         what, steps = "pseudo-users", n_pseudo
     elif key.method == "ubw":
         what, steps = "verification", 1
@@ -344,6 +360,7 @@ def audit(
             key,
             marked,
             holdout,
+            originals=originals,
             aux=aux,
             label=label_idx,
             alpha=alpha,
@@ -384,7 +401,7 @@ def replay(
 ) -> None:
     """Recompute an audit's verdict from its query log alone, without querying the model.
 
-    Give the same options as the audit that wrote the log (--marked, --holdout, --aux,
+    Give the same options as the audit that wrote the log (--marked, --originals, --aux,
     --testset, --alpha, ...): every answer is then read from the log, and an image the
     log does not cover is an error. Anyone holding the key, the images and the log can
     re-check a verdict this way.

@@ -1,17 +1,15 @@
 """End-to-end MembershipTracker demo on Fashion-MNIST, with measured TPR and FPR.
 
-Simulated users each mark a few dozen of their own images with their own key. A small
-CNN is trained on a subset that includes the *member* users' marked images; a second,
-clean model is trained on the same subset without them. Every member user and every
-*non-member* user (whose marked images were never trained on) is then audited against
-both models, so the false-positive rate is measured, not assumed.
+Simulated users each hold a collection of their own images of one class, and publish
+the key's random choice of half of it, marked. A small CNN is trained on a subset that
+includes the *member* users' published images; a second, clean model is trained on the
+same subset without them. Every member user and every *non-member* user (whose marked
+images were never trained on) is then audited against both models, so the
+false-positive rate is measured, not assumed.
 
-Each user gives the class of their images; pseudo-users are test-split images of that
-class, scored under the same label. Pseudo-users are computed once per
-(model, class) from an auditor key and shared by all users of that class: the null
-distribution does not depend on which user is audited, and sharing it makes auditing
-hundreds of users affordable on a CPU. A real audit (``tracemark audit``) draws its
-own pseudo-users from the user's key.
+Each audit is the stand-alone audit a user runs (``tracemark audit``): the user gives
+their class and their whole collection, and the audit draws its own pseudo-users from
+that collection with the user's key. Nothing is shared between audits.
 
 Every audit runs once per access mode (full probabilities; top-K labels and scores;
 the top-1 label): the restricted audits score the 0/1 loss of the top-1 label, so
@@ -53,11 +51,12 @@ class TrackerDemoConfig:
     """Sizes of the demo. ``quick()`` is the small version used by the tests."""
 
     members: int = 10
-    nonmembers: int = 200
-    images_per_user: int = 40
+    nonmembers: int = 100
+    images_per_user: int = 40  # published, chosen by the key from the collection
+    collection_size: int = 80  # each user's images of their class; the rest stay private
     train_size: int = 1500
     epochs: int = 40
-    n_pseudo: int = 300
+    n_pseudo: int = 199
     alpha: float = 0.01
     # Fashion-MNIST is greyscale: the authors' compressed colours (c/8 + 128) all map to
     # greys within 0.50-0.63, so every user's stripes look alike and nothing marks a set
@@ -81,6 +80,7 @@ class TrackerDemoConfig:
             members=3,
             nonmembers=5,
             images_per_user=30,
+            collection_size=60,
             train_size=600,
             epochs=25,
             batch_size=32,  # enough SGD steps to fit a small set
@@ -107,15 +107,16 @@ Stage = Callable[[str], None]
 def _split_users(
     labels: np.ndarray, config: TrackerDemoConfig
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[int]]:
-    """Disjoint image sets: member users, non-member users, and the training pool."""
+    """Disjoint image sets: member users' and non-member users' collections, and the
+    training pool (which holds none of any user's images, published or not)."""
     rng = derive(config.seed, "demo/tracker/split")
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
     cursor = [0] * 10
     users, classes = [], []
     for u in range(config.members + config.nonmembers):
         c = u % 10
-        users.append(by_class[c][cursor[c] : cursor[c] + config.images_per_user])
-        cursor[c] += config.images_per_user
+        users.append(by_class[c][cursor[c] : cursor[c] + config.collection_size])
+        cursor[c] += config.collection_size
         classes.append(c)
     used = np.concatenate(users)
     remaining = np.setdiff1d(np.arange(len(labels)), used)
@@ -125,16 +126,18 @@ def _split_users(
 
 @dataclass
 class TrackerWorld:
-    """Everything the demo audits: the users' keys and marked sets, and the trained models.
+    """Everything the demo audits: the users' keys and collections, and the trained models.
 
-    ``marked[u]`` is user u's published marked images, ``classes[u]`` their class; users
-    ``0 .. members - 1`` are members (their images were trained on). ``models`` maps
-    "trained-on-members" and "clean" to torch modules.
+    ``collections[u]`` is user u's images (ids: their training-set indices),
+    ``marked[u]`` the published marked ones, ``classes[u]`` their class; users
+    ``0 .. members - 1`` are members (their published images were trained on).
+    ``models`` maps "trained-on-members" and "clean" to torch modules.
     """
 
     config: TrackerDemoConfig
     keys: list[Key]
-    auditor: Key
+    collections: list[np.ndarray]
+    collection_ids: list[list[int]]
     marked: list[np.ndarray]
     classes: list[int]
     members: int
@@ -158,6 +161,11 @@ def prepare_tracker_demo(
 
     config = config or TrackerDemoConfig()
     check_accesses(config.accesses, config.top_k)
+    if not 1 <= config.images_per_user <= config.collection_size:
+        raise TracemarkError(
+            f"each user publishes {config.images_per_user} of {config.collection_size} images: "
+            "images_per_user must be between 1 and collection_size"
+        )
     say = stage or (lambda _msg: None)
     t0 = time.perf_counter()
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
@@ -172,13 +180,23 @@ def prepare_tracker_demo(
         )
         for u in range(n_users)
     ]
-    say(f"marking {config.images_per_user} images for each of {n_users} users")
-    marked = [
-        tracker.mark(train.images[idx], keys[u], ids=[int(i) for i in idx])
-        for u, idx in enumerate(members + nonmembers)
-    ]
+    say(
+        f"marking {config.images_per_user} of {config.collection_size} images for each of "
+        f"{n_users} users"
+    )
+    ids = [[int(i) for i in idx] for idx in members + nonmembers]
+    collections = [train.images[idx] for idx in members + nonmembers]
+    marked, published = zip(
+        *(
+            tracker.mark_collection(x, keys[u], ids[u], config.images_per_user)
+            for u, x in enumerate(collections)
+        ),
+        strict=True,
+    )
     member_x = np.concatenate(marked[: config.members])
-    member_y = np.concatenate([train.labels[idx] for idx in members])
+    member_y = np.concatenate(
+        [train.labels[idx][mask] for idx, mask in zip(members, published, strict=False)]
+    )
     x_clean, y_clean = train.images[pool], train.labels[pool]
 
     models = {}
@@ -202,16 +220,12 @@ def prepare_tracker_demo(
         )
         models[name] = model
 
-    auditor = Key(
-        method="tracker",
-        params=params,
-        seed=derive_bytes(config.seed, "demo/tracker/auditor").hex(),
-    )
     return TrackerWorld(
         config=config,
         keys=keys,
-        auditor=auditor,
-        marked=marked,
+        collections=collections,
+        collection_ids=ids,
+        marked=list(marked),
         classes=classes,
         members=config.members,
         test=test,
@@ -299,36 +313,26 @@ def _audit_users(
     Returns (result, the verdict's access string, the queries a stand-alone audit
     would spend) per user, and each user's per-image losses.
     """
-    config, test = world.config, world.test
-    # Each user gives their class (as a photographer knows what their photos show);
-    # pseudo-users are test images of that class, scored under the same label.
-    nulls: dict[int, tracker.NullDistribution] = {}
+    config = world.config
     found, losses = [], {}
+    advance = (
+        progress_factory(f"{name} ({label}): users", world.users) if progress_factory else None
+    )
     for u in range(world.users):
+        # The stand-alone audit a user runs: their class, their whole collection.
         c = world.classes[u]
-        if c not in nulls:
-            advance = (
-                progress_factory(f"{name} ({label}): pseudo-users, class {c}", config.n_pseudo)
-                if progress_factory
-                else None
-            )
-            nulls[c] = tracker.calibrate(
-                oracle,
-                world.auditor,
-                test.images[test.labels == c],
-                c,
-                config.images_per_user,
-                config.n_pseudo,
-                progress=advance,
-            )
         verdict = tracker.audit(
             oracle,
             world.keys[u],
-            world.marked[u],
+            world.collections[u],
+            ids=world.collection_ids[u],
+            published=config.images_per_user,
             label=c,
             alpha=config.alpha,
-            null=nulls[c],
+            n_pseudo=config.n_pseudo,
         )
+        if advance:
+            advance(1)
         losses[u] = verdict.evidence["user_losses"]
         result = UserResult(
             user=u,
@@ -340,7 +344,7 @@ def _audit_users(
             effect=verdict.effect,
             decision=verdict.decision,
         )
-        found.append((result, verdict.access, verdict.queries + nulls[c].queries))
+        found.append((result, verdict.access, verdict.queries))
     return found, losses
 
 

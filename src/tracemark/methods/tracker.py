@@ -1,11 +1,15 @@
 """MembershipTracker: per-user outlier marks, audited by set-based membership inference.
 
-Marking blends each image with the user's colour-stripe (or natural-image) pattern and
+Marking blends each image with the owner's colour-stripe (or natural-image) pattern and
 per-image binarised Perlin sine noise. A model trained on the marked images fits them
-unusually well, so the mean loss over the user's set is lower than for *pseudo-users*:
-held-out images of the same class marked with fresh patterns from the same key. Those
-pseudo-users are exchangeable with the user's set when the model never saw it, which
-is what makes the rank p-value exact.
+unusually well, so the mean loss over the owner's published set is lower than for
+*pseudo-users*: sets drawn from the owner's own collection by the same random mechanism
+that chose the published set, marked with fresh patterns from the same key. The key's
+randomness (which images are published, the pattern, the noise) is all that differs
+between the owner's set and a pseudo-user's, so when the model never saw the marked
+images they are exchangeable and the rank p-value is exact, whatever the collection's
+size. Pseudo-users drawn from *other* images (a separate holdout) are not: with small
+holdouts that accused one clean model in three at alpha = 0.05.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -31,6 +35,7 @@ PURPOSE_NOISE = "tracker/noise"
 PURPOSE_PSEUDO_PATTERN = "tracker/pseudo-user/pattern"
 PURPOSE_PSEUDO_NOISE = "tracker/pseudo-user/noise"
 PURPOSE_PSEUDO_SAMPLE = "tracker/pseudo-user/sample"
+PURPOSE_PUBLISH = "tracker/publish"
 
 ScoreKind = Literal["cross-entropy", "zero-one"]
 Access = Literal["auto", "probabilities", "label"]
@@ -158,6 +163,81 @@ def mark(
     return out  # type: ignore[return-value]
 
 
+# ----------------------------------------------------------------------------- publication
+
+
+Design = Literal["randomised publication", "mark randomisation"]
+
+
+def choose_published(key: Key, ids: Sequence[int | str], count: int | None) -> np.ndarray:
+    """Which images of a collection the owner publishes: the key's random ``count`` of them.
+
+    A uniformly random subset, drawn from the key alone (independently of what the
+    images show), over the ids in sorted order so that the order given does not matter.
+    ``count`` None (or the collection's size) publishes every image. Returns a boolean
+    mask aligned with ``ids``. This randomisation is what makes the audit exact.
+    """
+    n = len(ids)
+    keys = [str(i) for i in ids]
+    if len(set(keys)) != n:
+        raise TracemarkError("every image of a collection needs its own id")
+    if count is None:
+        count = n
+    if not 1 <= count <= n:
+        raise TracemarkError(f"cannot publish {count} of a collection of {n} images")
+    mask = np.zeros(n, dtype=bool)
+    order = np.argsort(np.array(keys, dtype=object), kind="stable")
+    mask[order[key.rng(PURPOSE_PUBLISH).choice(n, size=count, replace=False)]] = True
+    return mask
+
+
+def mark_collection(
+    images: np.ndarray, key: Key, ids: Sequence[int | str], publish: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mark the key's choice of ``publish`` images of a collection (all when None).
+
+    Returns (the marked images to publish, in collection order; the boolean mask of
+    which collection images they are). Keep the whole collection: the audit needs it.
+    """
+    chosen = choose_published(key, ids, publish)
+    picked = [i for i, c in zip(ids, chosen, strict=True) if c]
+    return mark(np.asarray(images)[chosen], key, ids=picked), chosen  # type: ignore[return-value]
+
+
+def resolve_design(
+    key: Key, ids: Sequence[int | str], published: np.ndarray | int | None
+) -> tuple[np.ndarray, Design, list[str]]:
+    """The published mask, and the design that makes the audit exact, with its notes.
+
+    ``published``: how many images the key chose (``mark_collection``'s ``publish``),
+    a boolean mask of the images that were published, or None (all of them). A mask
+    that is not the key's random choice was picked by hand: the audit then draws its
+    pseudo-users from the published images alone, which is exact for any choice.
+    """
+    n = len(ids)
+    if published is None or isinstance(published, (int, np.integer)):
+        mask = choose_published(key, ids, None if published is None else int(published))
+    else:
+        mask = np.asarray(published, dtype=bool).ravel()
+        if mask.shape != (n,):
+            raise TracemarkError(f"the published mask has {mask.size} entries for {n} images")
+        if not mask.any():
+            raise TracemarkError("none of the collection's images is marked as published")
+        if not mask.all() and not np.array_equal(mask, choose_published(key, ids, mask.sum())):
+            return (
+                mask,
+                "mark randomisation",
+                [
+                    f"the {int(mask.sum())} published images are not the key's random choice from "
+                    f"the {n} given (picked by hand, or marked without --publish): pseudo-users "
+                    "re-mark the published images alone, which is exact for any choice"
+                ],
+            )
+    if mask.all():
+        return mask, "mark randomisation", []
+    return mask, "randomised publication", []
+
+
 # ----------------------------------------------------------------------------- audit
 
 
@@ -188,10 +268,10 @@ def majority_label(response) -> tuple[int, float]:
 
 @dataclass
 class NullDistribution:
-    """Mean losses of pseudo-users: what a never-trained user's score looks like.
+    """Mean losses of pseudo-users: what a never-trained owner's score looks like.
 
-    ``label`` is the class every set was scored under, or None when each set (the user's
-    included) was scored under its own majority-vote label.
+    ``label`` is the class every set was scored under, or None when each set (the
+    owner's included) was scored under its own majority-vote label.
     """
 
     scores: np.ndarray
@@ -200,8 +280,6 @@ class NullDistribution:
     kind: ScoreKind
     pool_size: int
     queries: int
-    key_commitment: str
-    notes: list[str] = field(default_factory=list)
 
 
 def pseudo_user_batch(
@@ -209,15 +287,16 @@ def pseudo_user_batch(
 ) -> np.ndarray:
     """Marked image sets of the given pseudo-users: (len(users) * set_size, H, W, C).
 
-    Each pseudo-user draws ``set_size`` pool images (with replacement only when the
-    pool is too small) and marks them with its own fresh pattern and noise.
+    Each pseudo-user is what the owner would have published had the key drawn other
+    values: a uniformly random ``set_size``-subset of ``pool`` (the owner's collection,
+    drawn exactly as :func:`choose_published` draws), marked with a fresh pattern and
+    fresh noise from the distributions the owner's mark came from.
     """
     params: TrackerParams = key.typed_params()
     images, patterns, ids = [], [], []
     for u in users:
         rng = derive(key.seed, PURPOSE_PSEUDO_SAMPLE, u)
-        idx = rng.choice(len(pool), size=set_size, replace=len(pool) < set_size)
-        images.append(pool[idx])
+        images.append(pool[rng.choice(len(pool), size=set_size, replace=False)])
         patterns += [draw_pattern(derive(key.seed, PURPOSE_PSEUDO_PATTERN, u), params)] * set_size
         ids += [f"{u}:{j}" for j in range(set_size)]
     noise_keys = derive_keys(key.seed, PURPOSE_PSEUDO_NOISE, ids)
@@ -238,103 +317,101 @@ def calibrate(
     label: int | None,
     set_size: int,
     n_pseudo: int = 1000,
-    access: Access = "auto",
+    kind: ScoreKind = "cross-entropy",
     progress: Callable[[int], None] | None = None,
 ) -> NullDistribution:
     """Query the model with ``n_pseudo`` pseudo-users drawn from ``pool``.
 
-    ``pool`` must hold images of the same kind as the user's (their own unpublished
-    photos, or held-out images of their class): that is what makes the user's set
-    exchangeable with the pseudo-users' when the model never saw it. Each set is scored
-    under ``label``, or under its own majority-vote label when ``label`` is None, exactly
-    as the user's set is.
+    ``pool`` is the owner's collection (randomised publication) or their published
+    images (mark randomisation): the same images the owner's published set was drawn
+    from, which is what makes the owner's score exchangeable with the pseudo-users'
+    when the model never saw the marked images. Each set is scored under ``label``, or
+    under its own majority-vote label when ``label`` is None, as the owner's set is.
     """
-    pool = np.asarray(pool, dtype=np.float32)
-    if pool.ndim != 4 or len(pool) == 0:
-        raise TracemarkError("the held-out pool must be a non-empty (N, H, W, C) image array")
-    if n_pseudo < 1 or set_size < 1:
-        raise TracemarkError("n_pseudo and set_size must be positive")
+    if not 1 <= set_size <= len(pool):
+        raise TracemarkError(f"cannot draw sets of {set_size} from {len(pool)} images")
+    if n_pseudo < 1:
+        raise TracemarkError("n_pseudo must be positive")
     start = oracle.queries
     users_per_batch = max(1, 2048 // set_size)
     scores = np.empty(n_pseudo)
-    kind: ScoreKind | None = None
     for s in range(0, n_pseudo, users_per_batch):
         users = list(range(s, min(n_pseudo, s + users_per_batch)))
         response = oracle.query(pseudo_user_batch(key, pool, users, set_size))
-        kind = kind or score_kind_for(response, access)
         for i in range(len(users)):
             part = response.take(np.arange(i * set_size, (i + 1) * set_size))
             scores[s + i] = set_score(part, label, kind)[0]
         if progress:
             progress(len(users))
-    notes = []
-    if len(pool) < set_size:
-        notes.append(f"pool holds {len(pool)} images, fewer than {set_size}: drew with replacement")
     return NullDistribution(
         scores=scores,
         label=label,
         set_size=set_size,
-        kind=kind or "cross-entropy",
+        kind=kind,
         pool_size=len(pool),
         queries=oracle.queries - start,
-        key_commitment=key.commitment(),
-        notes=notes,
     )
 
 
-def _user_pool(holdout, label: int | None) -> np.ndarray:
-    """Held-out images exchangeable with the user's: all of an unlabelled pool, or the
-    user's class of a labelled one (which needs the class to be given)."""
-    if holdout is None:
-        raise TracemarkError("a held-out image pool is needed to build pseudo-users (--holdout)")
-    images = np.asarray(getattr(holdout, "images", holdout), dtype=np.float32)
-    labels = getattr(holdout, "labels", None)
-    if labels is None:
-        return images
-    if label is None:
+def _check_collection(collection: np.ndarray, ids: Sequence[int | str] | None) -> list:
+    if collection.ndim != 4 or len(collection) == 0:
         raise TracemarkError(
-            "a held-out set with class labels needs --label (the class of your images), so "
-            "that pseudo-users come from the same class; or give a flat folder of your own "
-            "unpublished images"
+            "the collection must be a non-empty (N, H, W, C) array: every original image "
+            "you gave to mark"
         )
-    pool = images[np.asarray(labels) == label]
-    if len(pool) == 0:
-        raise TracemarkError(f"the held-out set has no images of class {label}")
-    return pool
+    ids = list(range(len(collection))) if ids is None else list(ids)
+    if len(ids) != len(collection):
+        raise TracemarkError(f"{len(ids)} ids given for {len(collection)} images")
+    return ids
 
 
 def audit(
     oracle,
     key: Key,
-    marked: np.ndarray,
-    holdout=None,
+    collection: np.ndarray,
     *,
+    ids: Sequence[int | str] | None = None,
+    published: np.ndarray | int | None = None,
     label: int | None = None,
     alpha: float = 0.01,
     n_pseudo: int = 1000,
     access: Access = "auto",
-    null: NullDistribution | None = None,
     progress: Callable[[int], None] | None = None,
     include_evidence: bool = True,
 ) -> Verdict:
-    """Was the model behind ``oracle`` trained on this user's published marked images?
+    """Was the model behind ``oracle`` trained on this owner's published marked images?
 
-    ``marked``: the K published marked images (N, H, W, C). ``holdout``: never-published
-    images exchangeable with the user's: an array (e.g. the user's own unpublished
-    photos), or an object with ``.images`` and ``.labels`` from which the class ``label``
-    is used. ``label``: the class the user's images were labelled as; when None, every
-    set (the user's and each pseudo-user's) is scored under its own majority-vote label.
-    ``null``: a precomputed pseudo-user distribution to reuse (it must match).
+    ``collection``: the original images the owner gave to :func:`mark_collection` (or
+    :func:`mark`), (N, H, W, C), with the ``ids`` they were marked with (default: their
+    positions). ``published``: how many of them the key chose to publish, a boolean
+    mask of the published ones, or None when all were published (see
+    :func:`resolve_design`). ``label``: the class the images were labelled as; when
+    None, every set (the owner's and each pseudo-user's) is scored under its own
+    majority-vote label.
+
+    The owner's published set is regenerated from the key and the originals, and
+    ranked among ``n_pseudo`` pseudo-users: sets drawn from the same images by the
+    same random mechanism with fresh marks. If the model never saw the marked images
+    it is independent of the key, so the owner's score and the pseudo-users' are i.i.d.
+    given the model and the collection, and the rank p-value is exact for any
+    collection size (docs/methods/tracker.md has the argument).
     """
     if key.method != METHOD:
         raise TracemarkError(f"this is a {key.method!r} key; use it with the {key.method} audit")
     if not 0 < alpha < 1:
         raise TracemarkError(f"alpha must be in (0, 1), got {alpha}")
-    marked = np.asarray(marked, dtype=np.float32)
-    if marked.ndim != 4 or len(marked) == 0:
-        raise TracemarkError("need at least one marked image, as an (N, H, W, C) array")
+    if smallest_p_value(n_pseudo) > alpha:
+        raise TracemarkError(
+            f"with {n_pseudo} pseudo-users the smallest possible p-value is "
+            f"{smallest_p_value(n_pseudo):.3g} > alpha = {alpha}; raise --n-pseudo"
+        )
+    collection = np.asarray(collection, dtype=np.float32)
+    ids = _check_collection(collection, ids)
+    mask, design, notes = resolve_design(key, ids, published)
+    pool = collection[mask] if design == "mark randomisation" else collection
     start = oracle.queries
-    response = oracle.query(marked)
+    picked = [i for i, c in zip(ids, mask, strict=True) if c]
+    response = oracle.query(mark(collection[mask], key, ids=picked))
     if label is not None and not 0 <= label < response.num_classes:
         raise TracemarkError(f"label {label} is outside the model's {response.num_classes} classes")
     kind = score_kind_for(response, access)
@@ -345,37 +422,24 @@ def audit(
         label_source = f"majority vote of the model ({share:.0%} of the images)"
     else:
         label_source = "given"
-    set_size = len(marked)
-    if null is None:
-        if smallest_p_value(n_pseudo) > alpha:
-            raise TracemarkError(
-                f"with {n_pseudo} pseudo-users the smallest possible p-value is "
-                f"{smallest_p_value(n_pseudo):.3g} > alpha = {alpha}; raise --n-pseudo"
-            )
-        pool = _user_pool(holdout, label)
-        if pool.shape[1:] != marked.shape[1:]:
-            raise TracemarkError(
-                f"held-out images are {pool.shape[1:]} but marked images are {marked.shape[1:]}; "
-                "they must have the same size and channels (use --size)"
-            )
-        null = calibrate(oracle, key, pool, label, set_size, n_pseudo, access, progress)
-    elif (null.label, null.set_size, null.kind) != (label, set_size, kind):
-        raise TracemarkError(
-            f"the precomputed null scored {null.set_size} images under label {null.label} with "
-            f"{null.kind} loss; this audit needs {set_size} images, label {label}, {kind} loss"
-        )
+    set_size = int(mask.sum())
+    null = calibrate(oracle, key, pool, label, set_size, n_pseudo, kind, progress)
     p_value = rank_p_value(user_score, null.scores, alternative="less")
     effect = -standardised_gap(user_score, null.scores)
-    notes = list(null.notes)
-    if null.key_commitment != key.commitment():
-        notes.append("pseudo-users were drawn from another key (shared null distribution)")
+    if design == "mark randomisation":
+        notes.append(
+            "every pseudo-user holds your published images with a fresh mark: this detects "
+            "training on the marked copies, not on your unmarked originals"
+        )
     statistics = {
         "user_mean_loss": user_score,
         "null_mean_loss": float(null.scores.mean()),
         "null_sd_loss": float(null.scores.std(ddof=1)) if len(null.scores) > 1 else 0.0,
         "n_pseudo_users": len(null.scores),
         "set_size": set_size,
+        "collection_size": len(collection),
         "pool_size": null.pool_size,
+        "design": design,
         "score": kind,
         "pseudo_user_labels": "given label" if label is not None else "own majority vote",
         "softmax_applied": bool(getattr(response, "softmax_applied", False)),
@@ -393,12 +457,13 @@ def audit(
         label=used_label,
         label_source=label_source,
         effect=effect,
-        effect_description="user's mean loss below pseudo-users', in their standard deviations",
+        effect_description="owner's mean loss below pseudo-users', in their standard deviations",
         queries=oracle.queries - start,
         access=response.mode if kind == "cross-entropy" else f"{response.mode} (0/1-loss proxy)",
         test=(
-            f"set-based membership inference: rank of the user's mean {kind} loss "
-            f"among {len(null.scores)} pseudo-users (exact)"
+            f"set-based membership inference, {design}: rank of the owner's mean {kind} "
+            f"loss among {len(null.scores)} pseudo-users drawn from {null.pool_size} images "
+            "(exact)"
         ),
         key_commitment=key.commitment(),
         statistics=statistics,
