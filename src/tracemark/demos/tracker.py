@@ -53,7 +53,7 @@ class TrackerDemoConfig:
     members: int = 10
     nonmembers: int = 100
     images_per_user: int = 40  # published, chosen by the key from the collection
-    collection_size: int = 80  # each user's images of their class; the rest stay private
+    collection_size: int = 120  # each user's images of their class; the rest stay private
     train_size: int = 1500
     epochs: int = 40
     n_pseudo: int = 199

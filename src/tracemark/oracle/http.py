@@ -11,7 +11,6 @@ and logged, so the model is never asked the same thing twice.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import math
 import os
@@ -19,8 +18,7 @@ import signal
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -47,19 +45,38 @@ def is_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
 
 
-@contextlib.contextmanager
-def _ctrl_c_deferred() -> Iterator[None]:
-    """Hold SIGINT back in the main thread for the block; a Ctrl-C pressed meanwhile is
-    raised right after it. Where signals cannot be masked, the block runs as it is."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    mask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        mask(signal.SIG_UNBLOCK, {signal.SIGINT})
+class _CtrlC:
+    """Ctrl-C as a request to stop, for the span of one fetch (main thread only).
+
+    Python raises KeyboardInterrupt in the main thread at whatever bytecode it reaches
+    next, and when another thread took the signal, that can be long after the key press:
+    inside ``pool.submit`` after a worker thread started but before the pool registered
+    it (so shutdown did not wait for its request, which the server then answered unseen),
+    or inside the query log's append (so a batch was logged twice). While a fetch runs,
+    the first Ctrl-C therefore only sets ``stop``: no new request starts, every request in
+    flight is awaited and logged, and then KeyboardInterrupt is raised. A second Ctrl-C
+    raises at once.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.pressed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        self.stop.set()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 class _Stopped(Exception):
@@ -202,9 +219,9 @@ class HttpOracle(LoggedOracle):
             self._configure()
         stop = threading.Event()
         bs = self.batch_size
-        # Each worker files its batch's answer here itself (keyed by the batch's start), so
-        # an answer survives a Ctrl-C that lands before the main thread has noted the
-        # future (e.g. inside pool.submit): the server answered it, so it must be logged.
+        # Each worker files its batch's answer here itself (keyed by the batch's start);
+        # whatever ends the fetch, every answer filed is logged before it returns: the
+        # server answered it, so a re-run must never send it again.
         answered: dict[int, tuple[str, list[dict]]] = {}
         recorded: set[int] = set()
 
@@ -218,29 +235,33 @@ class HttpOracle(LoggedOracle):
                 self._record(hashes[start : start + bs], when, answers)
                 recorded.add(start)
 
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="tracemark-http")
-        futures: list[Future] = []
-        try:
-            # The pool starts its threads inside submit(); a Ctrl-C there can leave a thread
-            # the pool does not know of, whose answer shutdown() would not wait for.
-            with _ctrl_c_deferred():
-                for start in range(0, len(hashes), bs):
-                    futures.append(pool.submit(send, start))
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    record(fut.result())  # raises the batch's error
-        except BaseException:
-            # Interrupted (Ctrl-C) or a batch failed: start nothing new, let requests in
-            # flight finish, and keep their answers so a re-run never sends them again.
-            stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            for start in sorted(answered):
-                record(start)
-            raise
-        finally:
-            pool.shutdown(wait=True)
+        with _CtrlC(stop) as ctrl_c:
+            pool = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="tracemark-http"
+            )
+            try:
+                pending = {pool.submit(send, start) for start in range(0, len(hashes), bs)}
+                while pending:
+                    # Wake up now and then, so that a Ctrl-C is seen while batches run.
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                    for fut in done:
+                        if not fut.cancelled() and not isinstance(fut.exception(), _Stopped):
+                            record(fut.result())  # raises the batch's error
+                    if stop.is_set():  # cancelled futures never count as done for wait()
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pending = {f for f in pending if not f.cancelled()}
+            except BaseException:
+                # A batch failed (or a second Ctrl-C): start nothing new, let requests in
+                # flight finish, and keep their answers so a re-run never sends them again.
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            finally:
+                pool.shutdown(wait=True)
+                for start in sorted(answered):
+                    record(start)
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt
 
     def _configure(self) -> None:
         """v2: learn the input name and layout from the model's metadata."""
