@@ -12,7 +12,6 @@ method (``scripts/seed-sweep.sh`` runs the training-dependent files under severa
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,12 @@ from tracemark.keys import Key
 from tracemark.methods import isotope, tracker
 from tracemark.rng import derive, derive_bytes
 
-from helpers import run_cli, write_pngs
+from helpers import TEST_SEED, run_cli, seeded, write_pngs
 
-TEST_SEED = int(os.environ.get("TRACEMARK_TEST_SEED", "0"))
-SEED = (
-    "7465737473657373696f6e2d7365656421"[:32]
-    if TEST_SEED == 0
-    else derive_bytes("7465737473657373696f6e2d7365656421"[:32], "tests/seed", TEST_SEED)[:16].hex()
-)
+SEED = seeded("7465737473657373696f6e2d7365656421"[:32], "session")
 TRACKER_PUBLISHED = 30  # images each tracker user publishes...
 TRACKER_COLLECTION = 90  # ...chosen by their key from a collection of this many
+ISOTOPE_IMAGES = 80  # each isotope user's published images, half of them marked
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +92,13 @@ def marked_world(fmnist_train, tmp_path_factory) -> MarkedWorld:
         cursor[c] += k
         sets.append(idx)
         used.extend(idx)
-    # Two isotope users publish 40 images of their class each; a share p = 0.5 is marked.
+    # Two isotope users publish ISOTOPE_IMAGES images of their class each; a share
+    # p = 0.5 is marked (40 each: enough for every seed's victim to learn the mark).
     iso_rng = derive(SEED, "tests/isotope-split")
     iso_classes, iso_sets = [6, 7], []
     for c in iso_classes:
         free = np.setdiff1d(np.flatnonzero(labels == c), used)
-        iso_sets.append(iso_rng.choice(free, size=40, replace=False))
+        iso_sets.append(iso_rng.choice(free, size=ISOTOPE_IMAGES, replace=False))
         used.extend(iso_sets[-1])
     rest = np.setdiff1d(np.arange(len(labels)), used)
     pool = rng.choice(rest, size=800, replace=False)

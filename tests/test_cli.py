@@ -8,7 +8,7 @@ import pytest
 
 from tracemark.images import read_manifest
 
-from helpers import run_cli, write_pngs
+from helpers import demo_seed_args, run_cli, write_pngs
 
 
 def test_keygen_writes_private_key_and_prints_commitment(tmp_path, capsys):
@@ -199,7 +199,7 @@ def test_demo_quick_json(capsys):
     # put every member below all 100 pseudo-users, so it checks ranking and false
     # positives. Detection power is asserted on the session model (test_tracker_audit)
     # and measured by the full demo.
-    assert run_cli(["demo", "tracker", "--quick", "--json", "--quiet"]) == 0
+    assert run_cli(["demo", "tracker", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
     result = json.loads(capsys.readouterr().out)
     rates = result["rates"]
     assert rates["members"] == 3 and rates["nonmembers"] == 5 and rates["clean_model_users"] == 8
@@ -234,7 +234,7 @@ def test_demo_quick_json(capsys):
 def test_isotope_demo_quick_json(capsys):
     # A smoke test of the demo path (two users, a tiny victim): detection power is
     # asserted on the session model (test_isotope_audit) and measured by the full demo.
-    assert run_cli(["demo", "isotope", "--quick", "--json", "--quiet"]) == 0
+    assert run_cli(["demo", "isotope", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
     result = json.loads(capsys.readouterr().out)
     cal, paper = result["rates"]["calibrated"], result["rates"]["paper"]
     assert (cal["users"], cal["never_published"], cal["clean_model_marks"]) == (2, 20, 22)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from conftest import ISOTOPE_IMAGES
 from tracemark.datasets import LabelledImages
+from tracemark.errors import TracemarkError
 from tracemark.marks import blend
 from tracemark.methods import isotope
 from tracemark.oracle import LabelOnly, TopK, TorchModuleOracle
@@ -74,6 +77,24 @@ def test_label_discovery_on_the_users_published_images(marked_world, aux):
     assert v.statistics["aux_exclusion"] == "by the model's prediction"
     assert v.statistics["aux_excluded_as_class_y"] > 0
     assert v.decision
+
+
+def test_label_is_voted_on_unmarked_images_only(marked_world, aux):
+    # A vote that counted marked images could pick the class the mark pushes towards.
+    user, w = 0, marked_world
+    chosen = w.isotope_chosen[user]
+    kw = {"alpha": ALPHA, "externals": 19, "aux_per_mark": 20}
+    oracle = _oracle(w.clean_model)
+    v = isotope.audit(oracle, w.isotope_keys[user], w.isotope_images[user], aux,
+                      carries_mark=chosen, **kw)  # fmt: skip
+    assert "unmarked images" in v.label_source
+    assert sum(v.statistics["label_votes"]) == int((~chosen).sum())
+    assert not any("may carry your mark" in n for n in v.notes)
+    with pytest.raises(TracemarkError, match="every one of your images carries the mark"):
+        isotope.audit(oracle, w.isotope_keys[user], w.isotope_images[user], aux,
+                      carries_mark=np.ones(len(chosen), bool), **kw)  # fmt: skip
+    unflagged = isotope.audit(oracle, w.isotope_keys[user], w.isotope_images[user], aux, **kw)
+    assert any("may carry your mark" in n for n in unflagged.notes)
 
 
 def test_top_k_rank_shift_mode(marked_world, aux):
@@ -149,7 +170,7 @@ def test_cli_marks_and_audits_an_isotope_user(marked_world, aux, tmp_path, capsy
     assert run_cli(["mark", key, tmp_path / "mine", tmp_path / "published", "--quiet"]) == 0
     manifest = json.loads((tmp_path / "published.manifest.json").read_text())
     flags = [e["carries_mark"] for e in manifest["files"]]
-    assert sum(flags) == 20 and manifest["marked_images"] == 20
+    assert sum(flags) == ISOTOPE_IMAGES // 2 == manifest["marked_images"]
     model = tmp_path / "model.onnx"
     export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
     y = marked_world.isotope_classes[0]

@@ -9,16 +9,22 @@ import numpy as np
 import pytest
 
 from tracemark.datasets import load_dataset, load_fashion_mnist
+from tracemark.rng import derive
 
-from helpers import run_cli
+from helpers import TEST_SEED, demo_seed_args, run_cli, seeded
 
 
 @pytest.fixture(scope="module")
 def ubw_world(tmp_path_factory):
     """A UBW-P release of 2,000 Fashion-MNIST images, a model trained on it, a clean one."""
     root = tmp_path_factory.mktemp("ubw")
-    train = load_fashion_mnist(split="train").subset(np.arange(2000))
-    test = load_fashion_mnist(split="test").subset(np.arange(1000))
+    train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
+    if TEST_SEED:  # another seed: other training images and test images, another key
+        rng = derive(seeded("00" * 16, "ubw-world"), "split")
+        train = train.subset(np.sort(rng.choice(len(train), 2000, replace=False)))
+        test = test.subset(np.sort(rng.choice(len(test), 1000, replace=False)))
+    else:
+        train, test = train.subset(np.arange(2000)), test.subset(np.arange(1000))
     src, tests = root / "data.npz", root / "test.npz"
     np.savez(src, x=np.round(train.images * 255).astype(np.uint8), y=train.labels)
     np.savez(tests, x=np.round(test.images * 255).astype(np.uint8), y=test.labels)
@@ -26,10 +32,12 @@ def ubw_world(tmp_path_factory):
     # A fixed key seed (keys otherwise draw theirs from the OS), so that what the victim
     # learns, and so every assertion below, is the same on every run.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tracemark.keys.secrets.token_hex", lambda n: "5eed" * (n // 2))
+        seed = seeded("5eed" * 16, "ubw-key")
+        patch.setattr("tracemark.keys.secrets.token_hex", lambda n: seed)
         assert run_cli(["watermark", src, release, "--key", key, "--quiet"]) == 0
     for data, name, epochs in ((release, "marked.pt", "8"), (src, "clean.pt", "4")):
         args = ["train", data, root / name, "--epochs", epochs, "--no-augment", "--quiet"]
+        args += ["--seed", str(TEST_SEED)]
         assert run_cli(args) == 0
     return {"root": root, "src": src, "test": tests, "release": release, "key": key}
 
@@ -131,7 +139,7 @@ def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
 def test_ubw_demo_quick_json(capsys):
     # A smoke test of the demo path on tiny victims (200 images): detection power is
     # asserted above on a model trained through the CLI and measured by the full demo.
-    assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet"]) == 0
+    assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
     result = json.loads(capsys.readouterr().out)
     scenarios = {(s["scenario"], s["model"], s["access"]) for s in result["scenarios"]}
     watermarks = ("ubw-p", "ubw-c", "badnets")

@@ -20,7 +20,14 @@ from . import __version__
 from .datasets import LabelledImages
 from .errors import TracemarkError
 from .fsutil import sha256_file
-from .images import detect_mode, list_images, read_folder, write_images, write_manifest
+from .images import (
+    detect_mode,
+    list_images,
+    read_folder,
+    read_manifest,
+    write_images,
+    write_manifest,
+)
 from .keys import Key, load_key
 from .verdict import Verdict
 
@@ -196,6 +203,19 @@ def tracker_collection(
     return folder.stack(), ids, published
 
 
+def isotope_flags(key: Key, marked: PathLike, rel_paths: Sequence[str]) -> np.ndarray:
+    """Which published files carry the isotope mark: from the manifest beside the folder
+    when there is one (it maps each file to its source's id), else from the file names."""
+    from .methods import isotope
+
+    manifest = default_manifest_path(marked)
+    if manifest.exists():
+        flags = {e.get("marked"): e.get("carries_mark") for e in read_manifest(manifest)["files"]}
+        if all(isinstance(flags.get(rel), bool) for rel in rel_paths):
+            return np.array([flags[rel] for rel in rel_paths], dtype=bool)
+    return isotope.select_marked(key, list(rel_paths))
+
+
 def _oracle(model, outputs: str, budget: int | None):
     """An oracle for a model given as an oracle, a file, an http(s) URL or a torch module."""
     from .oracle import Oracle, TorchModuleOracle, is_url, load_oracle, open_endpoint
@@ -321,13 +341,20 @@ def audit(
         return isotope.physical_audit(
             oracle, with_mark, without, label, alpha=alpha, key=key, access=access
         )
-    user_images, colour = (None, mode) if marked is None else _images(marked, mode, size)
+    user_images, colour, carries_mark = None, mode, None
+    if isinstance(marked, np.ndarray):
+        user_images, colour = _images(marked, mode, size)
+    elif marked is not None:
+        folder = read_folder(marked, mode=mode, size=size)
+        user_images, colour = folder.stack(), folder.mode
+        carries_mark = isotope_flags(key, marked, folder.rel_paths)
     return isotope.audit(
         oracle,
         key,
         user_images,
         _pool(aux, colour, size, class_names),
         label=label,
+        carries_mark=carries_mark,
         alpha=alpha,
         procedure=procedure,
         externals=externals,

@@ -521,21 +521,34 @@ def demo(
         Optional[str],
         typer.Option(help="isotope: comma-separated classes of the users (one user each)."),
     ] = None,
+    seed: Annotated[
+        Optional[str],
+        typer.Option(help="Hex seed of every random choice (another run of the same demo)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """End-to-end demo on Fashion-MNIST: mark, train, audit, and measure TPR and FPR."""
+    if seed is not None:
+        try:
+            bytes.fromhex(seed)
+        except ValueError:
+            raise TracemarkError(f"--seed {seed!r} is not a hex string") from None
+        if len(seed) < 32:
+            raise TracemarkError("--seed needs at least 128 bits (32 hex digits)")
     with progress_bars(not quiet) as bars:
         stage = (lambda msg: stderr.log(msg)) if not quiet else None
         if method == DemoMethod.ubw:
             from .demos.ubw import UbwDemoConfig, run_ubw_demo
 
             config = UbwDemoConfig.quick() if quick else UbwDemoConfig()
+            config = config if seed is None else replace(config, seed=seed)
             result = run_ubw_demo(config, stage=stage, progress_factory=bars)
         elif method == DemoMethod.isotope:
             from .demos.isotope import IsotopeDemoConfig, run_isotope_demo
 
             config = IsotopeDemoConfig.quick() if quick else IsotopeDemoConfig()
+            config = config if seed is None else replace(config, seed=seed)
             if classes:
                 config = replace(config, classes=_parse_classes(classes))
             result = run_isotope_demo(config, stage=stage, progress_factory=bars)
@@ -543,6 +556,7 @@ def demo(
             from .demos.tracker import TrackerDemoConfig, run_tracker_demo
 
             config = TrackerDemoConfig.quick() if quick else TrackerDemoConfig()
+            config = config if seed is None else replace(config, seed=seed)
             result = run_tracker_demo(config, stage=stage, progress_factory=bars)
     if as_json:
         payload = {k: v for k, v in result.items() if k not in ("users", "marks")}

@@ -320,14 +320,41 @@ def _describe_mode(mode: str) -> str:
     return "probability of y" if mode == "probability" else "rank of y (top-K; lower is more)"
 
 
-def _resolve_label(oracle, images, label: int | None) -> tuple[int, str, dict]:
+def _resolve_label(
+    oracle, images, label: int | None, carries_mark: np.ndarray | None
+) -> tuple[int, str, dict, list[str]]:
+    """The class y: given, or the model's majority vote on the user's *unmarked* images.
+
+    A vote that included marked images could be swayed by the mark itself, and y chosen
+    because the mark pushes towards it would make the mark's shift towards y look
+    special on a model that never saw it. ``carries_mark`` says which images carry it.
+    """
     if label is not None:
-        return label, "given", {}
+        return label, "given", {}, []
     if images is None:
         raise TracemarkError("give your images (--marked) so their class can be found, or --label")
+    notes = []
+    if carries_mark is None:
+        notes.append(
+            "the class was voted on images some of which may carry your mark; give --label "
+            "(or the images' ids) so the vote cannot depend on the mark"
+        )
+    else:
+        carries_mark = np.asarray(carries_mark, dtype=bool)
+        if carries_mark.shape != (len(images),):
+            raise TracemarkError(f"{carries_mark.size} mark flags for {len(images)} images")
+        if carries_mark.all():
+            raise TracemarkError(
+                "every one of your images carries the mark, so the model's vote on them could "
+                "be swayed by the mark itself: give your class with --label"
+            )
+        images = np.asarray(images)[~carries_mark]
     found = discover_label(oracle, images)
     info = {"label_votes": found.votes, "label_share": found.share}
-    return found.label, found.source, info
+    source = (
+        found.source if carries_mark is None else found.source.replace("images", "unmarked images")
+    )
+    return found.label, source, info, notes
 
 
 def audit(
@@ -337,6 +364,7 @@ def audit(
     aux,
     *,
     label: int | None = None,
+    carries_mark: np.ndarray | None = None,
     alpha: float = 0.01,
     procedure: Procedure = "calibrated",
     externals: int = DEFAULT_EXTERNALS,
@@ -354,7 +382,9 @@ def audit(
     """Was the model behind ``oracle`` trained on images carrying this key's mark?
 
     ``images``: the user's images (published, marked or not), used only to find their
-    class y when ``label`` is None. ``aux``: images of the same domain; class y is
+    class y when ``label`` is None: the model's vote on those that do not carry the mark
+    (``carries_mark``, e.g. ``select_marked(key, ids)``), so that the mark cannot sway it.
+    ``aux``: images of the same domain; class y is
     excluded by label (object with ``.images``/``.labels``) or by the model's prediction
     (plain array). ``procedure``: "calibrated" (exact rank test against ``externals``
     fresh bank marks on ``aux_per_mark`` aux images) or "paper" (the published
@@ -364,7 +394,9 @@ def audit(
     if not 0 < alpha < 1:
         raise TracemarkError(f"alpha must be in (0, 1), got {alpha}")
     start = oracle.queries
-    label, label_source, label_info = _resolve_label(oracle, images, label)
+    label, label_source, label_info, label_notes = _resolve_label(
+        oracle, images, label, carries_mark
+    )
     if procedure == "paper":
         return _paper_audit(
             oracle, key, params, aux, label, label_source, label_info, rounds, round_size,
@@ -383,7 +415,7 @@ def audit(
         raise TracemarkError("the precomputed aux pool is empty")
     mark_ = key_mark(key)
     user_shift, per_image = mark_shift(oracle, pool, mark_, params.visibility, label)
-    notes = []
+    notes = list(label_notes)
     if null is None:
         marks = external_marks(key, externals)
         null = external_null(oracle, pool, marks, params.visibility, label, progress)
