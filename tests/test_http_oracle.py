@@ -334,3 +334,48 @@ def test_credentials_come_from_env_or_file_and_never_show(tmp_path, monkeypatch)
         load_auth_headers(env="NO_SUCH_VAR_HERE")
     with pytest.raises(TracemarkError, match="holds credentials"):
         open_endpoint("http://user:pw@127.0.0.1:9/v2/models/m")
+
+
+class CtrlCServer(Server):
+    """Answers slowly and presses Ctrl-C from its own (worker) thread at request N:
+    the signal then lands in a thread other than the one that handles it, as it does
+    when a terminal's Ctrl-C is taken by one of the process's many threads."""
+
+    def __init__(self, press_at: int, presses: int = 1):
+        super().__init__()
+        self.press_at, self.presses = press_at, presses
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        import signal
+        import threading
+        import time
+
+        if request.method == "POST" and self.requests == self.press_at:
+            for _ in range(self.presses):  # to this thread: the main thread is not woken
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        time.sleep(0.05)
+        return super().__call__(request)
+
+
+def test_ctrl_c_stops_new_requests_awaits_those_in_flight_and_logs_them(tmp_path):
+    # The contract: after Ctrl-C no request starts, every request sent is answered and
+    # logged, then KeyboardInterrupt; so the server answered exactly what the log holds,
+    # and a resume sends exactly the rest.
+    x, log = _images(200), tmp_path / "q.jsonl"
+    server = CtrlCServer(press_at=10)
+    with pytest.raises(KeyboardInterrupt):
+        _oracle(server, log=log).query(x)
+    logged = [r["sha256"] for r in map(json.loads, log.read_text().splitlines()[1:])]
+    assert sorted(logged) == sorted(server.seen)
+    assert 8 <= len(server.seen) < 200  # stopped early: 50 batches of 4, Ctrl-C at the 10th
+    resumed = Server()
+    r = _oracle(resumed, log=log).query(x)
+    assert sorted(resumed.seen) == sorted(set(map(image_sha256, x)) - set(logged))
+    np.testing.assert_array_equal(r.probs, _model(x.transpose(0, 3, 1, 2)))
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    server = CtrlCServer(press_at=3, presses=2)
+    with pytest.raises(KeyboardInterrupt):
+        _oracle(server).query(_images(200))
+    assert len(server.seen) < 200
