@@ -192,7 +192,7 @@ def mark(
         typer.Option(
             min=1,
             help="tracker: publish only the key's random choice of this many images of SRC "
-            "(the rest stay private and make the audit stronger) [default: all].",
+            "(the rest stay private and make the audit stronger); default: all of them.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
