@@ -200,8 +200,15 @@ def mark_collection(
     which collection images they are). Keep the whole collection: the audit needs it.
     """
     chosen = choose_published(key, ids, publish)
-    picked = [i for i, c in zip(ids, chosen, strict=True) if c]
-    return mark(np.asarray(images)[chosen], key, ids=picked), chosen  # type: ignore[return-value]
+    return mark_selected(images, key, ids, chosen), chosen
+
+
+def mark_selected(
+    images: np.ndarray, key: Key, ids: Sequence[int | str], mask: np.ndarray
+) -> np.ndarray:
+    """The images ``mask`` selects, marked with their own ids (as mark_collection wrote them)."""
+    picked = [i for i, c in zip(ids, mask, strict=True) if c]
+    return mark(np.asarray(images)[mask], key, ids=picked)  # type: ignore[return-value]
 
 
 def resolve_design(
@@ -410,8 +417,7 @@ def audit(
     mask, design, notes = resolve_design(key, ids, published)
     pool = collection[mask] if design == "mark randomisation" else collection
     start = oracle.queries
-    picked = [i for i, c in zip(ids, mask, strict=True) if c]
-    response = oracle.query(mark(collection[mask], key, ids=picked))
+    response = oracle.query(mark_selected(collection, key, ids, mask))
     if label is not None and not 0 <= label < response.num_classes:
         raise TracemarkError(f"label {label} is outside the model's {response.num_classes} classes")
     kind = score_kind_for(response, access)
