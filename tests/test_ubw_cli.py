@@ -43,6 +43,14 @@ def ubw_world(tmp_path_factory):
     return {"root": root, "src": src, "test": tests, "release": release, "key": key}
 
 
+# The label-flip test on 500 correctly classified test images, not the default 100: it
+# reads one bit per query, and this victim (2,000 images, 16 epochs) flips 0.52 of labels
+# on some seeds, which 100 images cannot tell from the control's 0.11 + tau at 0.01
+# (p 0.1 on seed 2; 500 images: p <= 2e-4 on seeds 0-5). Its size is checked on the clean
+# model below.
+LABEL_FLIPS = ("--access", "label", "--m", "500")
+
+
 def _verify(world, model: str, *extra: str, capsys) -> dict:
     args = ["verify", world["root"] / model, world["key"], world["test"], "--json", *extra]
     assert run_cli(args) == 0
@@ -71,10 +79,11 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     assert v["access"] == "probabilities" and v["queries"] >= 200
     # The corner pattern is public: the verdict says what a flag does and does not show.
     assert any("public pattern" in n for n in v["notes"])
-    labels = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
+    labels = _verify(ubw_world, "marked.pt", *LABEL_FLIPS, capsys=capsys)
     st = labels["statistics"]
     # The trigger flips far more labels of images the model gets right than a
-    # never-published pattern in the same corner does (measured: 0.64 against 0.05).
+    # never-published pattern in the same corner does (measured over seeds 0-5: 0.52-0.77
+    # against 0.01-0.11).
     assert labels["access"].startswith("label") and labels["decision"]
     assert st["flip_rate"] > st["control_flip_rate"] + 0.3
     # Calibrated against 19 never-published corner patterns: the key's ranks first.
@@ -90,7 +99,7 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     [
         ("clean.pt", ()),
         ("marked.pt", ("--trigger", "independent")),
-        ("clean.pt", ("--access", "label")),
+        ("clean.pt", LABEL_FLIPS),
     ],
 )
 def test_verify_does_not_flag_independent_cases(ubw_world, model, extra, capsys):
@@ -138,7 +147,7 @@ def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
 
 
 def test_ubw_demo_quick_json(capsys):
-    # A smoke test of the demo path on tiny victims (200 images): detection power is
+    # A smoke test of the demo path on tiny victims (400 images): detection power is
     # asserted above on a model trained through the CLI and measured by the full demo.
     assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -207,13 +216,13 @@ def test_ubw_demo_trains_a_clean_model_per_victim_recipe():
         variants=("badnets", "ubw-c"),
         accesses=("probabilities",),
         null_keys=1,
-        ubw_c_recipe=VictimRecipe(per_class=10, epochs=4, augment=True),
+        ubw_c_recipe=VictimRecipe(per_class=20, epochs=6, augment=True),
     )
     result = run_ubw_demo(config)
     victims = result["victims"]
     assert list(victims) == ["clean", "clean-ubw-c", "badnets", "ubw-c"]
-    assert victims["clean"]["images"] == victims["badnets"]["images"] == 200
-    assert victims["clean-ubw-c"]["images"] == victims["ubw-c"]["images"] == 100
+    assert victims["clean"]["images"] == victims["badnets"]["images"] == 400
+    assert victims["clean-ubw-c"]["images"] == victims["ubw-c"]["images"] == 200
     assert victims["ubw-c"]["recipe"]["augment"] and not victims["badnets"]["recipe"]["augment"]
     found = {(s["scenario"], s["model"]) for s in result["scenarios"]}
     assert ("ubw-c: independent-model", "clean-ubw-c") in found
@@ -238,9 +247,10 @@ def test_verify_over_http_with_restricted_answers_uses_label_flips(ubw_world, re
     # `--access label` on the model file does. The key supplies the number of classes.
     from tracemark.serve import ServeOptions, create_app, serving
 
-    local = _verify(ubw_world, "marked.pt", "--access", "label", capsys=capsys)
+    local = _verify(ubw_world, "marked.pt", *LABEL_FLIPS, capsys=capsys)
     with serving(create_app(ubw_world["root"] / "marked.pt", ServeOptions(**restrict))) as url:
         args = ["verify", f"{url}/v2/models/model", ubw_world["key"], ubw_world["test"], "--json"]
+        args += ["--m", "500"]
         assert run_cli(args) == 0
         remote = json.loads(capsys.readouterr().out)
     assert remote["access"] == local["access"] == "label flips (top-1 only)"
