@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .datasets import LabelledImages
 from .errors import TracemarkError
-from .fsutil import sha256_file
+from .fsutil import check_output, sha256_file
 from .images import (
     detect_mode,
     list_images,
@@ -76,8 +76,7 @@ def mark_folder(
     if key.method not in ("tracker", "isotope"):
         raise TracemarkError(f"marking with {key.method!r} keys is not available")
     manifest = Path(manifest) if manifest is not None else default_manifest_path(out)
-    if manifest.exists() and not force:
-        raise TracemarkError(f"{manifest} already exists; pass --force to overwrite it")
+    check_manifest_path(manifest, src, out, force=force)
     if publish is not None and key.method != "tracker":
         raise TracemarkError("--publish is for tracker keys; isotope keys choose their share p")
     count = len(list_images(src))
@@ -125,8 +124,21 @@ def mark_folder(
         "created": datetime.now(timezone.utc).isoformat(),
         "tracemark_version": __version__,
     }
-    write_manifest(manifest, entries, meta, force=force)
+    write_manifest(manifest, entries, meta, force=force, protect=(src,))
     return manifest
+
+
+def check_manifest_path(manifest: Path, src: PathLike, out: PathLike, force: bool) -> None:
+    """The manifest goes outside SRC (the originals) and outside OUT (the folder you
+    publish: the manifest links each published file to its original, so it stays private)."""
+    check_output(manifest, force=force, protect=(src,), what="manifest")
+    target, out_root = manifest.parent.resolve() / manifest.name, Path(out).resolve()
+    if target == out_root or target.is_relative_to(out_root):
+        raise TracemarkError(
+            f"manifest {manifest} is inside {out}, the folder you publish; the manifest must "
+            f"stay private (it links each published file to its original). Leave out "
+            f"--manifest to write {default_manifest_path(out)}"
+        )
 
 
 def load_holdout(
@@ -185,6 +197,13 @@ def tracker_collection(
         )
     if marked is not None and not isinstance(marked, (str, os.PathLike)):
         raise TracemarkError("give the published images as a folder (--marked) for a tracker audit")
+    if marked is not None:
+        refuse_shared(
+            originals,
+            marked,
+            "--originals holds {n} of the marked files (e.g. {example}); give the unmarked "
+            "originals you marked from",
+        )
     folder = read_folder(originals, mode=mode, size=size)
     ids = list(folder.rel_paths)
     if marked is None:
@@ -201,6 +220,19 @@ def tracker_collection(
     if not published.any():
         raise TracemarkError(f"{marked} holds no images")
     return folder.stack(), ids, published
+
+
+def folder_hashes(folder: PathLike) -> dict[str, str]:
+    """SHA-256 of every image file under ``folder`` -> its relative path."""
+    return {sha256_file(Path(folder) / rel): rel for rel in list_images(folder)}
+
+
+def refuse_shared(folder: PathLike, published: PathLike, message: str) -> None:
+    """Refuse ``folder`` if it holds any of the files under ``published`` (by SHA-256)."""
+    theirs = folder_hashes(published)
+    shared = [rel for sha, rel in folder_hashes(folder).items() if sha in theirs]
+    if shared:
+        raise TracemarkError(message.format(n=len(shared), example=Path(folder) / shared[0]))
 
 
 def isotope_flags(key: Key, marked: PathLike, rel_paths: Sequence[str]) -> np.ndarray:
@@ -322,6 +354,11 @@ def audit(
         raise TracemarkError(f"audit of {key.method!r} keys is not available")
     from .methods import isotope
 
+    if holdout is not None:
+        raise TracemarkError(
+            "isotope audits take no --holdout: give --aux, images of the same domain that "
+            "are not yours"
+        )
     if access == "label":
         access = "topk"  # a label is a top-1 list: the rank-shift test handles it
     if aux is None:

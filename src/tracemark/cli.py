@@ -28,6 +28,8 @@ from .cli_http import (
     AuthFileOpt,
     ConcurrencyOpt,
     EndpointConfigOpt,
+    EvidenceOpt,
+    ForceOpt,
     ModelArg,
     ModelNameOpt,
     NumClassesOpt,
@@ -35,11 +37,15 @@ from .cli_http import (
     QueryLogOpt,
     RetriesOpt,
     TimeoutOpt,
+    check_evidence,
     open_model,
     querying,
+    write_evidence,
 )
 from .errors import TracemarkError
+from .limits import MAX_IMAGE_SIDE
 from .progress import progress_bars, stderr
+from .text import printable
 
 app = typer.Typer(
     help="Mark your images, then tell from query access whether a model was trained on them.",
@@ -106,8 +112,10 @@ def _parse_size(size: str | None) -> tuple[int, int] | None:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise TracemarkError(f"--size takes HEIGHTxWIDTH, e.g. 32x32, got {size!r}") from None
-    if h < 1 or w < 1:
-        raise TracemarkError(f"--size must be positive, got {size!r}")
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise TracemarkError(
+            f"--size takes sides between 1 and {MAX_IMAGE_SIDE} pixels, got {size!r}"
+        )
     return h, w
 
 
@@ -293,9 +301,8 @@ def audit(
         typer.Option(help="ubw (dataset) keys: labelled test images; see `tracemark verify`."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
-    evidence: Annotated[
-        Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
-    ] = None,
+    evidence: EvidenceOpt = None,
+    force: ForceOpt = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     protocol: ProtocolOpt = None,
     model_name: ModelNameOpt = None,
@@ -314,12 +321,21 @@ def audit(
             hidden=True,
         ),
     ] = False,
+    endpoint: Annotated[
+        Optional[str],
+        typer.Option(
+            help="replay: the endpoint the log must record (and --model-name its model).",
+            hidden=True,
+        ),
+    ] = None,
 ) -> None:
     """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
     from .api import audit as run_audit
     from .keys import load_key
 
     key = load_key(key_path)
+    inputs = [key_path, marked, originals, holdout, aux, testset]
+    check_evidence(evidence, force, inputs)
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     label_idx = None
     if label is not None:
@@ -353,7 +369,10 @@ def audit(
         num_classes=num_classes,
         endpoint_config=endpoint_config,
         replay=replay,
+        endpoint=endpoint,
     )
+    if endpoint is not None and not replay:
+        raise TracemarkError("--endpoint is for `tracemark replay`: MODEL is the endpoint here")
     with querying(oracle, query_log), progress_bars(not quiet) as bars:
         verdict = run_audit(
             oracle,
@@ -381,10 +400,9 @@ def audit(
             testset=testset,
             progress=bars(what, steps),
         )
-    if evidence is not None:
-        from .fsutil import atomic_write_text
-
-        atomic_write_text(evidence, verdict.model_dump_json(indent=2) + "\n")
+    if replay:
+        verdict.notes.append(oracle.provenance())
+    write_evidence(evidence, verdict, force, inputs)
     if as_json:
         sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
     else:
@@ -404,7 +422,9 @@ def replay(
     Give the same options as the audit that wrote the log (--marked, --originals, --aux,
     --testset, --alpha, ...): every answer is then read from the log, and an image the
     log does not cover is an error. Anyone holding the key, the images and the log can
-    re-check a verdict this way.
+    re-check a verdict this way. --endpoint URL (and --model-name NAME) refuse a log that
+    records another model; the verdict names the model the log records, and a log whose
+    hash chain is broken (an edited, removed or inserted line) is refused.
     """
     command = typer.main.get_command(app)
     args = ["audit", str(key_path), str(log), "--replay", *ctx.args]
@@ -695,12 +715,27 @@ def _print_tracker_demo(result: dict) -> None:
 from . import cli_dataset, cli_serve  # noqa: E402,F401
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``warning: ...``, not Python's source-line form."""
+    text = escape(printable(str(message)))
+    stderr.print(f"[bold yellow]warning:[/bold yellow] {text}", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, printing user errors without a traceback."""
+    """Entry point: run the app, printing user errors without a traceback.
+
+    Every error and warning is printed through :func:`tracemark.text.printable`: its
+    text may come from a server or a file name, and must not drive the terminal.
+    """
+    import warnings
+
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         app(args=argv, prog_name="tracemark")
     except TracemarkError as exc:
-        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        text = escape(printable(str(exc)))
+        stderr.print(f"[bold red]error:[/bold red] {text}", highlight=False)
         sys.exit(2)
     except ModuleNotFoundError as exc:
         if exc.name not in ("torch", "onnxruntime", "onnx"):
@@ -709,3 +744,5 @@ def main(argv: list[str] | None = None) -> None:
         hint = escape(f"this needs {exc.name}: pip install 'tracemark[{extra}]'")
         stderr.print(f"[bold red]error:[/bold red] {hint}", highlight=False)
         sys.exit(2)
+    finally:
+        warnings.showwarning = previous

@@ -19,14 +19,18 @@ from .cli_http import (
     AuthFileOpt,
     ConcurrencyOpt,
     EndpointConfigOpt,
+    EvidenceOpt,
+    ForceOpt,
     ModelNameOpt,
     NumClassesOpt,
     ProtocolOpt,
     QueryLogOpt,
     RetriesOpt,
     TimeoutOpt,
+    check_evidence,
     open_model,
     querying,
+    write_evidence,
 )
 from .cli_http import ModelArg as AnyModelArg
 from .progress import progress_bars
@@ -157,9 +161,8 @@ def verify(
         Optional[int], typer.Option(min=1, help="Refuse to spend more queries.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
-    evidence: Annotated[
-        Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
-    ] = None,
+    evidence: EvidenceOpt = None,
+    force: ForceOpt = False,
     protocol: ProtocolOpt = None,
     model_name: ModelNameOpt = None,
     query_log: QueryLogOpt = None,
@@ -174,6 +177,7 @@ def verify(
     """Decide whether MODEL was trained on your watermarked release. Exit 0 either way."""
     from .dataset_watermark import verify as run_verify
 
+    check_evidence(evidence, force, [key_path, testset])
     oracle = open_model(
         model,
         outputs=outputs.value,
@@ -201,10 +205,7 @@ def verify(
             access=access.value,
             null_triggers=null_triggers,
         )
-    if evidence is not None:
-        from .fsutil import atomic_write_text
-
-        atomic_write_text(evidence, verdict.model_dump_json(indent=2) + "\n")
+    write_evidence(evidence, verdict, force, [key_path, testset])
     if as_json:
         sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
     else:

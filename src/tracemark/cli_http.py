@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .progress import stderr
+from .text import printable
 
 PANEL = "HTTP endpoint (when MODEL is a URL)"
 
@@ -102,6 +104,32 @@ EndpointConfigOpt = Annotated[
 ]
 
 
+EvidenceOpt = Annotated[
+    Optional[Path], typer.Option(help="Also write the full verdict with raw scores here.")
+]
+ForceOpt = Annotated[bool, typer.Option(help="Overwrite an existing --evidence file.")]
+
+
+def check_evidence(path: Path | None, force: bool, protect: list) -> None:
+    """Refuse an --evidence path that would replace a file (without --force) or land among
+    the originals, before any query is spent."""
+    if path is not None:
+        from .fsutil import check_output
+
+        protect = [p for p in protect if p is not None and Path(p).exists()]
+        check_output(path, force=force, protect=protect, what="evidence file")
+
+
+def write_evidence(path: Path | None, verdict, force: bool, protect: list) -> None:
+    """Write the full verdict (with its raw scores) atomically to ``path``."""
+    if path is not None:
+        from .fsutil import atomic_write_text
+
+        protect = [p for p in protect if p is not None and Path(p).exists()]
+        text = verdict.model_dump_json(indent=2) + "\n"
+        atomic_write_text(path, text, force=force, protect=protect)
+
+
 def open_model(
     model: str,
     *,
@@ -119,17 +147,12 @@ def open_model(
     num_classes: int | None = None,
     endpoint_config: Path | None = None,
     replay: bool = False,
+    endpoint: str | None = None,
 ):
     """An oracle for MODEL: a local file, an HTTP endpoint, or (``replay``) a query log."""
     from .errors import TracemarkError
-    from .oracle import (
-        ReplayOracle,
-        is_url,
-        load_auth_headers,
-        load_endpoint_config,
-        load_oracle,
-        open_endpoint,
-    )
+    from .oracle import ReplayOracle, is_url, load_oracle
+    from .oracle.base import expect_classes
 
     http_flags = {
         "--protocol": protocol,
@@ -144,21 +167,32 @@ def open_model(
     }
     if replay:
         n = num_classes or (len(class_names) if class_names else None)
-        return ReplayOracle(model, outputs=outputs, num_classes=n)
-    if not is_url(model):
+        oracle = ReplayOracle(
+            model, outputs=outputs, num_classes=n, endpoint=endpoint, model_name=model_name
+        )
+    elif not is_url(model):
         given = [flag for flag, value in http_flags.items() if value is not None]
         if given:
             raise TracemarkError(f"{', '.join(given)} only apply when MODEL is an http(s) URL")
-        return load_oracle(model, outputs=outputs, budget=budget)
-    config = load_endpoint_config(
-        endpoint_config,
-        protocol=None if protocol is None else protocol.value,
-        model_name=model_name,
-        concurrency=concurrency,
-        timeout=timeout,
-        retries=retries,
-        num_classes=num_classes,
-    )
+        oracle = load_oracle(model, outputs=outputs, budget=budget)
+    else:
+        oracle = _open_url(
+            model, query_log, auth_env, auth_file, endpoint_config, budget, outputs, class_names,
+            protocol=None if protocol is None else protocol.value, model_name=model_name,
+            concurrency=concurrency, timeout=timeout, retries=retries, num_classes=num_classes,
+        )  # fmt: skip
+    if class_names:
+        n = len(class_names)
+        expect_classes(oracle, n, f"--class-names ({n} names)")
+    return oracle
+
+
+def _open_url(
+    model, query_log, auth_env, auth_file, endpoint_config, budget, outputs, class_names, **flags
+):
+    from .oracle import load_auth_headers, load_endpoint_config, open_endpoint
+
+    config = load_endpoint_config(endpoint_config, **flags)
     headers = load_auth_headers(auth_env, auth_file)
     return open_endpoint(
         model,
@@ -195,7 +229,8 @@ def report_traffic(oracle) -> None:
 
     if isinstance(oracle, ReplayOracle):
         stderr.print(
-            f"replayed {oracle.from_log} answers from {oracle.log.path}; no query was sent"
+            escape(printable(f"replayed {oracle.from_log} answers; no query was sent. "))
+            + escape(printable(oracle.provenance()))
         )
     elif isinstance(oracle, HttpOracle):
         failures = ", ".join(f"{n}× {why}" for why, n in oracle.failures.most_common())

@@ -16,7 +16,9 @@ import numpy as np
 
 from .datasets import LabelledImages, load_dataset
 from .errors import TracemarkError
+from .fsutil import check_output
 from .keys import Key, UbwVariant, load_key
+from .oracle.base import expect_classes
 from .verdict import Verdict
 
 PathLike = str | os.PathLike
@@ -51,8 +53,7 @@ def watermark_dataset(
     from .dataset_writers import write_release
     from .methods import ubw
 
-    if Path(key_out).exists() and not force:
-        raise TracemarkError(f"{key_out} already exists; pass --force to replace it")
+    check_output(key_out, force=force, protect=[src] if Path(src).exists() else [], what="key")
     if Path(out).exists() and not force:
         raise TracemarkError(f"{out} already exists; pass --force to replace it")
     key = Key.generate("ubw", variant=variant, **params)
@@ -99,16 +100,17 @@ def verify(
     """
     from .api import _oracle
     from .methods import ubw
-    from .oracle import LoggedOracle
 
     key = _ubw_key(key)
     oracle = _oracle(model, outputs, budget)
-    if isinstance(oracle, LoggedOracle) and oracle.num_classes is None:
-        oracle.num_classes = key.typed_params().num_classes  # a label-only endpoint's classes
+    n = key.typed_params().num_classes  # also a label-only endpoint's classes
+    expect_classes(oracle, n, f"the key (num_classes = {n})")
+    test = _testset(testset)
+    check_test_labels(test, n)
     return ubw.verify(
         oracle,
         key,
-        _testset(testset),
+        test,
         m=m,
         tau=tau,
         alpha=alpha,
@@ -116,6 +118,17 @@ def verify(
         access=access,
         null_triggers=null_triggers,
     )
+
+
+def check_test_labels(test: LabelledImages, num_classes: int | None) -> None:
+    """Test labels must be classes of the watermarked dataset."""
+    labels = np.asarray(test.labels)
+    if num_classes is not None and labels.size and int(labels.max()) >= num_classes:
+        raise TracemarkError(
+            f"the test images have label {int(labels.max())}, but the watermarked dataset has "
+            f"{num_classes} classes (0..{num_classes - 1}); give the test split of the same "
+            "dataset"
+        )
 
 
 def watermark_report(
@@ -133,9 +146,12 @@ def watermark_report(
 
     key = _ubw_key(key)
     test = _testset(testset)
+    n = key.typed_params().num_classes
+    check_test_labels(test, n)
     if limit is not None:
         test = test.subset(np.arange(min(limit, len(test))))
     oracle = _oracle(model, outputs, None)
+    expect_classes(oracle, n, f"the key (num_classes = {n})")
 
     def probs(images: np.ndarray) -> np.ndarray:
         resp = oracle.query(images)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import TracemarkError
 from .images import IMAGE_SUFFIXES, ImageSet, detect_mode, list_images, read_image
+from .limits import MAX_CLASSES
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -465,9 +466,12 @@ def load_npz(path: Path | str) -> LabelledImages:
         y = y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.integer):
         raise TracemarkError(f"{path}: labels have dtype {y.dtype}; store integer class indices")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= MAX_CLASSES):
+        raise TracemarkError(
+            f"{path}: labels must be class indices in [0, {MAX_CLASSES}), found "
+            f"{int(y.min())}..{int(y.max())}"
+        )
     labels = y.astype(np.int64)
-    if labels.size and labels.min() < 0:
-        raise TracemarkError(f"{path}: labels must be >= 0, found {labels.min()}")
     n_classes = int(labels.max()) + 1 if labels.size else 0
     if raw_classes is not None:
         classes = [str(c) for c in np.asarray(raw_classes).reshape(-1)]

@@ -1,30 +1,88 @@
-"""Atomic file writes: an interrupted run never leaves a half-written file behind."""
+"""Where and how tracemark writes files.
+
+Every file tracemark writes passes :func:`check_output` first: never inside a folder of
+originals, never through a symbolic link, never out of the output folder it belongs in,
+never over an existing file without ``force``. Writes are atomic, so an interrupted run
+never leaves a half-written file behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from .errors import TracemarkError
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    protect: Iterable[str | os.PathLike] = (),
+    within: str | os.PathLike | None = None,
+    what: str = "output",
+) -> Path:
+    """Refuse a write that could lose data; return ``path``.
+
+    ``protect`` are folders (or files) of originals: nothing is written inside them,
+    whatever the links on the way say (paths are compared once resolved). ``within`` is
+    the folder the file belongs in: a symbolic link inside it that leads elsewhere is
+    refused. ``path`` itself must not be a link, and an existing file is only replaced
+    with ``force``.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise TracemarkError(
+            f"{what} {path} is a symbolic link; tracemark never writes through a link "
+            "(remove it, or choose another path)"
+        )
+    target = path.parent.resolve() / path.name
+    if within is not None:
+        root = Path(within).resolve()
+        if not _inside(target, root):
+            raise TracemarkError(
+                f"{what} {path} leads outside {within} through a symbolic link; nothing was "
+                "written. Remove the link, or choose a new folder"
+            )
+    for original in protect:
+        folder = Path(original).resolve()
+        if _inside(target, folder) or target == folder:
+            raise TracemarkError(
+                f"{what} {path} is inside {original}, which holds your originals; tracemark "
+                "never writes there. Choose a path outside it"
+            )
+    if not force and path.exists():
+        raise TracemarkError(f"{what} {path} already exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise TracemarkError(f"{what} {path} is a folder; give a file name")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(
-    path: str | os.PathLike, mode: int = 0o644, force: bool = True
+    path: str | os.PathLike,
+    mode: int = 0o644,
+    force: bool = True,
+    protect: Iterable[str | os.PathLike] = (),
+    within: str | os.PathLike | None = None,
 ) -> Iterator[IO[bytes]]:
     """Open a temporary file beside ``path``; on success fsync and rename it into place.
 
     ``mode`` is applied before any byte is written, so a secret never exists with
-    wider permissions. With ``force=False`` an existing ``path`` is an error.
+    wider permissions. The path is checked by :func:`check_output` first (with
+    ``force=False`` an existing ``path`` is an error).
     """
-    path = Path(path)
-    if not force and path.exists():
-        raise TracemarkError(f"{path} already exists; pass --force to overwrite it")
+    path = check_output(path, force=force, protect=protect, within=within)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -43,18 +101,47 @@ def atomic_open(
 
 
 def atomic_write_bytes(
-    path: str | os.PathLike, data: bytes, mode: int = 0o644, force: bool = True
+    path: str | os.PathLike,
+    data: bytes,
+    mode: int = 0o644,
+    force: bool = True,
+    protect: Iterable[str | os.PathLike] = (),
+    within: str | os.PathLike | None = None,
 ) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
-    with atomic_open(path, mode=mode, force=force) as fh:
-        fh.write(data)
+    try:
+        with atomic_open(path, mode=mode, force=force, protect=protect, within=within) as fh:
+            fh.write(data)
+    except TracemarkError:
+        raise
+    except OSError as exc:
+        raise TracemarkError(f"cannot write {path}: {describe_os_error(exc)}") from None
 
 
 def atomic_write_text(
-    path: str | os.PathLike, text: str, mode: int = 0o644, force: bool = True
+    path: str | os.PathLike,
+    text: str,
+    mode: int = 0o644,
+    force: bool = True,
+    protect: Iterable[str | os.PathLike] = (),
+    within: str | os.PathLike | None = None,
 ) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"), mode=mode, force=force)
+    data = text.encode("utf-8")
+    atomic_write_bytes(path, data, mode=mode, force=force, protect=protect, within=within)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What went wrong, and what to do about it, in words (not only errno)."""
+    hints = {
+        errno.ENOSPC: "the disk is full; free some space and run the command again",
+        errno.EDQUOT: "the disk quota is exhausted; free some space and run again",
+        errno.EACCES: "permission denied; check the folder's permissions",
+        errno.EPERM: "operation not permitted; check the folder's permissions",
+        errno.EROFS: "the file system is read-only; choose another folder",
+        errno.ENAMETOOLONG: "the file name is too long; choose a shorter one",
+    }
+    return hints.get(exc.errno, exc.strerror or str(exc))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -24,9 +24,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import TracemarkError
-from .fsutil import atomic_write_bytes, atomic_write_text, read_json
+from .fsutil import atomic_write_bytes, atomic_write_text, check_output, read_json
+from .limits import MAX_IMAGE_SIDE
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
 
 MANIFEST_FORMAT = "tracemark-manifest"
@@ -49,24 +50,63 @@ def list_images(root: Path | str) -> list[str]:
     """Relative POSIX paths of all image files under ``root``, sorted, hidden ones skipped.
 
     Sorted relative paths give every image a stable identity across machines, which the
-    marks and the manifest rely on.
+    marks and the manifest rely on. A name that is not valid UTF-8 is an error (it could
+    not be recorded in the manifest), and so is a symbolic link that leads out of
+    ``root``: tracemark reads only what is inside the folder it is given. Links inside
+    it are followed.
     """
     root = Path(root)
     if not root.exists():
         raise TracemarkError(f"{root} does not exist; give the folder that holds your images")
     if not root.is_dir():
         raise TracemarkError(f"{root} is not a folder; give the folder that holds your images")
+    real_root = root.resolve()
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        for d in dirnames:
+            if not d.startswith("."):
+                _check_link(here / d, root, real_root)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
+        rel_dir = here.relative_to(root)
         for name in filenames:
             if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
                 continue
-            if not (Path(dirpath) / name).is_file():
+            path = here / name
+            _check_name(path)
+            _check_link(path, root, real_root)
+            if not path.is_file():
                 continue
             found.append((rel_dir / name).as_posix())
     return sorted(found)
+
+
+def _check_name(path: Path) -> None:
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        raise TracemarkError(
+            f"the file name {shown} is not valid UTF-8; rename it (tracemark records every "
+            "image by its name)"
+        ) from None
+
+
+def _check_link(path: Path, root: Path, real_root: Path) -> None:
+    """A symbolic link must stay inside ``root``; links to folders are not walked."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not (target == real_root or target.is_relative_to(real_root)):
+        raise TracemarkError(
+            f"{path} is a symbolic link to {target}, outside {root}; tracemark reads only "
+            "images inside the folder it is given. Copy the image in, or remove the link"
+        )
+    if target.is_dir():
+        raise TracemarkError(
+            f"{path} is a symbolic link to a folder; tracemark does not follow folder links "
+            "(an image would be read twice). Remove the link"
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -103,6 +143,17 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
             f"{path} declares {width}x{height} = {width * height} pixels, more than the limit "
             f"of {max_pixels}; it looks like a decompression bomb. If the image is genuine, "
             "raise the limit (max_pixels) or downscale it first"
+        )
+    try:
+        frames = getattr(im, "n_frames", 1)
+    except _DECODE_ERRORS as exc:
+        im.close()
+        raise TracemarkError(f"cannot read {path}: {exc}; re-export it as PNG or JPEG") from None
+    if frames > 1:
+        im.close()
+        raise TracemarkError(
+            f"{path} is animated ({frames} frames); tracemark marks still images only. "
+            "Export the frame you publish as PNG and mark that"
         )
     return im
 
@@ -176,8 +227,10 @@ def _check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
         h, w = (int(s) for s in size)
     except (TypeError, ValueError):
         raise TracemarkError(f"size must be (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise TracemarkError(f"size must be positive (height, width), got {size!r}")
+    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+        raise TracemarkError(
+            f"size must be (height, width) with sides in [1, {MAX_IMAGE_SIDE}], got {size!r}"
+        )
     return h, w
 
 
@@ -425,31 +478,52 @@ def write_images(
                 f"cannot write {rel}: image shape {shape} is not (H, W, 1 or 3); "
                 "nothing was written"
             )
+    protect = () if src_root is None else (src_root,)
+    for out in outputs:  # a link inside OUT must not lead a write into SRC or elsewhere
+        check_output(out_root / out, force=True, protect=protect, within=out_root)
+    encoded = [encode_image(x, fmt=fmt, quality=quality) for x in images]
+    # A file that already holds exactly what would be written is not in the way: an
+    # interrupted run (marking is deterministic) resumes by running the command again.
+    todo = [
+        i
+        for i, (out, data) in enumerate(zip(outputs, encoded, strict=True))
+        if not _holds(out_root / out, data)
+    ]
     if not force:
-        taken = [o for o in outputs if (out_root / o).exists() or (out_root / o).is_symlink()]
+        taken = [outputs[i] for i in todo if _exists(out_root / outputs[i])]
         if taken:
             shown = ", ".join(str(out_root / o) for o in taken[:5])
             more = f" and {len(taken) - 5} more" if len(taken) > 5 else ""
             raise TracemarkError(
-                f"{len(taken)} output file(s) already exist: {shown}{more}; nothing was "
-                "written. Choose a new folder or pass --force to overwrite them"
+                f"{len(taken)} output file(s) already exist with other contents: {shown}{more}; "
+                "nothing was written. Choose a new folder or pass --force to overwrite them"
             )
-    written = []
-    for x, out in zip(images, outputs, strict=True):
-        data = encode_image(x, fmt=fmt, quality=quality)
-        target = out_root / out
-        try:
-            atomic_write_bytes(target, data, force=force)
-        except TracemarkError:
-            raise
-        except OSError as exc:
-            raise TracemarkError(
-                f"cannot write {target}: {exc}; check the folder's permissions"
-            ) from None
-        written.append({"marked": out, "marked_sha256": sha256_bytes(data)})
+    written = [
+        {"marked": o, "marked_sha256": sha256_bytes(d)}
+        for o, d in zip(outputs, encoded, strict=True)
+    ]
+    pending = set(todo)
+    for i, (out, data) in enumerate(zip(outputs, encoded, strict=True)):
+        if i in pending:
+            target = out_root / out
+            atomic_write_bytes(target, data, force=force, protect=protect, within=out_root)
         if progress is not None:
             progress(1)
     return written
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """True when ``path`` is a regular file (not a link) whose bytes are ``data``."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- manifest
@@ -465,25 +539,24 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a manifest")
 
 
-def write_manifest(path: Path | str, entries: list[dict], meta: dict, force: bool = False) -> None:
+def write_manifest(
+    path: Path | str,
+    entries: list[dict],
+    meta: dict,
+    force: bool = False,
+    protect: Sequence[Path | str] = (),
+) -> None:
     """Write the manifest (what was marked, from what, with which hashes) atomically.
 
     An existing manifest is only replaced with ``force``: it may be the only record
-    linking published files to their originals.
+    linking published files to their originals. Nothing is written inside ``protect``.
     """
     reserved = {"format", "version", "files"} & set(meta)
     if reserved:
         raise ValueError(f"meta must not contain {sorted(reserved)}")
     doc = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **meta, "files": entries}
     text = json.dumps(doc, indent=2, sort_keys=True, default=_json_default) + "\n"
-    try:
-        atomic_write_text(path, text, force=force)
-    except TracemarkError:
-        raise
-    except OSError as exc:
-        raise TracemarkError(
-            f"cannot write {path}: {exc}; check the folder's permissions"
-        ) from None
+    atomic_write_text(path, text, force=force, protect=protect)
 
 
 def read_manifest(path: Path | str) -> dict:

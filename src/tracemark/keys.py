@@ -74,7 +74,37 @@ class IsotopeParams(BaseModel):
             raise ValueError("mark=image needs the mark file (keygen --mark-file FILE)")
         if self.mark != "image" and any(has):
             raise ValueError("image_png/image_sha256 are only used with mark=image")
+        if self.image_png is not None:
+            _check_embedded_png(self.image_png)
         return self
+
+
+MAX_MARK_PIXELS = 1024 * 1024  # keygen --mark-file stores at most 256 x 256
+
+
+def _check_embedded_png(text: str) -> None:
+    """The key's mark image must be base64 of a small still PNG (checked from its header:
+    a key is input too, and a bomb must not be decoded)."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ValueError("image_png is not valid base64; the key is damaged") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (w, h), frames = im.format, im.size, getattr(im, "n_frames", 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise ValueError("image_png is not a readable PNG; the key is damaged") from None
+    if fmt != "PNG" or frames != 1 or w * h > MAX_MARK_PIXELS:
+        raise ValueError(
+            f"image_png must be a still PNG of at most {MAX_MARK_PIXELS} pixels, got {fmt} "
+            f"{w}x{h} with {frames} frame(s)"
+        )
 
 
 UbwVariant = Literal["ubw-p", "ubw-c", "badnets", "blended"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import TracemarkError
+from .limits import MAX_CLASSES, MAX_MODEL_WIDTH
 
 __all__ = [
     "ARCHITECTURES",
@@ -374,6 +375,30 @@ def initialize(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
+def _check_sizes(arch: str, cls: type, arguments: dict[str, Any]) -> None:
+    """Integer arguments are integers, within limits: a checkpoint is untrusted input,
+    and ``width: 200000`` would ask for terabytes before any weight is read."""
+    params = inspect.signature(cls).parameters
+    for name, value in arguments.items():
+        annotation = params[name].annotation
+        if annotation in ("int", int):
+            limit = MAX_CLASSES if name == "num_classes" else MAX_MODEL_WIDTH
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TracemarkError(
+                    f"architecture {arch!r}: {name} must be an integer, got {value!r:.40}"
+                )
+            if not 0 <= value <= limit:
+                raise TracemarkError(
+                    f"architecture {arch!r}: {name} = {value} is outside [0, {limit}]"
+                )
+        elif annotation in ("float", float) and (
+            not isinstance(value, (int, float)) or isinstance(value, bool)
+        ):
+            raise TracemarkError(
+                f"architecture {arch!r}: {name} must be a number, got {value!r:.40}"
+            )
+
+
 def build_model(arch: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
     """Build a registered architecture, initialised from ``seed``, and tag it for checkpoints.
 
@@ -390,6 +415,7 @@ def build_model(arch: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
     except TypeError as exc:
         raise TracemarkError(f"bad arguments for architecture {arch!r}: {exc}") from None
     bound.apply_defaults()
+    _check_sizes(arch, cls, bound.arguments)
     recorded = {k: _jsonable(v, k) for k, v in bound.arguments.items()}
     json.dumps(recorded)  # guaranteed by _jsonable; fails loudly if that ever changes
     with torch.random.fork_rng(devices=[]):

@@ -217,9 +217,10 @@ class ModelOracle(Oracle):
                 )
             self.num_classes = c
         elif c != self.num_classes:
+            source = getattr(self, "classes_source", None) or "given, or seen in earlier answers"
             raise TracemarkError(
                 f"the model returned {c} scores per image, but this oracle expects "
-                f"num_classes={self.num_classes} (given, or seen in earlier answers)"
+                f"num_classes={self.num_classes} ({source})"
             )
         if not np.isfinite(out).all():
             bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
@@ -250,6 +251,20 @@ class ModelOracle(Oracle):
         if off.any():
             out[off] /= sums[off, None]
         return out
+
+
+def expect_classes(oracle: object, n: int | None, source: str) -> None:
+    """Hold ``oracle`` to ``n`` classes, named by ``source`` (``--class-names``, the key)
+    in the error a model with another number of classes draws."""
+    if n is None or not hasattr(oracle, "num_classes"):
+        return
+    known = oracle.num_classes
+    if known is not None and known != n:
+        raise TracemarkError(
+            f"the model has {known} classes, but {source} says {n}; they do not belong together"
+        )
+    oracle.num_classes = int(n)
+    oracle.classes_source = source
 
 
 def _is_int(value: object) -> bool:

@@ -6,12 +6,15 @@ sends only images it has no answer for yet, several batches at a time; retries 4
 stops with a clear error on bad credentials or malformed answers; and appends every
 answer to a query log as it arrives, so an interrupted audit resumes where it stopped
 and a third party can replay it. On Ctrl-C, batches already in flight are waited for
-and logged, so the model is never asked the same thing twice.
+and logged, so the model is never asked the same thing twice; a second Ctrl-C cuts them
+off at once. ``timeout`` is a deadline for each request as a whole (see :mod:`.deadline`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import ipaddress
 import math
 import os
 import signal
@@ -28,7 +31,9 @@ import numpy as np
 from .. import __version__
 from ..errors import TracemarkError
 from ..rng import derive
+from ..text import printable, redact
 from .auth import AuthHeaders
+from .deadline import DeadlineBackend, deadline_transport
 from .logged import LoggedOracle
 from .querylog import QueryLog, now_iso
 from .wire import JsonCodec, JsonFields, MalformedAnswer, V2Codec
@@ -37,7 +42,21 @@ __all__ = ["HttpOracle", "is_url"]
 
 Protocol = Literal["v2", "json"]
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` itself or a loopback address (127.0.0.0/8, ::1).
+
+    Decided on the exact name or the address, never a prefix: ``localhost.example.com``
+    and ``127.attacker.example`` are other machines.
+    """
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_url(value: object) -> bool:
@@ -58,8 +77,9 @@ class _CtrlC:
     raises at once.
     """
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, abort: Any = None) -> None:
         self.stop = stop
+        self.abort = abort  # called on the second Ctrl-C: cut requests in flight off
         self.pressed = False
         self._previous: Any = None
 
@@ -70,6 +90,8 @@ class _CtrlC:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.pressed:
+            if self.abort is not None:
+                self.abort()
             raise KeyboardInterrupt
         self.pressed = True
         self.stop.set()
@@ -163,21 +185,28 @@ class HttpOracle(LoggedOracle):
         self.max_backoff = float(max_backoff)
         self.max_retry_after = float(max_retry_after)
         self.auth_source = getattr(headers, "source", None) or ("headers" if headers else None)
-        if headers and parts.scheme == "http" and not (parts.hostname or "").startswith(LOOPBACK):
+        if headers and parts.scheme == "http" and not is_loopback(parts.hostname or ""):
             warnings.warn(
                 f"sending credentials over plain http to {parts.hostname}; use https",
                 stacklevel=2,
             )
+        self._secrets = [str(v) for v in (headers or {}).values()]
+        self._warned_retry = False
         self.requests = 0
         self.retried = 0
         self.failures: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._rng = derive(seed, "http/backoff-jitter")
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._backend: DeadlineBackend | None = None
+        if transport is None:
+            self._backend = DeadlineBackend()
+            transport = deadline_transport(limits, self._backend)
         self._client = httpx.Client(
             base_url=self.url if protocol == "v2" else "",
             headers=AuthHeaders(headers or {}),
             timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            limits=limits,
             follow_redirects=False,
             transport=transport,
         )
@@ -235,7 +264,8 @@ class HttpOracle(LoggedOracle):
                 self._record(hashes[start : start + bs], when, answers)
                 recorded.add(start)
 
-        with _CtrlC(stop) as ctrl_c:
+        abort = None if self._backend is None else self._backend.abort
+        with _CtrlC(stop, abort) as ctrl_c:
             pool = ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="tracemark-http"
             )
@@ -273,7 +303,7 @@ class HttpOracle(LoggedOracle):
     def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, list[dict]]:
         when = now_iso()
         body = self._request("POST", self.codec.infer_path, self.codec.encode(images), stop)
-        return when, self.codec.decode(body, images.shape[0])
+        return when, self.codec.decode(body, images.shape[0])  # validated by the codec
 
     def _request(self, method: str, path: str, payload: Any, stop: threading.Event) -> Any:
         """One call with retries; returns the parsed JSON answer."""
@@ -286,10 +316,16 @@ class HttpOracle(LoggedOracle):
             delay = None
             with self._stats_lock:
                 self.requests += 1
+            deadline = (
+                contextlib.nullcontext()
+                if self._backend is None
+                else self._backend.deadline(self.timeout)
+            )
             try:
-                r = self._client.request(method, path, json=payload)
+                with deadline:
+                    r = self._client.request(method, path, json=payload)
             except httpx.TimeoutException:
-                kind, reason = "timeout", f"timed out after {self.timeout:g} s"
+                kind, reason = "timeout", f"no complete answer within {self.timeout:g} s"
             except httpx.TransportError as exc:
                 kind = "connection failed"
                 reason = f"connection failed ({type(exc).__name__}: {exc})"
@@ -300,12 +336,12 @@ class HttpOracle(LoggedOracle):
                     except ValueError:
                         raise MalformedAnswer(
                             f"{self._where(path)} answered HTTP {r.status_code} with a body that "
-                            f"is not JSON: {r.text[:200]!r}"
+                            f"is not JSON: {self._quote(r.text[:200])!r}"
                         ) from None
                 if r.status_code not in RETRY_STATUSES:
                     raise self._fatal(r, path)
                 kind = f"HTTP {r.status_code}"
-                reason = kind + _server_message(r)
+                reason = kind + self._server_message(r)
                 delay = self._retry_after(r)
             with self._stats_lock:
                 self.failures[kind] += 1
@@ -317,12 +353,39 @@ class HttpOracle(LoggedOracle):
                 delay = min(self.max_backoff, self.backoff * 2**attempt) * jitter
             with self._stats_lock:
                 self.retried += 1
+                first_retry, self._warned_retry = not self._warned_retry, True
+            if first_retry:
+                warnings.warn(
+                    f"{self._where(path)}: {reason}; retrying each failed request up to "
+                    f"{self.retries} times, waiting about {self.backoff_total():.0f} s in all "
+                    "between tries before giving up (Ctrl-C stops)",
+                    stacklevel=2,
+                )
             if stop.wait(delay):
                 raise _Stopped()
         raise TracemarkError(
             f"{self._where(path)} failed {self.retries + 1} times in a row; last: {reason}. "
             "The answers received so far are in the query log: re-run to resume"
         )
+
+    def backoff_total(self) -> float:
+        """The expected wait between a request's tries, all retries together (random
+        jitter of 0.5-1.5x averages out; ``Retry-After`` may ask for more)."""
+        return sum(min(self.max_backoff, self.backoff * 2**a) for a in range(self.retries))
+
+    def _quote(self, text: str) -> str:
+        """Server text as it may be printed: credentials redacted, control codes escaped."""
+        return printable(redact(text, self._secrets))
+
+    def _server_message(self, r: Any) -> str:
+        """The server's own error text, briefly (never request headers)."""
+        try:
+            body = r.json()
+            text = body.get("error") or body.get("detail") or body.get("message")
+        except (ValueError, AttributeError):
+            text = r.text
+        text = self._quote(str(text or "").strip().replace("\n", " "))
+        return f": {text[:200]}" if text else ""
 
     def _retry_after(self, r: Any) -> float | None:
         value = r.headers.get("Retry-After")
@@ -354,7 +417,7 @@ class HttpOracle(LoggedOracle):
                 else "no credentials were sent: use --auth-env VAR or --auth-file FILE"
             )
             return TracemarkError(
-                f"{where} refused access (HTTP {r.status_code}{_server_message(r)}): {how}"
+                f"{where} refused access (HTTP {r.status_code}{self._server_message(r)}): {how}"
             )
         if r.status_code == 404:
             hint = (
@@ -362,21 +425,11 @@ class HttpOracle(LoggedOracle):
                 if self.protocol == "v2"
                 else "is the endpoint URL right?"
             )
-            return TracemarkError(f"{where} was not found (HTTP 404{_server_message(r)}): {hint}")
+            message = self._server_message(r)
+            return TracemarkError(f"{where} was not found (HTTP 404{message}): {hint}")
         return TracemarkError(
-            f"{where} rejected the request (HTTP {r.status_code}{_server_message(r)})"
+            f"{where} rejected the request (HTTP {r.status_code}{self._server_message(r)})"
         )
 
     def _where(self, path: str) -> str:
         return path if is_url(path) else f"{self.url}{path}"
-
-
-def _server_message(r: Any) -> str:
-    """The server's own error text, briefly (never request headers)."""
-    try:
-        body = r.json()
-        text = body.get("error") or body.get("detail") or body.get("message")
-    except (ValueError, AttributeError):
-        text = r.text
-    text = str(text or "").strip().replace("\n", " ")
-    return f": {text[:200]}" if text else ""

@@ -144,11 +144,57 @@ def answers_to_response(
 
 
 class ReplayOracle(LoggedOracle):
-    """Answers only from a query log: recompute an audit's verdict without the model."""
+    """Answers only from a query log: recompute an audit's verdict without the model.
 
-    def __init__(self, log: str | os.PathLike | QueryLog, **kwargs: Any) -> None:
+    ``endpoint`` and ``model_name``, when given, must be the ones the log's header
+    names: a log of another model must not pass for this one's. :meth:`provenance`
+    says what the log claims to record, for the verdict.
+    """
+
+    def __init__(
+        self,
+        log: str | os.PathLike | QueryLog,
+        *,
+        endpoint: str | None = None,
+        model_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         log = log if isinstance(log, QueryLog) else QueryLog.read(log)
+        header = log.header
+        recorded = str(header.get("endpoint") or "").rstrip("/")
+        if not recorded:
+            raise TracemarkError(f"query log {log.path} names no endpoint in its header")
+        if endpoint is not None:
+            # a v2 model's address may be given whole: BASE/v2/models/NAME
+            names = {recorded}
+            if header.get("model_name"):
+                names.add(f"{recorded}/v2/models/{header['model_name']}")
+            if endpoint.rstrip("/") not in names:
+                raise TracemarkError(
+                    f"query log {log.path} records endpoint {recorded!r}, not {endpoint!r}: "
+                    "it is the log of another model"
+                )
+        if model_name is not None and header.get("model_name") != model_name:
+            raise TracemarkError(
+                f"query log {log.path} records model {header.get('model_name')!r}, not "
+                f"{model_name!r}: it is the log of another model"
+            )
         super().__init__(log=log, **kwargs)
+
+    def provenance(self) -> str:
+        """One line: which model the log says answered, when, and whether it is intact."""
+        h = self.log.header
+        model = f", model {h['model_name']!r}" if h.get("model_name") else ""
+        chain = (
+            "hash chain intact"
+            if self.log.chained
+            else "no hash chain (a version-1 log): edits to it cannot be detected"
+        )
+        return (
+            f"answers replayed from query log {self.log.path}: recorded from {h['endpoint']}"
+            f"{model} ({h.get('protocol')}), created {h.get('created')}; {len(self.log)} "
+            f"answers, {chain}"
+        )
 
     def _fetch(self, images: np.ndarray) -> list[dict[str, Any]]:
         raise TracemarkError(

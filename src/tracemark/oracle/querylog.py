@@ -13,13 +13,20 @@ bits and a replayed audit the same p-value.
 
 Lines are flushed and fsynced batch by batch, so an interrupted audit keeps every
 answer it received; a half-written last line (the process died mid-write) is cut off
-when the log is reopened. Each image appears at most once: an answered image is never
-sent again.
+when the log is reopened, and only once line 1 has been checked to be a query log's
+header (a file that is not a log is never modified). Each image appears at most once:
+an answered image is never sent again.
+
+Since version 2 every record also carries ``"prev"``, the SHA-256 of the line before
+it, so an edited, deleted, inserted or reordered line breaks the chain and the log is
+refused. The chain detects edits, not a forger who recomputes it: it is no signature.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import threading
 import warnings
@@ -29,11 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TracemarkError
+from ..limits import MAX_CLASSES
 
-__all__ = ["LOG_FORMAT", "QueryLog", "check_answer"]
+__all__ = ["LOG_FORMAT", "QueryLog", "check_answer", "check_numbers"]
 
 LOG_FORMAT = "tracemark-query-log"
-LOG_VERSION = 1
+LOG_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: the same records, without the hash chain
+MAX_LABEL = MAX_CLASSES  # a bigger label is garbage (see tracemark.limits)
+MAX_SCORE = 1e300  # finite, and far from overflowing when exponentiated as a logit
 
 # Header fields that must match when a log is reused: answers from another model or
 # protocol would silently mix two models' behaviour into one verdict.
@@ -45,27 +56,49 @@ def now_iso() -> str:
 
 
 def check_answer(answer: object, where: str) -> dict[str, Any]:
-    """Validate one stored answer's shape (not its values' meaning)."""
+    """Validate one answer, from a server or a log: the only gate answers pass.
+
+    Scores must be JSON numbers (not booleans, not strings), finite and within
+    ``MAX_SCORE``; labels non-negative integers below ``MAX_LABEL``. Returns the answer
+    with its numbers as Python floats and ints.
+    """
     if not isinstance(answer, dict):
         raise TracemarkError(f"{where}: an answer must be a JSON object, got {answer!r:.80}")
     if "output" in answer:
         out = answer["output"]
-        if not isinstance(out, list) or not all(_is_number(v) for v in out):
-            raise TracemarkError(f"{where}: 'output' must be a list of numbers")
-        return answer
+        if not isinstance(out, list) or not out:
+            raise TracemarkError(f"{where}: 'output' must be a non-empty list of numbers")
+        return {"output": check_numbers(out, where, "output")}
     labels = answer.get("labels")
     if not isinstance(labels, list) or not labels or not all(_is_label(v) for v in labels):
         raise TracemarkError(
-            f"{where}: an answer needs 'output' (scores) or 'labels' (a non-empty list of ints)"
+            f"{where}: an answer needs 'output' (scores) or 'labels' (a non-empty list of "
+            f"class indices, each below {MAX_LABEL})"
         )
     scores = answer.get("scores")
-    if scores is not None and (
-        not isinstance(scores, list)
-        or len(scores) != len(labels)
-        or not all(_is_number(v) for v in scores)
-    ):
+    if scores is None:
+        return {"labels": [int(v) for v in labels]}
+    if not isinstance(scores, list) or len(scores) != len(labels):
         raise TracemarkError(f"{where}: 'scores' must be numbers, one per label")
-    return answer
+    return {"labels": [int(v) for v in labels], "scores": check_numbers(scores, where, "scores")}
+
+
+def check_numbers(values: list, where: str, field: str) -> list[float]:
+    """``values`` as floats, if each is a finite JSON number within ``MAX_SCORE``."""
+    out = []
+    for v in values:
+        if not _is_number(v):
+            raise TracemarkError(
+                f"{where}: {field!r} must hold numbers, got {type(v).__name__} {v!r:.40}"
+            )
+        try:
+            f = float(v)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f) or abs(f) > MAX_SCORE:
+            raise TracemarkError(f"{where}: {field!r} holds a non-finite or huge value {v!r:.40}")
+        out.append(f)
+    return out
 
 
 def _is_number(v: object) -> bool:
@@ -73,7 +106,12 @@ def _is_number(v: object) -> bool:
 
 
 def _is_label(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_LABEL
+
+
+def line_hash(line: bytes) -> str:
+    """The chain hash of one log line (its bytes without the newline)."""
+    return hashlib.sha256(line).hexdigest()
 
 
 class QueryLog:
@@ -88,12 +126,24 @@ class QueryLog:
         self.path = Path(path)
         self.answers: dict[str, dict[str, Any]] = {}
         self.header: dict[str, Any] = {}
+        self.chained = True  # False for a version-1 log (no hash chain to check)
+        self._last = ""  # chain hash of the last line on disk
         self._lock = threading.Lock()
         self._writable = header is not None
+        if self.path.is_symlink():
+            raise TracemarkError(
+                f"query log {self.path} is a symbolic link; give the log file itself"
+            )
         if self.path.exists():
             self._load(repair=self._writable)
             if header is not None:
                 self._check_identity(header)
+                if not self.chained:
+                    raise TracemarkError(
+                        f"query log {self.path} was written by an older tracemark (version 1, "
+                        "no hash chain); replay it with `tracemark replay`, and give a new "
+                        "--query-log file to query the model again"
+                    )
         elif header is None:
             raise TracemarkError(f"query log {self.path} does not exist")
         else:
@@ -103,11 +153,13 @@ class QueryLog:
                 "created": now_iso(),
                 **header,
             }
+            line = json.dumps(self.header)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "x", encoding="utf-8") as fh:
-                fh.write(json.dumps(self.header) + "\n")
+                fh.write(line + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+            self._last = line_hash(line.encode("utf-8"))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> QueryLog:
@@ -124,22 +176,48 @@ class QueryLog:
         """Append (sha256, request time, answer) records and make them durable."""
         if not self._writable:
             raise TracemarkError(f"query log {self.path} was opened read-only")
-        lines, new = [], {}
         with self._lock:
+            new: dict[str, dict[str, Any]] = {}
+            pending = []
             for sha, when, answer in records:
                 if sha in self.answers or sha in new:
                     continue  # never record an image twice
                 new[sha] = answer
-                lines.append(json.dumps({"sha256": sha, "time": when, "answer": answer}) + "\n")
-            if not lines:
+                pending.append((sha, when, answer))
+            if not pending:
                 return
+            # The chain starts from the line really last on disk: a Ctrl-C that landed
+            # after an earlier write but before its bookkeeping must not break it.
+            prev = self._tail_hash()
+            lines = []
+            for sha, when, answer in pending:
+                record = {"sha256": sha, "time": when, "answer": answer, "prev": prev}
+                line = json.dumps(record)
+                prev = line_hash(line.encode("utf-8"))
+                lines.append(line + "\n")
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write("".join(lines))
                 fh.flush()
                 os.fsync(fh.fileno())
             # Only once they are on disk: a Ctrl-C before this point leaves them unmarked,
-            # so the caller's retry writes them (a repeated identical line loads fine).
+            # so the caller's retry writes them (a repeated identical answer loads fine).
             self.answers.update(new)
+            self._last = prev
+
+    def _tail_hash(self) -> str:
+        """Chain hash of the file's last complete line, read from its end."""
+        with open(self.path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            chunk, pos = b"", end
+            while pos > 0:
+                step = min(1 << 16, pos)
+                pos -= step
+                fh.seek(pos)
+                chunk = fh.read(step) + chunk
+                if chunk.count(b"\n") >= 2 or pos == 0:
+                    break
+        body = chunk[:-1] if chunk.endswith(b"\n") else chunk
+        return line_hash(body.rpartition(b"\n")[2])
 
     def _load(self, repair: bool) -> None:
         try:
@@ -147,37 +225,52 @@ class QueryLog:
         except OSError as exc:
             raise TracemarkError(f"cannot read query log {self.path}: {exc}") from None
         complete, _, partial = raw.rpartition(b"\n")
+        # Line 1 first: nothing is cut from a file until it is known to be a query log.
+        first = raw.split(b"\n", 1)[0]
+        try:
+            self.header = json.loads(first.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            self.header = {}
+        if not isinstance(self.header, dict) or self.header.get("format") != LOG_FORMAT:
+            raise TracemarkError(
+                f"{self.path} is not a tracemark query log (bad header line); nothing was "
+                "changed. Give a new file name for --query-log"
+            )
+        version = self.header.get("version")
+        if version not in READABLE_VERSIONS:
+            raise TracemarkError(
+                f"query log {self.path} has version {version!r}; this tracemark reads "
+                f"versions {', '.join(map(str, READABLE_VERSIONS))}"
+            )
+        self.chained = version >= 2
+        if not complete:
+            raise TracemarkError(f"query log {self.path} has no complete header line")
         if partial:
             if repair:  # a half-written record from a process killed mid-write
                 with open(self.path, "r+b") as fh:
-                    fh.truncate(len(complete) + 1 if complete else 0)
+                    fh.truncate(len(complete) + 1)
             warnings.warn(
                 f"query log {self.path}: dropped an incomplete last line ({len(partial)} bytes)",
                 stacklevel=3,
             )
-        lines = complete.decode("utf-8", errors="replace").split("\n") if complete else []
-        if not lines:
-            raise TracemarkError(f"query log {self.path} is empty (no header line)")
-        try:
-            self.header = json.loads(lines[0])
-        except json.JSONDecodeError:
-            self.header = {}
-        if self.header.get("format") != LOG_FORMAT:
-            raise TracemarkError(f"{self.path} is not a tracemark query log (bad header line)")
-        if self.header.get("version") != LOG_VERSION:
-            raise TracemarkError(
-                f"query log {self.path} has version {self.header.get('version')}; this "
-                f"tracemark reads version {LOG_VERSION}"
-            )
+        lines = complete.split(b"\n")
+        prev = line_hash(lines[0])
         for number, line in enumerate(lines[1:], start=2):
             where = f"query log {self.path}, line {number}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise TracemarkError(f"{where} is not valid JSON: {exc}") from None
             sha = record.get("sha256") if isinstance(record, dict) else None
             if not isinstance(sha, str) or len(sha) != 64:
                 raise TracemarkError(f"{where} has no valid 'sha256'")
+            if self.chained and record.get("prev") != prev:
+                raise TracemarkError(
+                    f"{where} does not follow line {number - 1}: its hash chain is broken, so "
+                    "the log was edited, or lines were removed, inserted or reordered. The "
+                    "log cannot be trusted as a record of the model's answers"
+                )
+            prev = line_hash(line)
             answer = check_answer(record.get("answer"), where)
             if sha in self.answers and self.answers[sha] != answer:
                 raise TracemarkError(
@@ -185,6 +278,7 @@ class QueryLog:
                     "the log has been edited or mixes two models"
                 )
             self.answers[sha] = answer
+        self._last = prev
 
     def _check_identity(self, header: Mapping[str, Any]) -> None:
         for field in IDENTITY_FIELDS:

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TracemarkError
-from .querylog import check_answer
+from .querylog import MAX_LABEL, check_answer, check_numbers
 
 __all__ = ["JsonCodec", "JsonFields", "V2Codec"]
 
@@ -106,6 +106,9 @@ class V2Codec:
         }
 
     def decode(self, body: object, n: int) -> list[dict[str, Any]]:
+        return _checked(self._decode(body, n))
+
+    def _decode(self, body: object, n: int) -> list[dict[str, Any]]:
         outputs = body.get("outputs") if isinstance(body, dict) else None
         if not isinstance(outputs, list) or not outputs:
             raise MalformedAnswer(
@@ -142,10 +145,14 @@ def _tensor(spec: object, n: int, integer: bool = False) -> np.ndarray:
         raise MalformedAnswer(f"output {name!r} has datatype {dtype!r}; expected FP32 or FP64")
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
         raise MalformedAnswer(f"output {name!r} has no valid 'shape'")
+    raw = spec.get("data")
+    if not isinstance(raw, list):
+        raise MalformedAnswer(f"output {name!r} has no 'data' list")
+    flat = _flatten(raw, str(name))
     try:
-        data = np.asarray(spec.get("data"), dtype=np.float64).ravel()
-    except (TypeError, ValueError):
-        raise MalformedAnswer(f"output {name!r} has non-numeric data") from None
+        data = np.asarray(check_numbers(flat, f"output {name!r}", "data"), dtype=np.float64)
+    except TracemarkError as exc:
+        raise MalformedAnswer(str(exc)) from None
     if shape and shape[0] == n and len(shape) == 1:
         shape = [n, 1]  # a label per image, as a vector
     if len(shape) != 2 or shape[0] != n:
@@ -158,9 +165,30 @@ def _tensor(spec: object, n: int, integer: bool = False) -> np.ndarray:
         raise MalformedAnswer(f"output {name!r} has non-finite values")
     out = data.reshape(shape)
     if integer:
-        if (out < 0).any() or (out != np.round(out)).any():
-            raise MalformedAnswer(f"output {name!r} must hold non-negative integer labels")
+        if (out < 0).any() or (out >= MAX_LABEL).any() or (out != np.round(out)).any():
+            raise MalformedAnswer(f"output {name!r} must hold integer labels in [0, {MAX_LABEL})")
         return out.astype(np.int64)
+    return out
+
+
+def _checked(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every answer, of either protocol, passes the one validator the query log applies."""
+    try:
+        return [check_answer(r, f"answer {i}") for i, r in enumerate(records)]
+    except TracemarkError as exc:
+        raise MalformedAnswer(str(exc)) from None
+
+
+def _flatten(data: list, name: str, depth: int = 0) -> list:
+    """v2 ``data`` may be flat or nested row-major; anything but numbers in it is an error."""
+    if depth > 8:
+        raise MalformedAnswer(f"output {name!r} nests its data too deeply")
+    out: list = []
+    for v in data:
+        if isinstance(v, list):
+            out.extend(_flatten(v, name, depth + 1))
+        else:
+            out.append(v)
     return out
 
 
@@ -207,6 +235,9 @@ class JsonCodec:
         return {self.fields.images: encoded}
 
     def decode(self, body: object, n: int) -> list[dict[str, Any]]:
+        return _checked(self._decode(body, n))
+
+    def _decode(self, body: object, n: int) -> list[dict[str, Any]]:
         field = self.fields.predictions
         preds = body.get(field) if isinstance(body, dict) else None
         if not isinstance(preds, list):
@@ -224,7 +255,10 @@ class JsonCodec:
         if not pred:
             raise MalformedAnswer(f"{where} is empty")
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pred):
-            return check_answer({"output": [float(v) for v in pred]}, where)
+            try:
+                return check_answer({"output": pred}, where)
+            except TracemarkError as exc:
+                raise MalformedAnswer(str(exc)) from None
         if not all(isinstance(v, dict) for v in pred):
             raise MalformedAnswer(
                 f"{where} must be a list of scores or of {{label, score}} objects, got "
@@ -238,18 +272,21 @@ class JsonCodec:
             scores = [v[score_key] for v in pred]
             if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores):
                 raise MalformedAnswer(f"{where} has a non-numeric {score_key!r}")
-            return {"labels": labels, "scores": [float(s) for s in scores]}
+            try:
+                return check_answer({"labels": labels, "scores": scores}, where)
+            except TracemarkError as exc:
+                raise MalformedAnswer(str(exc)) from None
         return {"labels": labels}
 
     def _label(self, value: object, where: str) -> int:
         if isinstance(value, bool):
             raise MalformedAnswer(f"{where}: label {value!r} is not a class")
-        if isinstance(value, int) and value >= 0:
+        if isinstance(value, int) and 0 <= value < MAX_LABEL:
             return value
         if isinstance(value, str):
             if self.class_names and value in self.class_names:
                 return self.class_names.index(value)
-            if value.isdigit():
+            if value.isascii() and value.isdigit() and len(value) < 8:
                 return int(value)
             raise MalformedAnswer(
                 f"{where}: label {value!r} is not a class index"
