@@ -3,23 +3,40 @@
 Mark images before publishing them; later, from query access alone, test whether a
 model was trained on them. See :func:`mark_folder` and :func:`audit`; dataset
 publishers see :func:`watermark_dataset` and :func:`verify`.
+
+The entry points are imported on first use (PEP 562), so ``import tracemark.stats``
+loads neither Pillow nor pydantic, and ``import tracemark`` loads no torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .api import audit, mark_folder
-from .dataset_watermark import verify, watermark_dataset, watermark_report
-from .errors import TracemarkError
-from .keys import Key, load_key
+import importlib
+from typing import Any
 
-__all__ = [
-    "Key",
-    "TracemarkError",
-    "__version__",
-    "audit",
-    "load_key",
-    "mark_folder",
-    "verify",
-    "watermark_dataset",
-    "watermark_report",
-]
+from ._version import __version__
+
+# name -> the module that defines it
+_EXPORTS = {
+    "audit": "api",
+    "mark_folder": "api",
+    "verify": "dataset_watermark",
+    "watermark_dataset": "dataset_watermark",
+    "watermark_report": "dataset_watermark",
+    "TracemarkError": "errors",
+    "Key": "keys",
+    "load_key": "keys",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # the next lookup does not come here
+        return value
+    raise AttributeError(f"module 'tracemark' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .datasets import LabelledImages
 from .errors import TracemarkError
 from .fsutil import check_output, sha256_file
@@ -29,6 +29,7 @@ from .images import (
     write_manifest,
 )
 from .keys import Key, load_key
+from .oracle.open import open_oracle
 from .verdict import Verdict
 
 PathLike = str | os.PathLike
@@ -248,19 +249,6 @@ def isotope_flags(key: Key, marked: PathLike, rel_paths: Sequence[str]) -> np.nd
     return isotope.select_marked(key, list(rel_paths))
 
 
-def _oracle(model, outputs: str, budget: int | None):
-    """An oracle for a model given as an oracle, a file, an http(s) URL or a torch module."""
-    from .oracle import Oracle, TorchModuleOracle, is_url, load_oracle, open_endpoint
-
-    if isinstance(model, Oracle):
-        return model
-    if is_url(model):
-        return open_endpoint(model, budget=budget, outputs=outputs)
-    if isinstance(model, (str, os.PathLike)):
-        return load_oracle(model, outputs=outputs, budget=budget)
-    return TorchModuleOracle(model, outputs=outputs, budget=budget)
-
-
 def _images(source, mode: str, size) -> tuple[np.ndarray, str]:
     """A folder or an array of images, and its colour mode."""
     if isinstance(source, np.ndarray):
@@ -318,7 +306,7 @@ def audit(
     the model did not train on (see :func:`tracemark.verify`). Returns a :class:`Verdict`.
     """
     key = _key(key)
-    oracle = _oracle(model, outputs, budget)
+    oracle = open_oracle(model, outputs, budget)
     if key.method == "ubw":
         from .dataset_watermark import verify
 
@@ -425,7 +413,7 @@ def distinguish_marks(
     marks = [isotope.key_mark(k) for k in loaded]
     pool = _pool(aux, mode, size, None)
     result = isotope.distinguish(
-        _oracle(model, outputs, None),
+        open_oracle(model, outputs, None),
         marks,
         labels,
         getattr(pool, "images", pool),

@@ -13,16 +13,26 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from ._version import __version__
+from .cli_common import (
+    AccessChoice,
+    ColourMode,
+    DemoMethod,
+    ImageFormat,
+    Outputs,
+    ProcedureChoice,
+    app,
+    parse_params,
+    parse_size,
+    stdout,
+)
 from .cli_http import (
     AuthEnvOpt,
     AuthFileOpt,
@@ -43,80 +53,8 @@ from .cli_http import (
     write_evidence,
 )
 from .errors import TracemarkError
-from .limits import MAX_IMAGE_SIDE
 from .progress import progress_bars, stderr
 from .text import printable
-
-app = typer.Typer(
-    help="Mark your images, then tell from query access whether a model was trained on them.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-stdout = Console()
-
-
-class ImageFormat(str, Enum):
-    png = "png"
-    jpeg = "jpeg"
-
-
-class ColourMode(str, Enum):
-    auto = "auto"
-    rgb = "RGB"
-    grey = "L"
-
-
-class Outputs(str, Enum):
-    auto = "auto"
-    probabilities = "probabilities"
-    logits = "logits"
-
-
-class AccessChoice(str, Enum):
-    auto = "auto"
-    probabilities = "probabilities"
-    topk = "topk"
-    label = "label"
-
-
-class ProcedureChoice(str, Enum):
-    calibrated = "calibrated"
-    paper = "paper"
-    physical = "physical"
-
-
-class DemoMethod(str, Enum):
-    tracker = "tracker"
-    isotope = "isotope"
-    ubw = "ubw"
-
-
-def _parse_params(items: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise TracemarkError(f"--param takes NAME=VALUE, got {item!r}")
-        try:
-            params[name] = json.loads(value)
-        except json.JSONDecodeError:
-            params[name] = value  # plain strings need no quotes
-    return params
-
-
-def _parse_size(size: str | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    try:
-        h, w = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise TracemarkError(f"--size takes HEIGHTxWIDTH, e.g. 32x32, got {size!r}") from None
-    if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
-        raise TracemarkError(
-            f"--size takes sides between 1 and {MAX_IMAGE_SIDE} pixels, got {size!r}"
-        )
-    return h, w
 
 
 def _version(value: bool) -> None:
@@ -152,7 +90,7 @@ def keygen(
     """Create a secret key. Keep it private; publish its commitment if you like."""
     from .keys import Key
 
-    params = _parse_params(param)
+    params = parse_params(param)
     if mark_file is not None:
         if method != "isotope":
             raise TracemarkError("--mark-file is for isotope keys (--method isotope)")
@@ -394,7 +332,7 @@ def audit(
             access=access.value,
             outputs=outputs.value,
             budget=budget,
-            size=_parse_size(size),
+            size=parse_size(size),
             mode=mode.value,
             class_names=names,
             testset=testset,
@@ -458,7 +396,7 @@ def distinguish(
         ) from None
     result = distinguish_marks(
         model, keys, label_list, aux, alpha=alpha, outputs=outputs.value,
-        size=_parse_size(size), mode=mode.value,
+        size=parse_size(size), mode=mode.value,
     )  # fmt: skip
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """CLI verbs for dataset publishers: watermark, verify, watermark-report.
 
-Registered on the main ``tracemark`` app (imported at the end of :mod:`tracemark.cli`).
+Registered on the main ``tracemark`` app (:mod:`tracemark.cli` imports this module at its end).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import AccessChoice, Outputs, _parse_params, app, stdout
+from .cli_common import AccessChoice, Outputs, app, parse_params, stdout
 from .cli_http import (
     AuthEnvOpt,
     AuthFileOpt,
@@ -102,7 +102,7 @@ def watermark(
     """Watermark a dataset's training split for release, and write its secret key."""
     from .dataset_watermark import watermark_dataset
 
-    params = _parse_params(param)
+    params = parse_params(param)
     params.update(gamma=gamma)
     if trigger is not None:
         params["trigger"] = trigger.value

@@ -1,6 +1,6 @@
 """``tracemark serve``: a saved model behind an HTTP API, for demos and tests.
 
-Registered on the main ``tracemark`` app (imported at the end of :mod:`tracemark.cli`).
+Registered on the main ``tracemark`` app (:mod:`tracemark.cli` imports this module at its end).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import app
+from .cli_common import app
 from .progress import stderr
 
 PANEL = "Faults to inject (for testing)"

@@ -19,6 +19,7 @@ from .errors import TracemarkError
 from .fsutil import check_output
 from .keys import Key, UbwVariant, load_key
 from .oracle.base import expect_classes
+from .oracle.open import open_oracle
 from .verdict import Verdict
 
 PathLike = str | os.PathLike
@@ -98,11 +99,10 @@ def verify(
     Independent-T control; ``null_triggers`` = J adds the rank calibration against J
     never-published triggers. See :func:`tracemark.methods.ubw.verify`.
     """
-    from .api import _oracle
     from .methods import ubw
 
     key = _ubw_key(key)
-    oracle = _oracle(model, outputs, budget)
+    oracle = open_oracle(model, outputs, budget)
     n = key.typed_params().num_classes  # also a label-only endpoint's classes
     expect_classes(oracle, n, f"the key (num_classes = {n})")
     test = _testset(testset)
@@ -141,7 +141,6 @@ def watermark_report(
     outputs: Literal["auto", "probabilities", "logits"] = "auto",
 ) -> dict[str, Any]:
     """BA, ASR-A, ASR-C, D_p, D_s, D_c of ``model`` on ``testset`` (needs probabilities)."""
-    from .api import _oracle
     from .methods import ubw
 
     key = _ubw_key(key)
@@ -150,7 +149,7 @@ def watermark_report(
     check_test_labels(test, n)
     if limit is not None:
         test = test.subset(np.arange(min(limit, len(test))))
-    oracle = _oracle(model, outputs, None)
+    oracle = open_oracle(model, outputs, None)
     expect_classes(oracle, n, f"the key (num_classes = {n})")
 
     def probs(images: np.ndarray) -> np.ndarray:

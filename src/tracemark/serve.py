@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import TracemarkError
 from .oracle.base import Oracle
 from .oracle.image_hash import image_hashes

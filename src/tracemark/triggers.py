@@ -109,3 +109,9 @@ class Trigger:
         if positions is None:
             raise TracemarkError("a randomly placed trigger needs positions (rows, cols)")
         return paste(images, self.pattern, *positions)
+
+
+def poison_count(n: int, gamma: float) -> int:
+    """How many of ``n`` samples a watermark with poison rate ``gamma`` changes:
+    round(gamma * n), at least one (UBW-P, UBW-C and the baselines alike)."""
+    return max(1, round(gamma * n))

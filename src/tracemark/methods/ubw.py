@@ -27,7 +27,7 @@ from ..stats import (
     rank_p_value,
     smallest_p_value,
 )
-from ..triggers import CORNER_PATTERN, Trigger, random_positions, upscale
+from ..triggers import CORNER_PATTERN, Trigger, poison_count, random_positions, upscale
 from ..verdict import Verdict
 
 METHOD = "ubw"
@@ -103,11 +103,6 @@ def make_trigger(key: Key, shape: tuple[int, int, int], which: Which = "key") ->
     if params.trigger == "corner":
         return Trigger("patch", base, placement="opposite" if which == "independent" else "corner")
     return Trigger("patch", upscale(base, patch_size(params, h, w)), placement="random")
-
-
-def poison_count(n: int, gamma: float) -> int:
-    """round(gamma * N), at least one sample."""
-    return max(1, round(gamma * n))
 
 
 def _check_data(data: LabelledImages) -> int:

@@ -29,7 +29,7 @@ from ..errors import TracemarkError
 from ..keys import Key, UbwParams
 from ..rng import derive_int
 from ..training import TrainConfig, augment_batch, resolve_device, train_model
-from ..triggers import Trigger, random_positions
+from ..triggers import Trigger, poison_count, random_positions
 
 PURPOSE_SOURCES = "ubw-c/sources"
 PURPOSE_SOURCE_POSITIONS = "ubw-c/source-positions"
@@ -214,7 +214,6 @@ def craft(
     choice (sources, their patch positions, the surrogate's seed, augmentations) comes
     from ``key``. Runs on ``config.device`` ("auto" uses a GPU when there is one).
     """
-    from .ubw import poison_count
 
     config = config or CleanLabelConfig()
     images = np.asarray(images, dtype=np.float32)

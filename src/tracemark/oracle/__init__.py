@@ -19,6 +19,7 @@ from .base import ModelOracle, Oracle, OutputKind, softmax
 from .endpoint import EndpointConfig, load_endpoint_config, open_endpoint
 from .http import HttpOracle, is_url
 from .logged import LoggedOracle, ReplayOracle
+from .open import open_oracle
 from .querylog import QueryLog
 from .response import AccessMode, Response
 from .restrict import GaussianNoise, LabelOnly, OracleWrapper, TopK
@@ -47,5 +48,6 @@ __all__ = [
     "load_endpoint_config",
     "load_oracle",
     "open_endpoint",
+    "open_oracle",
     "softmax",
 ]

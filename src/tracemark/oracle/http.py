@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import TracemarkError
 from ..rng import derive
 from ..text import printable, redact
