@@ -102,7 +102,10 @@ def test_same_audit_twice_is_identical(marked_world):
 def test_label_only_proxy(marked_world):
     verdicts = audit_all(marked_world, marked_world.clean_model, users=[0, 4, 8], access="label")
     assert all("0/1-loss" in v.access for v in verdicts)
-    assert not any(v.decision for v in verdicts)
+    # 3 null audits at alpha = 0.01: two or more flags has probability below 0.0003 for a
+    # valid test (one flag, 3%, is a valid test's bad luck: the label-only size itself is
+    # checked on 300 owners in test_null_is_at_level_with_a_holdout_as_small_as_...).
+    assert sum(v.decision for v in verdicts) <= 1, [v.p_value for v in verdicts]
     oracle = LabelOnly(TorchModuleOracle(marked_world.model, num_classes=10))
     v = audit(marked_world, oracle, 0)
     assert v.access.startswith("label") and v.statistics["score"] == "zero-one"
