@@ -130,7 +130,7 @@ class QueryLog:
         self._last = ""  # chain hash of the last line on disk
         self._lock = threading.Lock()
         self._writable = header is not None
-        if self.path.is_symlink():
+        if self._writable and self.path.is_symlink():  # appending never goes through a link
             raise TracemarkError(
                 f"query log {self.path} is a symbolic link; give the log file itself"
             )
