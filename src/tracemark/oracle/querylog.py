@@ -127,7 +127,6 @@ class QueryLog:
         self.answers: dict[str, dict[str, Any]] = {}
         self.header: dict[str, Any] = {}
         self.chained = True  # False for a version-1 log (no hash chain to check)
-        self._last = ""  # chain hash of the last line on disk
         self._lock = threading.Lock()
         self._writable = header is not None
         if self._writable and self.path.is_symlink():  # appending never goes through a link
@@ -159,7 +158,6 @@ class QueryLog:
                 fh.write(line + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-            self._last = line_hash(line.encode("utf-8"))
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> QueryLog:
@@ -202,7 +200,6 @@ class QueryLog:
             # Only once they are on disk: a Ctrl-C before this point leaves them unmarked,
             # so the caller's retry writes them (a repeated identical answer loads fine).
             self.answers.update(new)
-            self._last = prev
 
     def _tail_hash(self) -> str:
         """Chain hash of the file's last complete line, read from its end."""
@@ -278,7 +275,6 @@ class QueryLog:
                     "the log has been edited or mixes two models"
                 )
             self.answers[sha] = answer
-        self._last = prev
 
     def _check_identity(self, header: Mapping[str, Any]) -> None:
         for field in IDENTITY_FIELDS:
