@@ -1,7 +1,10 @@
 """Print the import cycles among tracemark's modules (none is the goal).
 
-Every ``import`` counts, module-level or inside a function: a lazy import still ties two
-modules together, and a cycle of them is a design knot even when Python tolerates it.
+Every ``import`` that runs counts, module-level or inside a function: a lazy import still
+ties two modules together, and a cycle of them is a design knot even when Python tolerates
+it. Imports under ``if TYPE_CHECKING:`` never run (they only name types for annotations),
+so they are left out: a method's base types may mention the ``Key`` that, at run time,
+asks the method registry for its parameters.
 
     python scripts/import_cycles.py          # exit status 1 if there is a cycle
 """
@@ -29,7 +32,17 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _is_type_checking(node.test)
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -47,6 +60,13 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             if target and target != name and target.startswith(PACKAGE):
                 found.add(target)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

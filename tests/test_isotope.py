@@ -10,7 +10,8 @@ from PIL import Image
 
 from tracemark.errors import TracemarkError
 from tracemark.keys import Key, load_key
-from tracemark.marks import (
+from tracemark.methods import isotope
+from tracemark.methods.isotope.marks import (
     ImageMark,
     NaturalMark,
     PixelSquareMark,
@@ -18,7 +19,6 @@ from tracemark.marks import (
     blend,
     read_mark_file,
 )
-from tracemark.methods import isotope
 from tracemark.oracle import CallableOracle
 from tracemark.rng import derive, derive_bytes
 from tracemark.stats import deciding_round_p_value, gaussian_p_value, rank_p_value
@@ -293,10 +293,10 @@ def test_audit_refuses_what_cannot_work():
 
 
 def test_class_folders_of_mixed_colour_modes_load_as_one_mode(tmp_path):
-    from tracemark.api import load_holdout
+    from tracemark.datasets import load_image_pool
 
     for c, shape in (("0", (8, 8)), ("1", (8, 8, 3))):
         (tmp_path / c).mkdir()
         Image.fromarray(np.full(shape, 200, np.uint8)).save(tmp_path / c / "a.png")
-    aux = load_holdout(tmp_path)
+    aux = load_image_pool(tmp_path)
     assert aux.images.shape == (2, 8, 8, 3) and aux.labels.tolist() == [0, 1]

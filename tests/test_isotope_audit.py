@@ -10,8 +10,8 @@ import pytest
 from conftest import ISOTOPE_IMAGES
 from tracemark.datasets import LabelledImages
 from tracemark.errors import TracemarkError
-from tracemark.marks import blend
 from tracemark.methods import isotope
+from tracemark.methods.isotope.marks import blend
 from tracemark.oracle import LabelOnly, TopK, TorchModuleOracle
 from tracemark.rng import derive
 

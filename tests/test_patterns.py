@@ -5,7 +5,7 @@ import pytest
 
 from tracemark.keys import Key
 from tracemark.methods import tracker
-from tracemark.patterns import (
+from tracemark.methods.tracker.patterns import (
     _OCTAVE_SHIFT,
     _PARAM_COUNTERS,
     _ROW_SHIFT,

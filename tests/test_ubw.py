@@ -12,15 +12,15 @@ from tracemark.datasets import load_fashion_mnist
 from tracemark.errors import TracemarkError
 from tracemark.keys import Key
 from tracemark.methods import ubw
-from tracemark.stats import margin_flip_test, margin_paired_ttest
-from tracemark.triggers import CORNER_PATTERN, Trigger, paste, random_positions, upscale
-from tracemark.watermark_metrics import (
+from tracemark.methods.ubw.metrics import (
     attack_success,
     class_dispersibility,
     prediction_dispersibility,
     sample_dispersibility,
     watermark_metrics,
 )
+from tracemark.methods.ubw.triggers import CORNER_PATTERN, Trigger, paste, random_positions, upscale
+from tracemark.stats import margin_flip_test, margin_paired_ttest
 
 SEED = "00112233445566778899aabbccddeeff"
 

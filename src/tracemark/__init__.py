@@ -19,9 +19,9 @@ from ._version import __version__
 _EXPORTS = {
     "audit": "api",
     "mark_folder": "api",
-    "verify": "dataset_watermark",
-    "watermark_dataset": "dataset_watermark",
-    "watermark_report": "dataset_watermark",
+    "verify": "api",
+    "watermark_dataset": "api",
+    "watermark_report": "api",
     "TracemarkError": "errors",
     "Key": "keys",
     "load_key": "keys",

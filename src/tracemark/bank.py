@@ -2,15 +2,20 @@
 
 scikit-image's bundled ``data`` photos and scikit-learn's sample images need no
 download. Crops, flips and resizes of them give an effectively unbounded supply of
-natural-image patterns; which crop a key uses is one seeded draw.
+natural-image patterns (:class:`NaturalPattern`); which crop a key uses is one seeded
+draw. The tracker's natural-image outlier and the isotope's natural marks both draw here.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+# ITU-R 601-2 luma, the same weights Pillow uses for RGB -> L.
+LUMA = np.array([0.299, 0.587, 0.114])
 
 # Photos that ship with scikit-image (no download needed). Grey ones are stacked to RGB.
 SKIMAGE_PHOTOS = (
@@ -73,3 +78,33 @@ def render_crop(
         (width, height), Image.Resampling.BICUBIC
     )
     return np.asarray(resized, dtype=np.float64) / 255.0
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """Adapt an (H, W, 3) float pattern to 1 or 3 channels (grey via ITU-R 601-2 luma)."""
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        return (rgb @ LUMA)[..., None]
+    raise ValueError(f"images must have 1 or 3 channels, not {channels}")
+
+
+@dataclass(frozen=True)
+class NaturalPattern:
+    """A crop of a bank photo, resized to each image: the tracker's alternative outlier and
+    the tiles of the isotope's natural marks."""
+
+    photo: int
+    box: tuple[float, float, float, float]  # top, left, height, width as fractions
+    flip: bool
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> NaturalPattern:
+        photo = int(rng.integers(0, photo_count()))
+        scale = float(rng.uniform(0.3, 1.0))
+        top, left = (float(v) for v in rng.uniform(0.0, 1.0 - scale, size=2))
+        return cls(photo, (top, left, scale, scale), bool(rng.integers(0, 2)))
+
+    def render(self, height: int, width: int, channels: int = 3) -> np.ndarray:
+        rgb = render_crop(self.photo, self.box, self.flip, height, width)
+        return to_channels(rgb, channels)

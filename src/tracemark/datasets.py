@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import TracemarkError
-from .images import IMAGE_SUFFIXES, ImageSet, detect_mode, list_images, read_image
+from .images import IMAGE_SUFFIXES, ImageSet, detect_mode, list_images, read_folder, read_image
 from .limits import MAX_CLASSES
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -39,8 +39,8 @@ FASHION_MNIST_CLASSES = [
     "Ankle boot",
 ]
 
-_IDX_IMAGES_MAGIC = 2051
-_IDX_LABELS_MAGIC = 2049
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 
 
@@ -83,7 +83,7 @@ def _idx_file(root: Path, name: str) -> Path | None:
     return None
 
 
-def _fashion_files(root: Path, split: str) -> tuple[Path, Path]:
+def fashion_files(root: Path, split: str) -> tuple[Path, Path]:
     prefix = _IDX_PREFIX[split]
     images = _idx_file(root, f"{prefix}-images-idx3-ubyte")
     labels = _idx_file(root, f"{prefix}-labels-idx1-ubyte")
@@ -112,7 +112,7 @@ def _read_bytes(path: Path) -> bytes:
 def _parse_idx(path: Path, magic: int) -> np.ndarray:
     """Parse an IDX file (big-endian header, uint8 payload) into an array."""
     data = _read_bytes(path)
-    ndim = 3 if magic == _IDX_IMAGES_MAGIC else 1
+    ndim = 3 if magic == IDX_IMAGES_MAGIC else 1
     header = 4 + 4 * ndim
     found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if found != magic:
@@ -137,8 +137,8 @@ def _fashion_raw(
     images_path: str, labels_path: str, _stamp: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The uint8 images and labels (read-only arrays; callers get converted copies)."""
-    x = _parse_idx(Path(images_path), _IDX_IMAGES_MAGIC)
-    y = _parse_idx(Path(labels_path), _IDX_LABELS_MAGIC)
+    x = _parse_idx(Path(images_path), IDX_IMAGES_MAGIC)
+    y = _parse_idx(Path(labels_path), IDX_LABELS_MAGIC)
     if x.shape[0] != y.shape[0]:
         raise TracemarkError(
             f"{images_path} holds {x.shape[0]} images but {labels_path} holds {y.shape[0]} "
@@ -171,7 +171,7 @@ def load_fashion_mnist(
             "`apt-get install dataset-fashion-mnist`, or pass the directory that holds the "
             "IDX files (or set TRACEMARK_FASHION_MNIST)"
         )
-    images_path, labels_path = (p.resolve() for p in _fashion_files(root, split))
+    images_path, labels_path = (p.resolve() for p in fashion_files(root, split))
     stamp = tuple(
         v for p in (images_path, labels_path) for v in (p.stat().st_mtime_ns, p.stat().st_size)
     )
@@ -183,7 +183,7 @@ def load_fashion_mnist(
     )
 
 
-def _has_idx(root: Path) -> bool:
+def has_idx(root: Path) -> bool:
     return any(_idx_file(root, f"{p}-images-idx3-ubyte") is not None for p in _IDX_PREFIX.values())
 
 
@@ -236,7 +236,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return factory()
 
 
-def _unpickle(path: Path) -> dict:
+def unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as fh:
             obj = _RestrictedUnpickler(fh, path).load()
@@ -254,7 +254,7 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
-def _get(d: dict, key: str, path: Path) -> Any:
+def get_field(d: dict, key: str, path: Path) -> Any:
     for k in (key.encode(), key):
         if k in d:
             return d[k]
@@ -262,9 +262,9 @@ def _get(d: dict, key: str, path: Path) -> Any:
 
 
 def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
-    d = _unpickle(path)
-    data = _get(d, "data", path)
-    labels = _get(d, label_key, path)
+    d = unpickle(path)
+    data = get_field(d, "data", path)
+    labels = get_field(d, label_key, path)
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
         raise TracemarkError(f"{path}: 'data' is not a uint8 (N, 3072) array; re-download it")
     if data.shape[1] != 3 * 32 * 32:
@@ -282,13 +282,13 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     return data, y
 
 
-def _decode_names(names: Any, path: Path) -> list[str]:
+def decode_names(names: Any, path: Path) -> list[str]:
     if not isinstance(names, list | tuple):
         raise TracemarkError(f"{path}: class names are not a list; re-download it")
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _cifar_kind(root: Path) -> Literal["cifar10", "cifar100"] | None:
+def cifar_kind(root: Path) -> Literal["cifar10", "cifar100"] | None:
     if (root / "data_batch_1").is_file() or (root / "test_batch").is_file():
         return "cifar10"
     if (root / "train").is_file() or (root / "test").is_file():
@@ -296,10 +296,10 @@ def _cifar_kind(root: Path) -> Literal["cifar10", "cifar100"] | None:
     return None
 
 
-def _cifar_root(root: Path) -> Path | None:
+def cifar_root(root: Path) -> Path | None:
     """``root`` itself, or the folder the official archives extract to inside it."""
     for candidate in (root, root / "cifar-10-batches-py", root / "cifar-100-python"):
-        if candidate.is_dir() and _cifar_kind(candidate) is not None:
+        if candidate.is_dir() and cifar_kind(candidate) is not None:
             return candidate
     return None
 
@@ -308,13 +308,13 @@ def load_cifar(root: Path | str, split: Literal["train", "test"] = "train") -> L
     """CIFAR-10 or CIFAR-100 (python pickle version, auto-detected) as (N, 32, 32, 3)."""
     _check_split(split)
     given = Path(root)
-    found = _cifar_root(given) if given.is_dir() else None
+    found = cifar_root(given) if given.is_dir() else None
     if found is None:
         raise TracemarkError(
             f"{given} is not a CIFAR folder: expected data_batch_1..5 and test_batch (CIFAR-10) "
             "or train and test (CIFAR-100), as extracted from the python version archives"
         )
-    kind = _cifar_kind(found)
+    kind = cifar_kind(found)
     if kind == "cifar10":
         if split == "train":
             files = sorted(
@@ -337,7 +337,7 @@ def load_cifar(root: Path | str, split: Literal["train", "test"] = "train") -> L
     labels = np.concatenate([p[1] for p in parts])
     meta_path = found / meta_file
     if meta_path.is_file():
-        classes = _decode_names(_get(_unpickle(meta_path), names_key, meta_path), meta_path)
+        classes = decode_names(get_field(unpickle(meta_path), names_key, meta_path), meta_path)
     else:
         classes = [str(i) for i in range(n_classes)]
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -508,9 +508,9 @@ def detect_layout(src: str | Path) -> Layout:
         if p.suffix.lower() == ".npz":
             return "npz"
         raise TracemarkError(f"{p} is not an .npz file; give an .npz or a dataset folder")
-    if _has_idx(p):
+    if has_idx(p):
         return "idx"
-    if _cifar_root(p) is not None:
+    if cifar_root(p) is not None:
         return "cifar"
     if any(c.is_dir() and not c.name.startswith(".") for c in p.iterdir()):
         return "folder"
@@ -536,3 +536,40 @@ def load_dataset(path: Path | str, split: Literal["train", "test"] = "train") ->
     if layout == "cifar":
         return load_cifar(path, split=split)
     return load_image_folder(path)
+
+
+def load_image_pool(
+    path: Path | str,
+    mode: Literal["auto", "RGB", "L"] = "auto",
+    size: tuple[int, int] | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+) -> np.ndarray | LabelledImages:
+    """Images of a domain: a flat folder (an array), or class subfolders (labelled images).
+
+    Subfolders are named by class index or by one of ``class_names``. Every image is read
+    in one colour mode, so the classes stack.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise TracemarkError(f"held-out folder {path} does not exist or is not a folder")
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    subdirs = sorted(p for p in entries if p.is_dir())
+    if not subdirs or any(p.is_file() for p in entries):
+        return read_folder(path, mode=mode, size=size).stack()
+    if mode == "auto":  # one colour mode for every class folder, so they stack
+        mode = detect_mode(path / rel for rel in list_images(path))
+    names = list(class_names or [])
+    images, labels = [], []
+    for d in subdirs:
+        if d.name.isdigit():
+            label = int(d.name)
+        elif d.name in names:
+            label = names.index(d.name)
+        else:
+            raise TracemarkError(
+                f"held-out subfolder {d.name!r} is neither a class index nor in --class-names"
+            )
+        x = read_folder(d, mode=mode, size=size).stack()
+        images.append(x)
+        labels.extend([label] * len(x))
+    return LabelledImages(np.concatenate(images), np.array(labels, dtype=np.int64), names)

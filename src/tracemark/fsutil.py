@@ -168,3 +168,24 @@ def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise TracemarkError(f"{what} {path} is not valid JSON: {exc}{hint}") from None
+
+
+def check_not_overlapping(src_root: Path | str, out_root: Path | str) -> None:
+    """Refuse an output folder that is, holds, or lies inside the source folder."""
+    src = Path(src_root).resolve()
+    out = Path(out_root).resolve()
+    if out == src:
+        raise TracemarkError(
+            f"the output folder {out_root} is the source folder; choose a new, separate folder "
+            "so the originals are never overwritten"
+        )
+    if out.is_relative_to(src):
+        raise TracemarkError(
+            f"the output folder {out_root} is inside the source folder {src_root}; choose a "
+            "folder outside it (otherwise the copies would be read as originals next time)"
+        )
+    if src.is_relative_to(out):
+        raise TracemarkError(
+            f"the output folder {out_root} contains the source folder {src_root}; choose a "
+            "separate folder"
+        )

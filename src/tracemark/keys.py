@@ -20,163 +20,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import TracemarkError
 from .fsutil import atomic_write_text, read_json
+from .methods import registry
 from .rng import derive
 
 SEED_BYTES = 32  # 256-bit seeds; at least 128 bits are required when loading.
 _COMMIT_DOMAIN = b"tracemark/commitment/v1\x00"
 
 
-class TrackerParams(BaseModel):
-    """MembershipTracker marking parameters (see the README and methods spec §1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    eps: float = Field(8 / 255, gt=0, le=0.25, description="Perlin noise amplitude (L-inf)")
-    r: float = Field(0.7, gt=0, lt=1, description="blend weight on the original image")
-    pattern: Literal["stripes", "natural"] = "stripes"
-    bands: int = Field(16, ge=1, le=256, description="number of horizontal colour bands")
-    compress: bool = Field(True, description="compress colours as c/8 + 128 (authors' default)")
-
-
-class IsotopeParams(BaseModel):
-    """Data Isotopes marking parameters (see the README and methods spec §2)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mark: Literal["natural", "pixel-square", "random-pixels", "image"] = Field(
-        "natural", description="bank photo crop, corner checkerboard, white pixels, or your file"
-    )
-    visibility: float = Field(0.4, gt=0, le=1, description="alpha: the mark's weight in the blend")
-    fraction: float = Field(0.1, gt=0, le=1, description="p: share of the images that are marked")
-    mask: tuple[float, float, float, float] | None = Field(
-        None, description="box (top, left, height, width) as fractions; default: whole image"
-    )
-    tiles: int = Field(2, ge=1, le=4, description="natural marks: a tiles x tiles crop mosaic")
-    square_size: float = Field(0.25, gt=0, le=1, description="pixel-square side (of shorter side)")
-    pixel_density: float = Field(0.05, gt=0, lt=1, description="share of random white pixels")
-    image_png: str | None = Field(None, description="the user's mark image, base64 PNG")
-    image_sha256: str | None = Field(None, description="SHA-256 of the user's mark file")
-
-    @field_validator("mask")
-    @classmethod
-    def _check_mask(cls, v: tuple[float, float, float, float] | None):
-        if v is None:
-            return v
-        top, left, h, w = v
-        if min(v) < 0 or h <= 0 or w <= 0 or top + h > 1 + 1e-9 or left + w > 1 + 1e-9:
-            raise ValueError("mask must be (top, left, height, width) fractions inside the image")
-        return v
-
-    @model_validator(mode="after")
-    def _check_image(self) -> IsotopeParams:
-        has = self.image_png is not None, self.image_sha256 is not None
-        if self.mark == "image" and not all(has):
-            raise ValueError("mark=image needs the mark file (keygen --mark-file FILE)")
-        if self.mark != "image" and any(has):
-            raise ValueError("image_png/image_sha256 are only used with mark=image")
-        if self.image_png is not None:
-            _check_embedded_png(self.image_png)
-        return self
-
-
-MAX_MARK_PIXELS = 1024 * 1024  # keygen --mark-file stores at most 256 x 256
-
-
-def _check_embedded_png(text: str) -> None:
-    """The key's mark image must be base64 of a small still PNG (checked from its header:
-    a key is input too, and a bomb must not be decoded)."""
-    import base64
-    import binascii
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        data = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise ValueError("image_png is not valid base64; the key is damaged") from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, (w, h), frames = im.format, im.size, getattr(im, "n_frames", 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise ValueError("image_png is not a readable PNG; the key is damaged") from None
-    if fmt != "PNG" or frames != 1 or w * h > MAX_MARK_PIXELS:
-        raise ValueError(
-            f"image_png must be a still PNG of at most {MAX_MARK_PIXELS} pixels, got {fmt} "
-            f"{w}x{h} with {frames} frame(s)"
-        )
-
-
-UbwVariant = Literal["ubw-p", "ubw-c", "badnets", "blended"]
-_DEFAULT_TRIGGER = {"ubw-p": "corner", "ubw-c": "patch", "badnets": "corner", "blended": "blended"}
-
-
-class UbwParams(BaseModel):
-    """Dataset watermark parameters (UBW-P, UBW-C and the targeted baselines; spec §3).
-
-    ``poisoned`` (the watermarked sample indices) and ``num_classes``/``image_shape`` are
-    filled in by ``tracemark watermark``; the indices are secret and never displayed.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    variant: UbwVariant = "ubw-p"
-    trigger: Literal["corner", "blended", "patch"] | None = Field(
-        None, description="corner 3x3 pattern, blended full image, or randomly placed patch"
-    )
-    gamma: float = Field(0.1, gt=0, lt=1, description="poison rate: share of watermarked samples")
-    target: int = Field(0, ge=0, description="target class of the targeted baselines")
-    alpha: float = Field(0.2, gt=0, le=1, description="blend weight of a blended trigger")
-    patch_size: int | None = Field(None, ge=1, description="UBW-C patch side (default H/4)")
-    epsilon: float = Field(16 / 255, gt=0, le=1, description="UBW-C L-inf perturbation bound")
-    beta: float = Field(2.0, ge=0, description="UBW-C entropy weight in the target gradient")
-    iterations: int = Field(250, ge=1, description="UBW-C gradient-matching iterations")
-    retrain_every: int = Field(50, ge=1, description="UBW-C surrogate retraining period")
-    lr: float = Field(0.025, gt=0, description="UBW-C sign-Adam step size")
-    sources: int = Field(1000, ge=1, description="UBW-C triggered training images for the target")
-    surrogate: str = Field("small-cnn", description="UBW-C surrogate architecture")
-    surrogate_width: int = Field(32, ge=1, description="UBW-C surrogate width (small-cnn only)")
-    surrogate_epochs: int = Field(8, ge=1, description="UBW-C surrogate training epochs")
-    num_classes: int | None = Field(None, ge=2)
-    image_shape: tuple[int, int, int] | None = None
-    poisoned: list[int] = Field(default_factory=list, description="secret watermarked indices")
-    release_sha256: str | None = Field(None, description="SHA-256 of the released pixels")
-
-    @model_validator(mode="after")
-    def _check(self) -> UbwParams:
-        if self.trigger is None:
-            object.__setattr__(self, "trigger", _DEFAULT_TRIGGER[self.variant])
-        if self.variant == "ubw-c" and self.trigger != "patch":
-            raise ValueError("ubw-c uses a randomly placed patch trigger (trigger=patch)")
-        if self.variant != "ubw-c" and self.trigger == "patch":
-            raise ValueError("trigger=patch is the UBW-C trigger; use corner or blended")
-        if self.num_classes is not None and self.target >= self.num_classes:
-            raise ValueError(f"target {self.target} is not a class (0..{self.num_classes - 1})")
-        if len(set(self.poisoned)) != len(self.poisoned) or any(i < 0 for i in self.poisoned):
-            raise ValueError("poisoned must list distinct non-negative indices")
-        return self
-
-    @property
-    def targeted(self) -> bool:
-        """BadNets and Blended send triggered inputs to one target class."""
-        return self.variant in ("badnets", "blended")
-
-
-PARAMS_BY_METHOD: dict[str, type[BaseModel]] = {
-    "tracker": TrackerParams,
-    "isotope": IsotopeParams,
-    "ubw": UbwParams,
-}
-_SECRET_PARAMS = {"poisoned"}
 _LONG_PARAM = 120  # characters: longer values (an embedded mark image) are summarised
 
 
-def summarise_params(params: dict[str, Any]) -> dict[str, Any]:
+def secret_fields(model: type[BaseModel]) -> set[str]:
+    """Parameters a method marks secret (``json_schema_extra={"secret": True}``)."""
+    return {
+        name
+        for name, f in model.model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("secret")
+    }
+
+
+def summarise_params(params: dict[str, Any], secret: set[str] = frozenset()) -> dict[str, Any]:
     """Parameters for display: long values (an embedded image) replaced by their length,
-    secret ones (UBW's poisoned indices) by their count."""
+    ``secret`` ones (UBW's poisoned indices) by their count."""
     shown: dict[str, Any] = {}
     for k, v in params.items():
-        if k in _SECRET_PARAMS and isinstance(v, list):
+        if k in secret and isinstance(v, list):
             shown[k] = f"<{len(v)} secret indices>"
         elif isinstance(v, str) and len(v) > _LONG_PARAM:
             shown[k] = f"<{len(v)} characters>"
@@ -220,10 +88,10 @@ class Key(BaseModel):
 
     @model_validator(mode="after")
     def _check_params(self) -> Key:
-        model = PARAMS_BY_METHOD.get(self.method)
-        if model is None:
-            known = ", ".join(sorted(PARAMS_BY_METHOD))
-            raise ValueError(f"unknown method {self.method!r}; known methods: {known}")
+        try:
+            model = registry.get(self.method).params
+        except TracemarkError as err:
+            raise ValueError(str(err)) from None
         # Normalise: fill defaults so the stored file says exactly what was used.
         try:
             normalised = model.model_validate(self.params).model_dump()
@@ -245,7 +113,7 @@ class Key(BaseModel):
 
     def typed_params(self) -> Any:
         """The parameters as their method's pydantic model."""
-        return PARAMS_BY_METHOD[self.method].model_validate(self.params)
+        return registry.get(self.method).params.model_validate(self.params)
 
     def rng(self, purpose: str, *ids: int | str | bytes):
         """A generator derived from this key's seed for one named purpose."""
@@ -271,7 +139,7 @@ class Key(BaseModel):
         """Everything about the key that is safe to show: no seed."""
         return {
             "method": self.method,
-            "params": summarise_params(self.params),
+            "params": summarise_params(self.params, secret_fields(type(self.typed_params()))),
             "created": self.created,
             "commitment": self.commitment(),
         }

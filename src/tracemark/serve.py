@@ -32,6 +32,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import TracemarkError
+from .options import option
 from .oracle.base import Oracle
 from .oracle.image_hash import image_hashes
 from .oracle.querylog import now_iso
@@ -41,6 +42,30 @@ __all__ = ["FaultPlan", "ServeOptions", "create_app", "run", "serving"]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_PNG_PIXELS = 4096 * 4096  # a query image larger than this is refused (decompression bombs)
+
+
+FAULTS_PANEL = "Faults to inject (for testing)"
+
+
+def parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    """``"1,28,28"`` → (1, 28, 28): the model's (C, H, W) input, for the metadata."""
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise TracemarkError(f"--input-shape takes C,H,W (e.g. 1,28,28), got {text!r}")
+    return dims  # type: ignore[return-value]
+
+
+def parse_codes(text: str) -> tuple[int, ...]:
+    """``--error-codes 500,429``."""
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise TracemarkError(f"--error-codes takes statuses like 500,429, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -53,12 +78,35 @@ class FaultPlan:
     ``burst``) are served, the rest get 429.
     """
 
-    error_rate: float = 0.0
-    error_codes: tuple[int, ...] = (500, 429)
-    latency: float = 0.0
-    rate_limit: float | None = None
+    error_rate: float = option(
+        0.0, "Share of requests that fail.", min=0.0, max=0.99, rich_help_panel=FAULTS_PANEL
+    )
+    error_codes: tuple[int, ...] = option(
+        (500, 429),
+        "Comma-separated statuses failures use.",
+        parse=parse_codes,
+        show_default="500,429",
+        rich_help_panel=FAULTS_PANEL,
+    )
+    latency: float = option(
+        0.0,
+        "Each request waits up to this many seconds (uniform).",
+        min=0.0,
+        rich_help_panel=FAULTS_PANEL,
+    )
+    rate_limit: float | None = option(
+        None,
+        "Requests per second served; the rest get 429.",
+        min=0.001,
+        rich_help_panel=FAULTS_PANEL,
+    )
     burst: int = 4
-    retry_after: float = 0.0
+    retry_after: float = option(
+        0.0,
+        "Retry-After seconds sent with injected 429/503.",
+        min=0.0,
+        rich_help_panel=FAULTS_PANEL,
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.error_rate < 1.0:
@@ -81,15 +129,23 @@ class ServeOptions:
     output-perturbation defence). ``seed`` drives every random choice of the server.
     """
 
-    name: str = "model"
-    top_k: int | None = None
-    label_only: bool = False
-    noise: float = 0.0
+    name: str = option("model", "Model name in the v2 URLs.")
+    top_k: int | None = option(None, "Reveal only the top K labels with scores.", min=1)
+    label_only: bool = option(False, "Reveal only the predicted label.")
+    noise: float = option(0.0, "Add N(0, s^2) noise to the probabilities.", min=0.0)
     faults: FaultPlan = field(default_factory=FaultPlan)
-    seed: str = "00"
-    input_shape: tuple[int, int, int] | None = None  # (C, H, W) for the metadata
+    seed: str = option("00", "Hex seed for the server's random choices (faults, noise).")
+    input_shape: tuple[int, int, int] | None = option(
+        None,
+        "C,H,W of the model's input, for the v2 metadata (ONNX: read).",
+        parse=parse_shape,
+    )
 
     def __post_init__(self) -> None:
+        try:
+            bytes.fromhex(self.seed)
+        except ValueError:
+            raise TracemarkError(f"--seed must be hex, got {self.seed!r}") from None
         if not self.name or "/" in self.name:
             raise TracemarkError(f"model name must be non-empty without '/', got {self.name!r}")
         if self.top_k is not None and self.top_k < 1:
@@ -189,9 +245,6 @@ def create_app(
     under ``/versions/{v}``) and ``POST /predict`` (simple JSON).
     """
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
     from starlette.routing import Route
 
     options = options or ServeOptions()
@@ -201,85 +254,108 @@ def create_app(
         model = load_oracle(model)
     served = _Model(model, options, Path(access_log) if access_log is not None else None)
     faults = _Faults(options.faults, options.seed)
-    name = options.name
-
-    def error(status: int, message: str, headers: dict[str, str] | None = None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    def check_name(request: Request):
-        asked = request.path_params["name"]
-        if asked != name:
-            return error(404, f"model {asked!r} not found; this server has {name!r}")
-        return None
-
-    async def misbehave():
-        delay, status, retry_after = faults.draw()
-        if delay:
-            await asyncio.sleep(delay)
-        if status is None:
-            return None
-        # Retry-After is whole seconds (RFC 9110).
-        headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
-        return error(status, "injected fault" if status != 429 else "rate limited", headers)
-
-    async def live(request: Request):
-        return JSONResponse({"live": True})
-
-    async def server_meta(request: Request):
-        return JSONResponse({"name": "tracemark-serve", "version": __version__, "extensions": []})
-
-    async def ready(request: Request):
-        return check_name(request) or JSONResponse({"name": name, "ready": True})
-
-    async def metadata(request: Request):
-        return check_name(request) or JSONResponse(_metadata(options, served.oracle))
-
-    async def answer(request: Request, read_images, render):
-        """Inject faults, parse the images, ask the model, render its answer."""
-        if (fault := await misbehave()) is not None:
-            return fault
-        try:
-            images = read_images(await _json(request))
-            response = await run_in_threadpool(served.predict, images)
-        except _BadRequest as exc:
-            return error(400, str(exc))
-        except TracemarkError as exc:
-            return error(422, str(exc))
-        return JSONResponse(render(response))
-
-    async def infer(request: Request):
-        if (bad := check_name(request)) is not None:
-            return bad
-        return await answer(
-            request,
-            _v2_images,
-            lambda r: {"model_name": name, "model_version": "1", "outputs": _v2_outputs(r)},
-        )
-
-    async def predict(request: Request):
-        return await answer(request, _png_images, lambda r: {"predictions": _json_predictions(r)})
-
+    h = _Handlers(served, faults, options)
     model_routes = [
-        Route("/v2/models/{name}", metadata),
-        Route("/v2/models/{name}/ready", ready),
-        Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}", metadata),
-        Route("/v2/models/{name}/versions/{version}/ready", ready),
-        Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+        Route("/v2/models/{name}", h.metadata),
+        Route("/v2/models/{name}/ready", h.ready),
+        Route("/v2/models/{name}/infer", h.infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", h.metadata),
+        Route("/v2/models/{name}/versions/{version}/ready", h.ready),
+        Route("/v2/models/{name}/versions/{version}/infer", h.infer, methods=["POST"]),
     ]
     app = Starlette(
         routes=[
-            Route("/v2/health/live", live),
-            Route("/v2/health/ready", live),
-            Route("/v2", server_meta),
+            Route("/v2/health/live", h.live),
+            Route("/v2/health/ready", h.live),
+            Route("/v2", h.server_meta),
             *model_routes,
-            Route("/predict", predict, methods=["POST"]),
+            Route("/predict", h.predict, methods=["POST"]),
         ]
     )
     app.state.served = served
     app.state.faults = faults
     app.state.options = options
     return app
+
+
+class _Handlers:
+    """The server's endpoints over one served model (Starlette request handlers)."""
+
+    def __init__(self, served: _Model, faults: _Faults, options: ServeOptions) -> None:
+        self.served, self.faults, self.options = served, faults, options
+        self.name = options.name
+
+    @staticmethod
+    def error(status: int, message: str, headers: dict[str, str] | None = None):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    def check_name(self, request):
+        asked = request.path_params["name"]
+        if asked != self.name:
+            return self.error(404, f"model {asked!r} not found; this server has {self.name!r}")
+        return None
+
+    async def misbehave(self):
+        delay, status, retry_after = self.faults.draw()
+        if delay:
+            await asyncio.sleep(delay)
+        if status is None:
+            return None
+        # Retry-After is whole seconds (RFC 9110).
+        headers = {} if retry_after is None else {"Retry-After": str(math.ceil(retry_after))}
+        return self.error(status, "injected fault" if status != 429 else "rate limited", headers)
+
+    async def live(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"live": True})
+
+    async def server_meta(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"name": "tracemark-serve", "version": __version__, "extensions": []})
+
+    async def ready(self, request):
+        from starlette.responses import JSONResponse
+
+        return self.check_name(request) or JSONResponse({"name": self.name, "ready": True})
+
+    async def metadata(self, request):
+        from starlette.responses import JSONResponse
+
+        return self.check_name(request) or JSONResponse(_metadata(self.options, self.served.oracle))
+
+    async def answer(self, request, read_images, render):
+        """Inject faults, parse the images, ask the model, render its answer."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        if (fault := await self.misbehave()) is not None:
+            return fault
+        try:
+            images = read_images(await _json(request))
+            response = await run_in_threadpool(self.served.predict, images)
+        except _BadRequest as exc:
+            return self.error(400, str(exc))
+        except TracemarkError as exc:
+            return self.error(422, str(exc))
+        return JSONResponse(render(response))
+
+    async def infer(self, request):
+        if (bad := self.check_name(request)) is not None:
+            return bad
+        return await self.answer(
+            request,
+            _v2_images,
+            lambda r: {"model_name": self.name, "model_version": "1", "outputs": _v2_outputs(r)},
+        )
+
+    async def predict(self, request):
+        return await self.answer(
+            request, _png_images, lambda r: {"predictions": _json_predictions(r)}
+        )
 
 
 async def _json(request) -> Any:
@@ -468,16 +544,3 @@ def run(
         await task
 
     asyncio.run(main())
-
-
-def parse_shape(text: str | None) -> tuple[int, int, int] | None:
-    """``"1,28,28"`` → (1, 28, 28): the model's (C, H, W) input, for the metadata."""
-    if text is None:
-        return None
-    try:
-        dims = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise TracemarkError(f"--input-shape takes C,H,W (e.g. 1,28,28), got {text!r}")
-    return dims  # type: ignore[return-value]

@@ -196,3 +196,30 @@ def margin_flip_test(
         else:
             lo = mid
     return 10.0**hi, upper(10.0**hi)
+
+
+def paired_greater(a: np.ndarray, b: np.ndarray) -> float:
+    """One-sided paired t-test p-value for mean(a − b) > 0 (scipy's ``ttest_rel``).
+
+    When every difference is the same, the p-value is 0 if it is positive and 1
+    otherwise (scipy would return NaN).
+    """
+    from scipy.stats import ttest_rel
+
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    if np.allclose(d, d[0]):
+        return 0.0 if d[0] > 0 else 1.0
+    return float(ttest_rel(a, b, alternative="greater").pvalue)
+
+
+def welch_greater(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Welch's unpaired one-sided t-test that mean(a) > mean(b): (p-value, t statistic).
+
+    (1, 0) when every value is the same (scipy would return NaN).
+    """
+    from scipy.stats import ttest_ind
+
+    if np.ptp(np.r_[a, b]) == 0:
+        return 1.0, 0.0
+    res = ttest_ind(a, b, equal_var=False, alternative="greater")
+    return float(res.pvalue), float(res.statistic)

@@ -30,14 +30,10 @@ import numpy as np
 
 from ..datasets import load_fashion_mnist
 from ..keys import Key
-from ..marks import blend
 from ..methods import isotope
+from ..methods.isotope.marks import blend
 from ..rng import derive, derive_bytes, derive_int
-from ..stats import (
-    detection_rate,
-    gaussian_p_value,
-    rank_p_value,
-)
+from ..stats import detection_rate, gaussian_p_value, paired_greater, rank_p_value
 from .common import (
     AnswerCache,
     access_block,
@@ -56,7 +52,8 @@ class IsotopeDemoConfig:
 
     # One user per class, in the classes where a small CNN learns marks at all: on
     # trousers (1) and bags (8) shape alone separates the class and the mark is never
-    # picked up (measured; see the README). ``tracemark demo isotope --classes`` changes it.
+    # picked up (measured: docs/methods/isotope.md). `tracemark demo isotope --classes`
+    # changes it.
     classes: tuple[int, ...] = (2, 3, 4, 6, 7)
     never_published: int = 100
     per_class: int = 1000  # training images per class
@@ -148,9 +145,8 @@ def run_isotope_demo(
     progress_factory=None,
 ) -> dict:
     """Run the demo and return measured rates for both procedures and per-mark results."""
-    from ..models import build_model
     from ..oracle import TorchModuleOracle
-    from ..training import TrainConfig, accuracy, train_model
+    from ..training import accuracy
 
     config = config or IsotopeDemoConfig()
     accesses = check_accesses(config.accesses, config.top_k)
@@ -181,17 +177,7 @@ def run_isotope_demo(
     summary: dict = {"config": asdict(config), "models": {}}
     for name, x in (("trained-with-marks", x_marked), ("clean", x_clean)):
         say(f"training a small CNN ({name}) on {len(x)} images for {config.epochs} epochs")
-        model = build_model("small-cnn", in_channels=1, num_classes=10)
-        cfg = TrainConfig(
-            epochs=config.epochs,
-            augment=False,
-            batch_size=config.batch_size,
-            weight_decay=config.weight_decay,
-            seed=derive_int(config.seed, "demo/isotope/train", name),
-        )
-        train_model(
-            model, x, y, cfg, progress=epoch_callback(progress_factory, name, config.epochs)
-        )
+        model = _train(config, name, x, y, progress_factory)
         # One model, queried once: every access mode reads its memoised answers.
         cache = AnswerCache(TorchModuleOracle(model, num_classes=10))
         for i, access in enumerate(accesses):
@@ -203,14 +189,7 @@ def run_isotope_demo(
                 if progress_factory
                 else None
             )
-            base_response = oracle.query(aux_x)
-            mode = isotope.score_mode(base_response, "auto")
-            base = _score_matrix(base_response, mode)
-            scores = []
-            for m in all_marks:
-                scores.append(_score_matrix(oracle.query(blend(aux_x, m, config.visibility)), mode))
-                if bar:
-                    bar(1)
+            base, scores, mode = _mark_scores(oracle, aux_x, all_marks, config.visibility, bar)
             shifts = {
                 "marks": np.stack(scores[: len(marks)]),
                 "externals": np.stack(scores[len(marks) : len(marks) + len(externals)]),
@@ -226,8 +205,15 @@ def run_isotope_demo(
             "queries": queries[accesses[0]][name],
             "model_queries": cache.model_queries,
         }
-    first = results[accesses[0]]
-    summary["rates"] = _rates(first, config)
+    _summarise(summary, config, accesses, results, reads, queries, aux_y)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["marks"] = [asdict(r) for r in results[accesses[0]]]
+    return summary
+
+
+def _summarise(summary: dict, config, accesses, results, reads, queries, aux_y) -> None:
+    """Rates (the first access mode's, then each mode's) and the query cost of one audit."""
+    summary["rates"] = _rates(results[accesses[0]], config)
     summary["rates_access"] = accesses[0]
     # What one stand-alone audit of a mark would cost with these settings (the demo shares
     # queries between audits): the unmarked aux images, then the mark and every external.
@@ -240,9 +226,37 @@ def run_isotope_demo(
         a: _access_rates(results[a], reads[a], summary["query_cost_per_audit"], queries[a])
         for a in accesses
     }
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    summary["marks"] = [asdict(r) for r in first]
-    return summary
+
+
+def _train(config: IsotopeDemoConfig, name: str, x: np.ndarray, y: np.ndarray, progress_factory):
+    """The demo's small CNN, trained on ``x`` (seeded by the model's name)."""
+    from ..models import build_model
+    from ..training import TrainConfig, train_model
+
+    model = build_model("small-cnn", in_channels=1, num_classes=10)
+    cfg = TrainConfig(
+        epochs=config.epochs,
+        augment=False,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        seed=derive_int(config.seed, "demo/isotope/train", name),
+    )
+    return train_model(
+        model, x, y, cfg, progress=epoch_callback(progress_factory, name, config.epochs)
+    )
+
+
+def _mark_scores(oracle, aux_x: np.ndarray, marks: list, visibility: float, bar):
+    """The aux images' score matrix, unmarked and with each mark blended in, and the mode."""
+    base_response = oracle.query(aux_x)
+    mode = isotope.score_mode(base_response, "auto")
+    base = _score_matrix(base_response, mode)
+    scores = []
+    for m in marks:
+        scores.append(_score_matrix(oracle.query(blend(aux_x, m, visibility)), mode))
+        if bar:
+            bar(1)
+    return base, scores, mode
 
 
 def _score_matrix(response, mode) -> np.ndarray:
@@ -295,9 +309,7 @@ def _audit_marks(config, model_name, names, labels, base, probs, aux_y) -> list[
         for r in range(config.rounds):
             rng = derive(config.seed, "demo/isotope/paper-round", name, r)
             idx = rng.choice(pool, min(config.round_size, len(pool)), replace=False)
-            round_p.append(
-                isotope.paired_greater(probs["marks"][i][idx, y], probs["paper"][r][idx, y])
-            )
+            round_p.append(paired_greater(probs["marks"][i][idx, y], probs["paper"][r][idx, y]))
         deciding, _, vote = isotope.paper_vote(np.array(round_p), config.lam, config.delta)
         out.append(
             MarkResult(

@@ -156,9 +156,6 @@ def prepare_tracker_demo(
     progress_factory=None,
 ) -> TrackerWorld:
     """Mark every user's images and train the two models (the demo's first phase)."""
-    from ..models import build_model
-    from ..training import TrainConfig, train_model
-
     config = config or TrackerDemoConfig()
     check_accesses(config.accesses, config.top_k)
     if not 1 <= config.images_per_user <= config.collection_size:
@@ -208,17 +205,7 @@ def prepare_tracker_demo(
         "clean": (x_clean, y_clean),
     }.items():
         say(f"training a small CNN ({name}) on {len(x)} images for {config.epochs} epochs")
-        model = build_model("small-cnn", in_channels=1, num_classes=10)
-        train_cfg = TrainConfig(
-            epochs=config.epochs,
-            augment=config.augment,
-            batch_size=config.batch_size,
-            seed=derive_int(config.seed, "demo/tracker/train", name),
-        )
-        train_model(
-            model, x, y, train_cfg, progress=epoch_callback(progress_factory, name, config.epochs)
-        )
-        models[name] = model
+        models[name] = _train(config, name, x, y, progress_factory)
 
     return TrackerWorld(
         config=config,
@@ -231,6 +218,23 @@ def prepare_tracker_demo(
         test=test,
         models=models,
         seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
+def _train(config: TrackerDemoConfig, name: str, x: np.ndarray, y: np.ndarray, progress_factory):
+    """The demo's small CNN, trained on ``x`` (seeded by the model's name)."""
+    from ..models import build_model
+    from ..training import TrainConfig, train_model
+
+    model = build_model("small-cnn", in_channels=1, num_classes=10)
+    train_cfg = TrainConfig(
+        epochs=config.epochs,
+        augment=config.augment,
+        batch_size=config.batch_size,
+        seed=derive_int(config.seed, "demo/tracker/train", name),
+    )
+    return train_model(
+        model, x, y, train_cfg, progress=epoch_callback(progress_factory, name, config.epochs)
     )
 
 

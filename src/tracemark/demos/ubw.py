@@ -58,16 +58,14 @@ class VictimRecipe:
 
 
 # Fashion-MNIST classifiers are commonly trained on the images as they are. UBW-P needs a
-# victim that learns each shuffled label, not their average (bench/ubw_p_recipes.py,
-# README): on 2,000 images the 20 shuffled labels per class are too lumpy (ASR-A
-# 0.64-0.71 without augmentation), and with shifts and flips the victim answers
-# near-uniformly with the same argmax across a class (D_p 1.04-1.53). On 4,000 images
-# for 60 epochs without weight decay it reaches ASR-A 0.75-0.77 and D_p 1.9-2.0 (3 seeds).
+# victim that learns each shuffled label, not their average: with fewer images the shuffled
+# labels per class are too lumpy, and with shifts and flips the victim answers
+# near-uniformly with one argmax per class (measured: docs/methods/ubw.md, "The UBW demo").
 POISONED_LABEL_RECIPE = VictimRecipe(per_class=400, epochs=60, augment=False, weight_decay=0.0)
 # UBW-C's victims train with shifts and flips (the paper's CIFAR recipe): without them a
-# victim loses 0.2-0.3 of true-class probability to *any* 7x7 patch, so the margin test
-# flagged a never-published one (Independent-T p = 0.03). Its crafting cost grows with
-# the data, so it runs on 2,000 images.
+# victim loses true-class probability to *any* patch, and the margin test flags a
+# never-published one (docs/methods/ubw.md). Its crafting cost grows with the data, so it
+# runs on 2,000 images.
 CLEAN_LABEL_RECIPE = VictimRecipe(per_class=200, epochs=40, augment=True, weight_decay=5e-4)
 
 
@@ -102,10 +100,9 @@ class UbwDemoConfig:
 
     @classmethod
     def quick(cls) -> UbwDemoConfig:
-        # A smoke-test size, but one whose victims learn on every seed: 8 epochs on 200
-        # images left a CNN near chance on some seeds (BA 0.1-0.27, once no test image
-        # right); 12 on 400 gave BA 0.65-0.79 over seeds 0-5. No augmentation, and one
-        # recipe for every watermark, so one clean model.
+        # A smoke-test size, but one whose victims learn on every seed (docs/results.md,
+        # "The suite under other seeds"). No augmentation, and one recipe for every
+        # watermark, so one clean model.
         tiny = VictimRecipe(per_class=40, epochs=12, augment=False)
         return cls(
             recipe=tiny,
@@ -284,16 +281,7 @@ def run_ubw_demo(
         timings[f"train {name}"] = round(time.perf_counter() - t, 1)
 
     say("measuring BA, ASR and dispersibility; verifying every scenario")
-    metrics: dict[str, dict] = {}
-    for name, model in models.items():
-        oracle = TorchModuleOracle(model, num_classes=10)
-
-        def probs(x, oracle=oracle):
-            return oracle.query(x).probs
-
-        mine = [v for v in config.variants if clean_of[v] == name] if name not in keys else [name]
-        for variant in mine:
-            metrics[f"{name} / {variant} trigger"] = ubw.report(probs, keys[variant], report_set)
+    metrics = _metrics(config, models, keys, clean_of, report_set)
 
     # One memo per model: the clean model is verified with every watermark's keys.
     caches = {name: AnswerCache(TorchModuleOracle(m, num_classes=10)) for name, m in models.items()}
@@ -323,6 +311,24 @@ def run_ubw_demo(
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
+
+
+def _metrics(config: UbwDemoConfig, models: dict, keys: dict, clean_of: dict, report_set) -> dict:
+    """BA, ASR and dispersibility of each model under the triggers of its watermarks (a
+    clean model: under those of every watermark it is the Independent-M of)."""
+    from ..oracle import TorchModuleOracle
+
+    metrics: dict[str, dict] = {}
+    for name, model in models.items():
+        oracle = TorchModuleOracle(model, num_classes=10)
+
+        def probs(x, oracle=oracle):
+            return oracle.query(x).probs
+
+        mine = [v for v in config.variants if clean_of[v] == name] if name not in keys else [name]
+        for variant in mine:
+            metrics[f"{name} / {variant} trigger"] = ubw.report(probs, keys[variant], report_set)
+    return metrics
 
 
 def _null_rates(scenarios: list[Scenario], config: UbwDemoConfig) -> dict:

@@ -16,8 +16,8 @@ from .adapters import (
 )
 from .auth import load_auth_headers
 from .base import ModelOracle, Oracle, OutputKind, softmax
-from .endpoint import EndpointConfig, load_endpoint_config, open_endpoint
-from .http import HttpOracle, is_url
+from .endpoint import EndpointConfig, load_endpoint_config
+from .http import HttpOracle, is_url, open_endpoint
 from .logged import LoggedOracle, ReplayOracle
 from .open import open_oracle
 from .querylog import QueryLog

@@ -17,7 +17,7 @@ from ..errors import TracemarkError
 from ..fsutil import read_json
 from .wire import JsonFields
 
-__all__ = ["EndpointConfig", "load_endpoint_config", "open_endpoint", "split_v2_url"]
+__all__ = ["EndpointConfig", "load_endpoint_config", "split_v2_url", "with_settings"]
 
 _V2_MODEL_URL = re.compile(
     r"^(?P<base>.*?)/v2/models/(?P<name>[^/]+)(?:/versions/(?P<ver>[^/]+))?(?:/infer)?$"
@@ -51,14 +51,27 @@ def load_endpoint_config(path: str | os.PathLike | None, **overrides: Any) -> En
     data = {} if path is None else read_json(path, "endpoint config")
     if not isinstance(data, dict):
         raise TracemarkError(f"endpoint config {path} must be a JSON object")
-    data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return EndpointConfig.model_validate(data)
+        base = EndpointConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise TracemarkError(f"invalid endpoint settings ({problems})") from None
+        raise TracemarkError(f"invalid endpoint settings ({_problems(exc)})") from None
+    return with_settings(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def with_settings(config: EndpointConfig, **changes: Any) -> EndpointConfig:
+    """``config`` with ``changes`` applied and validated (errors name the bad setting)."""
+    if not changes:
+        return config
+    try:
+        return EndpointConfig.model_validate({**config.model_dump(), **changes})
+    except ValidationError as exc:
+        raise TracemarkError(f"invalid endpoint settings ({_problems(exc)})") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def split_v2_url(url: str) -> tuple[str, str | None, str | None]:
@@ -67,61 +80,3 @@ def split_v2_url(url: str) -> tuple[str, str | None, str | None]:
     if match is None:
         return url, None, None
     return match["base"], match["name"], match["ver"]
-
-
-def open_endpoint(
-    url: str,
-    config: EndpointConfig | None = None,
-    *,
-    headers: dict[str, str] | None = None,
-    log: str | os.PathLike | None = None,
-    budget: int | None = None,
-    outputs: str = "auto",
-    class_names: list[str] | None = None,
-    transport: Any = None,
-):
-    """An :class:`~tracemark.oracle.http.HttpOracle` for ``url`` with ``config``.
-
-    For v2, the model may be named in the URL (``.../v2/models/NAME``) or in the config.
-    """
-    from .http import HttpOracle
-
-    config = config or EndpointConfig()
-    model_name, version = config.model_name, config.version
-    if config.protocol == "v2":
-        url, named, ver = split_v2_url(url)
-        if named is not None and model_name is not None and named != model_name:
-            raise TracemarkError(
-                f"the URL names model {named!r} but --model-name says {model_name!r}"
-            )
-        model_name, version = model_name or named, version or ver
-        if model_name is None:
-            raise TracemarkError(
-                "which model? give the v2 URL as http://HOST:PORT/v2/models/NAME, or pass "
-                "--model-name NAME"
-            )
-    num_classes = config.num_classes or (len(class_names) if class_names else None)
-    return HttpOracle(
-        url,
-        protocol=config.protocol,
-        model_name=model_name,
-        version=version,
-        input_name=config.input_name,
-        layout=config.layout,
-        output_name=config.output_name,
-        json_fields=config.json_fields,
-        class_names=class_names,
-        batch_size=config.batch_size,
-        concurrency=config.concurrency,
-        timeout=config.timeout,
-        retries=config.retries,
-        backoff=config.backoff,
-        max_backoff=config.max_backoff,
-        max_retry_after=config.max_retry_after,
-        headers=headers,
-        log=log,
-        budget=budget,
-        outputs=outputs,
-        num_classes=num_classes,
-        transport=transport,
-    )

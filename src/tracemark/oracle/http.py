@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import ipaddress
-import math
 import os
 import signal
 import threading
@@ -34,11 +33,12 @@ from ..rng import derive
 from ..text import printable, redact
 from .auth import AuthHeaders
 from .deadline import DeadlineBackend, deadline_transport
+from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .logged import LoggedOracle
 from .querylog import QueryLog, now_iso
-from .wire import JsonCodec, JsonFields, MalformedAnswer, V2Codec
+from .wire import JsonCodec, MalformedAnswer, V2Codec
 
-__all__ = ["HttpOracle", "is_url"]
+__all__ = ["HttpOracle", "is_url", "open_endpoint"]
 
 Protocol = Literal["v2", "json"]
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -105,6 +105,20 @@ class _Stopped(Exception):
     """A worker was told to stop (the audit was interrupted or another batch failed)."""
 
 
+def _codec(config: EndpointConfig, url: str, class_names: list[str] | None):
+    """The wire codec for the endpoint's protocol, and whether its input is already known
+    (v2 reads the input's name and layout from the model's metadata unless given)."""
+    if config.protocol == "v2":
+        layout = "nchw" if config.layout == "auto" else config.layout
+        codec = V2Codec(
+            config.model_name or "", config.version, config.input_name, layout, config.output_name
+        )
+        return codec, config.input_name is not None and config.layout != "auto"
+    codec = JsonCodec(config.json_fields, class_names)
+    codec.infer_path = url  # the endpoint's full address
+    return codec, True
+
+
 class HttpOracle(LoggedOracle):
     """A classifier behind an HTTP endpoint speaking ``protocol`` ("v2" or "json").
 
@@ -118,30 +132,18 @@ class HttpOracle(LoggedOracle):
     def __init__(
         self,
         url: str,
+        config: EndpointConfig | None = None,
         *,
-        protocol: Protocol = "v2",
-        model_name: str | None = None,
-        version: str | None = None,
-        input_name: str | None = None,
-        layout: Literal["auto", "nchw", "nhwc"] = "auto",
-        output_name: str | None = None,
-        json_fields: JsonFields | None = None,
-        class_names: list[str] | None = None,
-        batch_size: int = 64,
-        concurrency: int = 4,
-        timeout: float = 30.0,
-        retries: int = 8,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        max_retry_after: float = 300.0,
         headers: dict[str, str] | None = None,
         log: str | os.PathLike | None = None,
+        class_names: list[str] | None = None,
         seed: str = "00",
         transport: Any = None,
-        **kwargs: Any,
+        **settings: Any,
     ) -> None:
-        import httpx
-
+        """``config`` (or its fields as keywords, e.g. ``timeout=2.0``): the endpoint's
+        settings; other keywords (``budget``, ``outputs``, ``num_classes``) go to the
+        oracle underneath."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TracemarkError(f"not an http(s) URL: {url!r}")
@@ -150,40 +152,16 @@ class HttpOracle(LoggedOracle):
                 "the URL holds credentials; put them in a file (--auth-file) or an environment "
                 "variable (--auth-env) instead, so they never appear in logs or process lists"
             )
-        for name, value, low in (
-            ("concurrency", concurrency, 1),
-            ("retries", retries, 0),
-        ):
-            if not isinstance(value, int) or value < low:
-                raise TracemarkError(f"{name} must be an int >= {low}, got {value!r}")
-        numbers = (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff))
-        for name, value in numbers:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise TracemarkError(f"{name} must be a non-negative number, got {value!r}")
-        if protocol == "v2":
-            self.codec: V2Codec | JsonCodec = V2Codec(
-                model_name or "",
-                version,
-                input_name,
-                "nchw" if layout == "auto" else layout,
-                output_name,
-            )
-            self._configured = input_name is not None and layout != "auto"
-        elif protocol == "json":
-            self.codec = JsonCodec(json_fields, class_names)
-            self.codec.infer_path = url  # the endpoint's full address
-            self._configured = True
-        else:
-            raise TracemarkError(f"protocol must be 'v2' or 'json', got {protocol!r}")
+        given = {k: settings.pop(k) for k in list(settings) if k in EndpointConfig.model_fields}
+        config = with_settings(config or EndpointConfig(), **given)
+        self.config = config
         self.url = url.rstrip("/")
-        self.protocol = protocol
-        self.model_name = model_name
-        self.concurrency = concurrency
-        self.timeout = float(timeout)
-        self.retries = retries
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.max_retry_after = float(max_retry_after)
+        self.protocol, self.model_name = config.protocol, config.model_name
+        self.codec, self._configured = _codec(config, url, class_names)
+        self.concurrency, self.retries = config.concurrency, config.retries
+        self.timeout, self.backoff = float(config.timeout), float(config.backoff)
+        self.max_backoff = float(config.max_backoff)
+        self.max_retry_after = float(config.max_retry_after)
         self.auth_source = getattr(headers, "source", None) or ("headers" if headers else None)
         if headers and parts.scheme == "http" and not is_loopback(parts.hostname or ""):
             warnings.warn(
@@ -197,33 +175,42 @@ class HttpOracle(LoggedOracle):
         self.failures: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._rng = derive(seed, "http/backoff-jitter")
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         self._backend: DeadlineBackend | None = None
-        if transport is None:
-            self._backend = DeadlineBackend()
-            transport = deadline_transport(limits, self._backend)
-        self._client = httpx.Client(
-            base_url=self.url if protocol == "v2" else "",
-            headers=AuthHeaders(headers or {}),
-            timeout=httpx.Timeout(self.timeout),
-            limits=limits,
-            follow_redirects=False,
-            transport=transport,
-        )
+        self._client = self._open_client(headers, transport)
         query_log = None
         if log is not None:
             query_log = QueryLog(
                 log,
                 {
                     "endpoint": self.url,
-                    "protocol": protocol,
-                    "model_name": model_name if protocol == "v2" else None,
+                    "protocol": config.protocol,
+                    "model_name": config.model_name if config.protocol == "v2" else None,
                     "auth": self.auth_source,
                     "tracemark_version": __version__,
                 },
             )
-        kwargs.setdefault("batch_size", batch_size)
-        super().__init__(log=query_log, **kwargs)
+        settings.setdefault("batch_size", config.batch_size)
+        settings.setdefault("num_classes", config.num_classes)
+        super().__init__(log=query_log, **settings)
+
+    def _open_client(self, headers: dict[str, str] | None, transport: Any):
+        """The pooled httpx client; its sockets get whole-request deadlines (.deadline)."""
+        import httpx
+
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        if transport is None:
+            self._backend = DeadlineBackend()
+            transport = deadline_transport(limits, self._backend)
+        return httpx.Client(
+            base_url=self.url if self.protocol == "v2" else "",
+            headers=AuthHeaders(headers or {}),
+            timeout=httpx.Timeout(self.timeout),
+            limits=limits,
+            follow_redirects=False,
+            transport=transport,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -433,3 +420,46 @@ class HttpOracle(LoggedOracle):
 
     def _where(self, path: str) -> str:
         return path if is_url(path) else f"{self.url}{path}"
+
+
+def open_endpoint(
+    url: str,
+    config: EndpointConfig | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    log: str | os.PathLike | None = None,
+    budget: int | None = None,
+    outputs: str = "auto",
+    class_names: list[str] | None = None,
+    transport: Any = None,
+):
+    """An :class:`~tracemark.oracle.http.HttpOracle` for ``url`` with ``config``.
+
+    For v2, the model may be named in the URL (``.../v2/models/NAME``) or in the config.
+    """
+    config = config or EndpointConfig()
+    model_name, version = config.model_name, config.version
+    if config.protocol == "v2":
+        url, named, ver = split_v2_url(url)
+        if named is not None and model_name is not None and named != model_name:
+            raise TracemarkError(
+                f"the URL names model {named!r} but --model-name says {model_name!r}"
+            )
+        model_name, version = model_name or named, version or ver
+        if model_name is None:
+            raise TracemarkError(
+                "which model? give the v2 URL as http://HOST:PORT/v2/models/NAME, or pass "
+                "--model-name NAME"
+            )
+    num_classes = config.num_classes or (len(class_names) if class_names else None)
+    config = with_settings(config, model_name=model_name, version=version, num_classes=num_classes)
+    return HttpOracle(
+        url,
+        config,
+        headers=headers,
+        log=log,
+        class_names=class_names,
+        transport=transport,
+        budget=budget,
+        outputs=outputs,
+    )

@@ -1,4 +1,4 @@
-"""Building blocks of marks: colour-stripe outliers, natural-image outliers and Perlin noise.
+"""The tracker's mark: colour-stripe (or natural-image) outliers and binarised Perlin noise.
 
 Everything here is vectorised over a batch and driven by explicit generators, so the
 same key regenerates the same marks. Perlin noise is evaluated with matrix products
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .rng import hash_uniform
+from ...bank import NaturalPattern, to_channels
+from ...rng import hash_uniform
 
 # The tracker paper's colour list, with "blue" corrected to a real blue (the authors'
 # code lists (0, 255, 0), a duplicate green), so all eleven colours are distinct.
@@ -32,17 +33,6 @@ COMMON_COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (255, 192, 203),
 }
 _COLOUR_TABLE = np.array(list(COMMON_COLOURS.values()), dtype=np.float64)
-# ITU-R 601-2 luma, the same weights Pillow uses for RGB -> L.
-LUMA = np.array([0.299, 0.587, 0.114])
-
-
-def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
-    """Adapt an (H, W, 3) float pattern to 1 or 3 channels (grey via ITU-R 601-2 luma)."""
-    if channels == 3:
-        return rgb
-    if channels == 1:
-        return (rgb @ LUMA)[..., None]
-    raise ValueError(f"images must have 1 or 3 channels, not {channels}")
 
 
 @dataclass(frozen=True)
@@ -74,30 +64,6 @@ class StripePattern:
             colours = colours / 8 + 128  # the authors' low-contrast default
         rgb = np.broadcast_to((colours / 255.0)[band_of_row][:, None, :], (height, width, 3))
         return to_channels(np.ascontiguousarray(rgb), channels)
-
-
-@dataclass(frozen=True)
-class NaturalPattern:
-    """A crop of a real photo, resized to each image: the tracker's alternative outlier."""
-
-    photo: int
-    box: tuple[float, float, float, float]  # top, left, height, width as fractions
-    flip: bool
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator) -> NaturalPattern:
-        from .bank import photo_count
-
-        photo = int(rng.integers(0, photo_count()))
-        scale = float(rng.uniform(0.3, 1.0))
-        top, left = (float(v) for v in rng.uniform(0.0, 1.0 - scale, size=2))
-        return cls(photo, (top, left, scale, scale), bool(rng.integers(0, 2)))
-
-    def render(self, height: int, width: int, channels: int = 3) -> np.ndarray:
-        from .bank import render_crop
-
-        rgb = render_crop(self.photo, self.box, self.flip, height, width)
-        return to_channels(rgb, channels)
 
 
 Pattern = StripePattern | NaturalPattern

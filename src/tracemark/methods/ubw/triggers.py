@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import TracemarkError
+from ...errors import TracemarkError
 
 #: The UBW paper's 3x3 trigger, [[0,0,1],[0,1,0],[1,0,1]], on every channel.
 CORNER_PATTERN = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=np.float32)

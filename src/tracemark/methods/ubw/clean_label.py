@@ -18,18 +18,19 @@ the current poisoned set every ``retrain_every`` iterations and recompute the ta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TracemarkError
-from ..keys import Key, UbwParams
-from ..rng import derive_int
-from ..training import TrainConfig, augment_batch, resolve_device, train_model
-from ..triggers import Trigger, poison_count, random_positions
+from ...errors import TracemarkError
+from ...keys import Key
+from ...rng import derive_int
+from ...training import TrainConfig, augment_batch, resolve_device, train_model
+from .params import UbwParams
+from .triggers import Trigger, poison_count, random_positions
 
 PURPOSE_SOURCES = "ubw-c/sources"
 PURPOSE_SOURCE_POSITIONS = "ubw-c/source-positions"
@@ -37,45 +38,15 @@ PURPOSE_SURROGATE = "ubw-c/surrogate"
 PURPOSE_AUGMENT = "ubw-c/augment"
 
 
-@dataclass
-class CleanLabelConfig:
-    """Gradient-matching settings; the defaults are the paper's (spec §3, UBW-C)."""
+# The paper's schedule around the key's settings: the step size drops tenfold at these
+# fractions of the iterations (93, 156 and 218 of 250), and batches of this many poisons.
+MILESTONES = (0.375, 0.625, 0.875)
+BATCH_SIZE = 128
 
-    gamma: float = 0.1
-    epsilon: float = 16 / 255
-    beta: float = 2.0
-    iterations: int = 250
-    lr: float = 0.025
-    milestones: tuple[float, ...] = (0.375, 0.625, 0.875)
-    retrain_every: int = 50
-    sources: int = 1000
-    batch_size: int = 128
-    surrogate: str = "small-cnn"
-    surrogate_width: int = 32  # the default victim's width: matching it strengthens the mark
-    surrogate_epochs: int = 8
-    device: str = "auto"
-    train: TrainConfig = field(default_factory=TrainConfig)
 
-    @classmethod
-    def from_params(cls, params: UbwParams, device: str = "auto") -> CleanLabelConfig:
-        """The configuration a UBW-C key records."""
-        return cls(
-            gamma=params.gamma,
-            epsilon=params.epsilon,
-            beta=params.beta,
-            iterations=params.iterations,
-            lr=params.lr,
-            retrain_every=params.retrain_every,
-            sources=params.sources,
-            surrogate=params.surrogate,
-            surrogate_width=params.surrogate_width,
-            surrogate_epochs=params.surrogate_epochs,
-            device=device,
-        )
-
-    def milestone_steps(self) -> list[int]:
-        """Iterations after which the step size drops tenfold (93, 156, 218 of 250)."""
-        return [math.floor(f * self.iterations) for f in self.milestones]
+def milestone_steps(iterations: int) -> list[int]:
+    """Iterations after which the step size drops tenfold (93, 156, 218 of 250)."""
+    return [math.floor(f * iterations) for f in MILESTONES]
 
 
 @dataclass
@@ -152,30 +123,28 @@ def _nchw(images: np.ndarray, device: torch.device) -> torch.Tensor:
     )
 
 
-class _Surrogate:
+class Surrogate:
     """Trains the surrogate (from the key's seed) on the current data, clean labels."""
 
-    def __init__(self, config: CleanLabelConfig, key: Key, shape, k: int, progress_factory):
-        from ..models import build_model
+    def __init__(self, params: UbwParams, key: Key, shape, k: int, device: str, progress_factory):
+        from ...models import build_model
 
         kwargs = {"in_channels": shape[-1], "num_classes": k}
-        if config.surrogate == "small-cnn":
-            kwargs["width"] = config.surrogate_width
-        self.model = build_model(config.surrogate, **kwargs)
-        self.config = config
+        if params.surrogate == "small-cnn":
+            kwargs["width"] = params.surrogate_width
+        self.model = build_model(params.surrogate, **kwargs)
+        self.epochs = params.surrogate_epochs
+        self.device = device
         self.seed = derive_int(key.seed, PURPOSE_SURROGATE)
         self.progress_factory = progress_factory
         self.rounds = 0
 
     def fit(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> nn.Module:
         self.rounds += 1
-        epochs = self.config.surrogate_epochs
         advance = None
         if self.progress_factory is not None:
-            advance = self.progress_factory(f"train surrogate ({self.rounds})", epochs)
-        train_cfg = replace(
-            self.config.train, epochs=epochs, seed=self.seed, device=self.config.device
-        )
+            advance = self.progress_factory(f"train surrogate ({self.rounds})", self.epochs)
+        train_cfg = TrainConfig(epochs=self.epochs, seed=self.seed, device=self.device)
         train_model(
             self.model,
             images,
@@ -189,13 +158,22 @@ class _Surrogate:
         return self.model
 
 
-def _check(images: np.ndarray, labels: np.ndarray, config: CleanLabelConfig) -> None:
+def _check(images: np.ndarray, labels: np.ndarray) -> None:
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
         raise TracemarkError(f"UBW-C needs (N, H, W, C) images with N labels, got {images.shape}")
-    if not 0 < config.epsilon <= 1:
-        raise TracemarkError(f"epsilon must be in (0, 1], got {config.epsilon}")
-    if config.iterations < 1 or config.retrain_every < 1 or config.batch_size < 1:
-        raise TracemarkError("iterations, retrain_every and batch_size must be at least 1")
+
+
+@dataclass
+class Matching:
+    """What gradient matching works on: the poisons (their images, labels, indices and the
+    data's per-channel std, the unit of delta) and the triggered sources' target."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    poisoned: torch.Tensor
+    std: torch.Tensor
+    x_src: torch.Tensor
+    y_src: torch.Tensor
 
 
 def craft(
@@ -204,73 +182,85 @@ def craft(
     num_classes: int,
     trigger: Trigger,
     key: Key,
-    config: CleanLabelConfig | None = None,
     *,
+    device: str = "auto",
     progress_factory=None,
 ) -> CleanLabelResult:
-    """Craft UBW-C poisons for a training set; ``images`` are not modified.
+    """Craft UBW-C poisons for a training set with the key's settings; ``images`` are
+    not modified.
 
     ``trigger`` is the randomly placed patch pasted on the source images. Every random
     choice (sources, their patch positions, the surrogate's seed, augmentations) comes
-    from ``key``. Runs on ``config.device`` ("auto" uses a GPU when there is one).
+    from ``key``. Runs on ``device`` ("auto" uses a GPU when there is one).
     """
-
-    config = config or CleanLabelConfig()
+    params: UbwParams = key.typed_params()
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels, dtype=np.int64)
-    _check(images, labels, config)
-    device = resolve_device(config.device)
+    _check(images, labels)
+    dev = resolve_device(device)
     n, h, w, _ = images.shape
-    count = poison_count(n, config.gamma)
-    surrogate = _Surrogate(config, key, images.shape, num_classes, progress_factory)
-    model = surrogate.fit(images, labels, device)
+    surrogate = Surrogate(params, key, images.shape, num_classes, device, progress_factory)
+    model = surrogate.fit(images, labels, dev)
 
-    src = key.rng(PURPOSE_SOURCES, n).choice(n, min(config.sources, n), replace=False)
+    src = key.rng(PURPOSE_SOURCES, n).choice(n, min(params.sources, n), replace=False)
     positions = random_positions(key.rng(PURPOSE_SOURCE_POSITIONS, n), src.size, h, w, trigger.size)
-    x_src = _nchw(trigger.apply(images[src], positions), device)
-    y_src = torch.from_numpy(labels[src]).to(device)
-    target = target_gradient(model, x_src, y_src, config.beta, config.batch_size)
-
-    x_all = _nchw(images, device)
-    y_all = torch.from_numpy(labels).to(device)
-    norms = gradient_norms(model, x_all, y_all, config.batch_size)
-    poisoned = torch.sort(torch.topk(norms, count).indices).values
-    x_p, y_p = x_all[poisoned], y_all[poisoned]
-
+    x_src = _nchw(trigger.apply(images[src], positions), dev)
+    y_src = torch.from_numpy(labels[src]).to(dev)
+    x_all = _nchw(images, dev)
+    y_all = torch.from_numpy(labels).to(dev)
+    norms = gradient_norms(model, x_all, y_all, BATCH_SIZE)
+    poisoned = torch.sort(torch.topk(norms, poison_count(n, params.gamma)).indices).values
     # delta lives in units of the data's per-channel std, like the authors' normalised
     # inputs, so lr = 0.025 means what it means in their code; projection is in pixels.
     std = x_all.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
-    delta = torch.zeros_like(x_p, requires_grad=True)
-    optimizer = torch.optim.Adam([delta], lr=config.lr)
+    m = Matching(x_all[poisoned], y_all[poisoned], poisoned, std, x_src, y_src)
+    return _match(m, model, surrogate, images, labels, params, key, progress_factory)
+
+
+def _match(
+    m: Matching,
+    model,
+    surrogate: Surrogate,
+    images,
+    labels,
+    params: UbwParams,
+    key: Key,
+    progress_factory,
+) -> CleanLabelResult:
+    """Sign-Adam on delta against the alignment loss, retraining the surrogate on the
+    current poisons every ``retrain_every`` iterations."""
+    dev, count, pad = m.x.device, m.x.shape[0], max(1, images.shape[1] // 8)
+    target = target_gradient(model, m.x_src, m.y_src, params.beta, BATCH_SIZE)
+    delta = torch.zeros_like(m.x, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=params.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=config.milestone_steps(), gamma=0.1
+        optimizer, milestones=milestone_steps(params.iterations), gamma=0.1
     )
     aug_gen = torch.Generator(device="cpu").manual_seed(derive_int(key.seed, PURPOSE_AUGMENT))
-    pad = max(1, h // 8)
     advance = (
-        progress_factory("UBW-C gradient matching", config.iterations) if progress_factory else None
+        progress_factory("UBW-C gradient matching", params.iterations) if progress_factory else None
     )
     alignment: list[float] = []
     retrained: list[int] = []
-    params = _params(model)
-    for it in range(config.iterations):
-        if it > 0 and it % config.retrain_every == 0:
+    weights = _params(model)
+    for it in range(params.iterations):
+        if it > 0 and it % params.retrain_every == 0:
             current = images.copy()
-            current[poisoned.cpu().numpy()] = (
-                _poisons(x_p, delta, std).permute(0, 2, 3, 1).cpu().numpy()
+            current[m.poisoned.cpu().numpy()] = (
+                _poisons(m.x, delta, m.std).permute(0, 2, 3, 1).cpu().numpy()
             )
-            model = surrogate.fit(current, labels, device)
-            params = _params(model)
-            target = target_gradient(model, x_src, y_src, config.beta, config.batch_size)
+            model = surrogate.fit(current, labels, dev)
+            weights = _params(model)
+            target = target_gradient(model, m.x_src, m.y_src, params.beta, BATCH_SIZE)
             retrained.append(it)
         delta.grad = torch.zeros_like(delta)
         total = 0.0
-        for start in range(0, count, config.batch_size):
-            sl = slice(start, start + config.batch_size)
-            xb = (x_p[sl] + delta[sl] * std).clamp(0, 1)
+        for start in range(0, count, BATCH_SIZE):
+            sl = slice(start, start + BATCH_SIZE)
+            xb = (m.x[sl] + delta[sl] * m.std).clamp(0, 1)
             xb = augment_batch(xb, aug_gen, pad=pad, flip=True)
             grads = torch.autograd.grad(
-                F.cross_entropy(model(xb), y_p[sl]), params, create_graph=True
+                F.cross_entropy(model(xb), m.y[sl]), weights, create_graph=True
             )
             loss = alignment_loss(grads, target)
             loss.backward()
@@ -279,16 +269,19 @@ def craft(
         delta.grad.sign_()
         optimizer.step()
         scheduler.step()
-        with torch.no_grad():
-            pix = delta * std
-            pix = torch.maximum(torch.minimum(pix, 1 - x_p), -x_p).clamp(
-                -config.epsilon, config.epsilon
-            )
-            delta.copy_(pix / std)
+        _project(delta, m, params.epsilon)
         if advance is not None:
             advance(1)
-    poisons = _poisons(x_p, delta, std).permute(0, 2, 3, 1).cpu().numpy()
-    return CleanLabelResult(poisoned.cpu().numpy(), poisons, alignment, retrained)
+    poisons = _poisons(m.x, delta, m.std).permute(0, 2, 3, 1).cpu().numpy()
+    return CleanLabelResult(m.poisoned.cpu().numpy(), poisons, alignment, retrained)
+
+
+@torch.no_grad()
+def _project(delta: torch.Tensor, m: Matching, epsilon: float) -> None:
+    """Keep x + delta inside [0, 1] and delta inside [-epsilon, epsilon] (in pixels)."""
+    pix = delta * m.std
+    pix = torch.maximum(torch.minimum(pix, 1 - m.x), -m.x).clamp(-epsilon, epsilon)
+    delta.copy_(pix / m.std)
 
 
 @torch.no_grad()

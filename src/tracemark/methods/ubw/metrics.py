@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import entropy
 
-from .errors import TracemarkError
+from ...errors import TracemarkError
 
 
 def _labels(labels: np.ndarray, n: int | None = None) -> np.ndarray:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import TracemarkError
-from .patterns import NaturalPattern, to_channels
-from .rng import hash_uniform
+from ...bank import NaturalPattern, to_channels
+from ...errors import TracemarkError
+from ...rng import hash_uniform
 
 Box = tuple[float, float, float, float]  # top, left, height, width as fractions of the image
 
@@ -214,8 +214,8 @@ def read_mark_file(path, max_side: int = 256) -> tuple[str, str]:
     and scaled down to at most ``max_side`` pixels a side: marks are resized to each
     image anyway, and the key stays small.
     """
-    from .fsutil import sha256_file
-    from .images import read_image, to_uint8
+    from ...fsutil import sha256_file
+    from ...images import read_image, to_uint8
 
     rgb = read_image(path, mode="RGB")
     h, w = rgb.shape[:2]

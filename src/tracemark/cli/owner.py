@@ -1,0 +1,294 @@
+"""The owners' verbs: keygen, key-info, mark, audit, replay, distinguish.
+
+Every verb is a thin layer over :mod:`tracemark.api`. An audit's exit status does not
+depend on its decision: read the verdict, not the status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import TracemarkError
+from ..images import ColourMode
+from ..methods import registry
+from ..options import option
+from ..oracle.open import ModelOptions
+from ..progress import progress_bars
+from .app import app, stdout
+from .common import (
+    Report,
+    check_evidence,
+    parse_classes,
+    parse_label,
+    parse_params,
+    querying,
+    report_verdict,
+)
+from .flags import Flags, pick, with_options
+
+KeyArg = Annotated[Path, typer.Argument(metavar="KEY", help="Key file.")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        help="Suspicious model: .onnx, TorchScript or tracemark checkpoint file, or an "
+        "http(s) URL (Open Inference Protocol v2: http://HOST:PORT/v2/models/NAME).",
+    ),
+]
+# Flags the replay-everything change adds to `audit` (UBW's verification settings).
+_NOT_YET_IN_AUDIT = frozenset({"m", "tau", "trigger", "null_triggers"})
+
+
+@app.command()
+def keygen(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the key (JSON, mode 0600).")
+    ],
+    method: Annotated[str, typer.Option(help="Marking method.")] = "tracker",
+    param: Annotated[
+        list[str], typer.Option("--param", "-p", help="Method parameter NAME=VALUE (repeatable).")
+    ] = [],  # noqa: B006 - typer needs a literal default
+    mark_file: Annotated[
+        Optional[Path],
+        typer.Option(help="isotope: use this image as your mark (embedded in the key)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key file.")] = False,
+) -> None:
+    """Create a secret key. Keep it private; publish its commitment if you like."""
+    from ..keys import Key
+
+    params = parse_params(param)
+    if mark_file is not None:
+        if method != "isotope":
+            raise TracemarkError("--mark-file is for isotope keys (--method isotope)")
+        from ..methods.isotope.marks import read_mark_file
+
+        params["mark"] = "image"
+        params["image_png"], params["image_sha256"] = read_mark_file(mark_file)
+    key = Key.generate(method, **params)
+    key.save(out, force=force)
+    stdout.print(f"wrote {out} (mode 0600; keep it secret and backed up)")
+    stdout.print(f"method     {key.method}")
+    stdout.print(f"params     {json.dumps(key.public_info()['params'], sort_keys=True)}")
+    stdout.print(f"commitment {key.commitment()}")
+
+
+@app.command("key-info")
+def key_info(
+    key_path: KeyArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a key's method, parameters and commitment (never its seed)."""
+    from ..keys import load_key
+
+    info = load_key(key_path).public_info()
+    if as_json:
+        stdout.print_json(json.dumps(info))
+    else:
+        for name, value in info.items():
+            stdout.print(f"{name:<11}{value}")
+
+
+@app.command()
+def mark(
+    key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file (tracker).")],
+    src: Annotated[Path, typer.Argument(help="Folder of original images (never modified).")],
+    out: Annotated[Path, typer.Argument(help="New folder for the marked copies.")],
+    fmt: Annotated[Literal["png", "jpeg"], typer.Option("--format", help="Output format.")] = "png",
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 95,
+    mode: Annotated[ColourMode, typer.Option(help="Colour mode of the output.")] = "auto",
+    manifest: Annotated[
+        Optional[Path], typer.Option(help="Manifest path [default: OUT.manifest.json beside OUT].")
+    ] = None,
+    publish: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help="tracker: publish only the key's random choice of this many images of SRC "
+            "(the rest stay private and make the audit stronger); default: all of them.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Write marked copies of the images in SRC to OUT, plus a manifest with hashes."""
+    from ..api import mark_folder
+
+    with progress_bars(not quiet) as bars:
+        written = mark_folder(
+            key_path,
+            src,
+            out,
+            fmt=fmt,
+            quality=quality,
+            mode=mode,
+            manifest=manifest,
+            publish=publish,
+            force=force,
+            progress=bars,
+        )
+    stdout.print(f"marked the images of {src} into {out}; manifest: {written}")
+    stdout.print("publish the marked folder only: keep the key and the manifest private")
+    if publish is not None:
+        stdout.print(f"keep {src} whole: the audit needs every image in it (--originals)")
+
+
+@dataclass(frozen=True)
+class AuditInputs:
+    """Where an audit's data is (see :class:`tracemark.methods.base.AuditSources`)."""
+
+    marked: Path | None = option(
+        None,
+        "The images you published (tracker: which of --originals were published; isotope: "
+        "used to find their class when --label is not given; physical: photos showing the "
+        "object).",
+    )
+    originals: Path | None = option(
+        None,
+        "tracker: the folder you gave to `tracemark mark`, whole (published and kept-back "
+        "originals): pseudo-users are drawn from it.",
+    )
+    holdout: Path | None = option(
+        None, "No longer used by the tracker audit: see --originals.", hidden=True
+    )
+    aux: Path | None = option(
+        None,
+        "isotope: images of the same domain (a flat folder, or class subfolders); your class "
+        "is excluded by label or by the model's prediction. Physical mode: comparable photos "
+        "without the object.",
+    )
+    label: str | None = option(
+        None, "Class of your images (index or name); default: majority vote."
+    )
+    testset: str | None = option(
+        None, "ubw (dataset) keys: labelled test images; see `tracemark verify`."
+    )
+
+
+def _method_flags() -> Flags:
+    """Every registered method's audit options, each method's own in its own help panel."""
+    names = registry.names()
+    return Flags(
+        *(registry.get(n).options for n in names),
+        panels=[f"{n} audit" for n in names],
+        exclude=_NOT_YET_IN_AUDIT,
+    )
+
+
+@app.command()
+@with_options(
+    inputs=AuditInputs, settings=_method_flags(), model_options=ModelOptions, report=Report
+)
+def audit(
+    key_path: KeyArg,
+    model: ModelArg,
+    inputs: AuditInputs,
+    settings: dict,
+    model_options: ModelOptions,
+    report: Report,
+) -> None:
+    """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
+    from ..api import audit as run_audit
+    from ..keys import load_key
+    from ..oracle.open import open_oracle
+
+    key = load_key(key_path)
+    method = registry.get(key.method)
+    protect = [key_path, inputs.marked, inputs.originals, inputs.holdout, inputs.aux,
+               inputs.testset]  # fmt: skip
+    check_evidence(report.evidence, report.force, protect)
+    label = parse_label(inputs.label, model_options.class_names)
+    missing = [f"--{name}" for name in method.needs if getattr(inputs, name) is None]
+    if missing and inputs.holdout is None:
+        raise TracemarkError(f"a {method.name} audit needs {' and '.join(missing)}")
+    options = pick(method.options, settings)
+    oracle = open_oracle(model, model_options)
+    with querying(oracle, model_options.query_log), progress_bars(not report.quiet) as bars:
+        verdict = run_audit(
+            oracle,
+            key,
+            inputs.marked,
+            originals=inputs.originals,
+            aux=inputs.aux,
+            testset=inputs.testset,
+            label=label,
+            holdout=inputs.holdout,
+            options=options,
+            model_options=model_options,
+            progress=bars(method.progress_unit, method.progress_steps(options)),
+        )
+    if model_options.replay:
+        verdict.notes.append(oracle.provenance())
+    report_verdict(verdict, report, protect)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def replay(
+    ctx: typer.Context,
+    log: Annotated[
+        Path, typer.Argument(metavar="LOG", help="Query log written by `audit --query-log`.")
+    ],
+    key_path: KeyArg,
+) -> None:
+    """Recompute an audit's verdict from its query log alone, without querying the model.
+
+    Give the same options as the audit that wrote the log (--marked, --originals, --aux,
+    --testset, --alpha, ...): every answer is then read from the log, and an image the
+    log does not cover is an error. Anyone holding the key, the images and the log can
+    re-check a verdict this way. --endpoint URL (and --model-name NAME) refuse a log that
+    records another model; the verdict names the model the log records, and a log whose
+    hash chain is broken (an edited, removed or inserted line) is refused.
+    """
+    command = typer.main.get_command(app)
+    args = ["audit", str(key_path), str(log), "--replay", *ctx.args]
+    command.main(args, prog_name="tracemark", standalone_mode=False)
+
+
+@app.command()
+@with_options(model_options=Flags(ModelOptions, only={"outputs", "size", "mode"}))
+def distinguish(
+    model: Annotated[Path, typer.Argument(help="The model: .onnx, TorchScript, or checkpoint.")],
+    keys: Annotated[list[Path], typer.Argument(help="Two or more isotope key files.")],
+    labels: Annotated[
+        str, typer.Option(help="Comma-separated class of each key's images, in order.")
+    ],
+    aux: Annotated[Path, typer.Option(help="Images of the same domain (flat or class folders).")],
+    model_options: ModelOptions,
+    alpha: Annotated[float, typer.Option(min=1e-9, max=0.5, help="Level of each test.")] = 0.01,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Isotope V_D: does each key's mark shift its own class more than the others' marks do?"""
+    from ..api import distinguish_marks
+
+    result = distinguish_marks(
+        model, keys, parse_classes(labels), aux, alpha=alpha, model_options=model_options
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    stdout.print(_distinction_table(result, alpha))
+    verdict = "all pairs distinguished" if result["all_distinguished"] else "not all distinguished"
+    stdout.print(f"{verdict} (* = both directions significant); {result['queries']} queries")
+
+
+def _distinction_table(result: dict, alpha: float) -> Table:
+    table = Table(
+        title=f"V_D at alpha = {alpha}: p(row's mark shifts row's class more than column's)"
+    )
+    table.add_column("key (class)")
+    for name in result["keys"]:
+        table.add_column(Path(name).name, justify="right")
+    for j, name in enumerate(result["keys"]):
+        cells = [
+            "-" if j == k else f"{p:.3g}{' *' if result['distinguished'][j][k] else ''}"
+            for k, p in enumerate(result["p_values"][j])
+        ]
+        table.add_row(f"{Path(name).name} ({result['labels'][j]})", *cells)
+    return table

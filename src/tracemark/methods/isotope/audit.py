@@ -1,0 +1,169 @@
+"""The calibrated isotope audit: the key's mark ranked among never-published marks.
+
+A model trained on marked images learns "mark => the owner's class y", so blending the
+mark into images of *other* classes raises the model's belief in y. The audit measures
+that shift, S(t) = mean over auxiliary images of [p_y(x ⊕ t) − p_y(x)], and ranks it
+among the shifts of E *external* marks: fresh draws from the same bank that were never
+published. The key's mark is itself one random draw from that bank, so when the model
+never saw it, its S is exchangeable with theirs and the rank p-value is exact. The
+paper's procedure (:mod:`.paper`) is kept for reproduction only: it is not calibrated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import TracemarkError
+from ...keys import Key
+from ...options import resolve
+from ...stats import gaussian_p_value, rank_p_value, standardised_gap
+from ...verdict import Verdict
+from ..base import Progress, build_verdict, check_key, check_reachable
+from .mark import NAME, external_marks, key_mark
+from .options import IsotopeOptions
+from .paper import paper_audit
+from .params import IsotopeParams
+from .scores import (
+    AuxPool,
+    LabelChoice,
+    ShiftNull,
+    build_aux_pool,
+    describe_mode,
+    external_null,
+    mark_shift,
+    resolve_label,
+)
+
+
+def audit(
+    oracle,
+    key: Key,
+    images: np.ndarray | None,
+    aux,
+    *,
+    label: int | None = None,
+    carries_mark: np.ndarray | None = None,
+    options: IsotopeOptions | None = None,
+    null: ShiftNull | None = None,
+    pool: AuxPool | None = None,
+    progress: Progress | None = None,
+    **changes: Any,
+) -> Verdict:
+    """Was the model behind ``oracle`` trained on images carrying this key's mark?
+
+    ``images``: the user's images (published, marked or not), used only to find their
+    class y when ``label`` is None: the model's vote on those that do not carry the mark
+    (``carries_mark``, e.g. ``select_marked(key, ids)``), so that the mark cannot sway it.
+    ``aux``: images of the same domain; class y is excluded by label (object with
+    ``.images``/``.labels``) or by the model's prediction (plain array). ``options`` (or
+    its fields as keywords): :class:`IsotopeOptions`; "calibrated" ranks the mark among
+    ``externals`` fresh bank marks on ``aux_per_mark`` aux images, "paper" runs the
+    published Q-round t-test vote (not calibrated). ``null``/``pool``: precomputed and
+    shared between audits of one model and class (the verdict says so).
+    """
+    options = resolve(IsotopeOptions, options, changes)
+    check_key(key, NAME)
+    start = oracle.queries
+    choice = resolve_label(oracle, images, label, carries_mark)
+    if options.procedure == "paper":
+        return paper_audit(oracle, key, aux, choice, options, start)
+    if options.procedure != "calibrated":
+        raise TracemarkError("physical mode compares two folders: use physical_audit()")
+    if null is None:
+        check_reachable(options.externals, options.alpha, "external marks", "raise --externals")
+    y = choice.label
+    if pool is None:
+        pool = build_aux_pool(oracle, aux, y, options.aux_per_mark, key.seed, options.access)
+    elif len(pool.images) == 0:
+        raise TracemarkError("the precomputed aux pool is empty")
+    params: IsotopeParams = key.typed_params()
+    mark_ = key_mark(key)
+    user_shift, per_image = mark_shift(oracle, pool, mark_, params.visibility, y)
+    notes = list(choice.notes)
+    if null is None:
+        marks = external_marks(key, options.externals)
+        null = external_null(oracle, pool, marks, params.visibility, y, progress)
+    elif (null.label, null.aux_size, null.mode) != (y, len(pool.images), pool.mode):
+        raise TracemarkError(
+            f"the precomputed null was measured for label {null.label} on {null.aux_size} aux "
+            f"images ({null.mode}); this audit needs label {y}, {len(pool.images)}, {pool.mode}"
+        )
+    else:
+        notes.append("external marks were shared with other audits (precomputed null)")
+    if params.mark == "image":
+        notes.append(
+            "your mark is your own file, not a bank draw: the rank p-value assumes it behaves "
+            "like a natural-bank mark on a model that never saw it (approximately exact)"
+        )
+    if len(pool.images) < options.aux_per_mark:
+        notes.append(f"only {len(pool.images)} aux images outside class {y} were available")
+    shifts = Shifts(user_shift, per_image, null, pool, mark_.describe())
+    return _verdict(key, options, choice, shifts, notes, oracle.queries - start)
+
+
+@dataclass
+class Shifts:
+    """The key's mark's shift (overall and per aux image) beside the externals' shifts."""
+
+    user: float
+    per_image: np.ndarray
+    null: ShiftNull
+    pool: AuxPool
+    mark: str  # what the key's mark is
+
+    @property
+    def sign(self) -> float:
+        """Rank shifts are reported as ranks (lower is more), probability shifts as they are."""
+        return 1.0 if self.pool.mode == "probability" else -1.0
+
+
+def _verdict(key, options, choice: LabelChoice, s: Shifts, notes, queries: int) -> Verdict:
+    params: IsotopeParams = key.typed_params()
+    null, pool = s.null, s.pool
+    p_gauss, z = gaussian_p_value(s.user, null.shifts, "greater")
+    statistics = {
+        "procedure": "calibrated",
+        "score": describe_mode(pool.mode),
+        "shift": s.sign * s.user,
+        "external_shift_mean": s.sign * float(null.shifts.mean()),
+        "external_shift_sd": float(null.shifts.std(ddof=1)) if len(null.shifts) > 1 else 0.0,
+        "externals": len(null.shifts),
+        "rank_among_marks": 1 + int(np.count_nonzero(null.shifts > s.user)),
+        "approx_gaussian_p_value": p_gauss,
+        "approx_gaussian_z": z,
+        "aux_images": len(pool.images),
+        "aux_considered": pool.considered,
+        "aux_excluded_as_class_y": pool.excluded,
+        "aux_exclusion": pool.how,
+        "visibility": params.visibility,
+        "mark": s.mark,
+        **choice.info,
+    }
+    direction = "raises" if pool.mode == "probability" else "lowers (improves) the rank of"
+    return build_verdict(
+        NAME,
+        key,
+        options,
+        p_value=rank_p_value(s.user, null.shifts, "greater"),
+        queries=queries,
+        evidence={
+            "user_per_image_shift": (s.sign * s.per_image).tolist(),
+            "external_shifts": (s.sign * null.shifts).tolist(),
+        },
+        label=choice.label,
+        label_source=choice.source,
+        effect=standardised_gap(s.user, null.shifts),
+        effect_description=f"how much more your mark {direction} class {choice.label} than "
+        "external marks do, in their standard deviations",
+        access=pool.mode if pool.mode == "probability" else "top-K ranks",
+        test=(
+            f"calibrated isotope test: rank of your mark's shift S among {len(null.shifts)} "
+            f"never-published bank marks on {len(pool.images)} aux images (exact); "
+            f"Gaussian p = {p_gauss:.3g} is an approximation"
+        ),
+        statistics=statistics,
+        notes=notes,
+    )

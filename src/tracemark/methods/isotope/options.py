@@ -1,0 +1,52 @@
+"""The isotope audit's settings: the one place their defaults live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ...errors import TracemarkError
+from ...options import option
+from ..base import AuditOptions
+
+Procedure = Literal["calibrated", "paper", "physical"]
+
+
+@dataclass(frozen=True)
+class IsotopeOptions(AuditOptions):
+    """Which test, and its sizes.
+
+    "calibrated" (the default) ranks the mark's shift among ``externals`` fresh bank
+    marks on ``aux_per_mark`` aux images: exact, (externals + 2) x aux queries. "paper"
+    is the published Q-round t-test vote (``rounds``, ``round_size``, ``lam``,
+    ``delta``), kept for reproduction: it is not calibrated. "physical" compares photos
+    with and without a physical object (Welch's t-test).
+    """
+
+    procedure: Procedure = option(
+        "calibrated", "isotope: calibrated (default), paper (not calibrated), physical."
+    )
+    externals: int = option(99, "isotope: never-published bank marks to rank against.", min=1)
+    aux_per_mark: int = option(100, "isotope: aux images each mark is blended into.", min=2)
+    rounds: int = option(5, "isotope paper procedure: Q.", min=1)
+    round_size: int = option(250, "isotope paper procedure: n.", min=2)
+    lam: float = option(0.1, "isotope paper procedure: lambda.")
+    delta: float = option(0.6, "isotope paper procedure: delta.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.procedure not in ("calibrated", "paper", "physical"):
+            raise TracemarkError(
+                f"unknown procedure {self.procedure!r}; use 'calibrated', 'paper' or 'physical'"
+            )
+        if self.externals < 1 or self.aux_per_mark < 1:
+            raise TracemarkError("externals and aux_per_mark must be positive")
+        if (
+            self.rounds < 1
+            or self.round_size < 2
+            or not 0 < self.lam < 1
+            or not 0 <= self.delta < 1
+        ):
+            raise TracemarkError(
+                "need rounds >= 1, round size >= 2, 0 < lambda < 1, 0 <= delta < 1"
+            )

@@ -1,0 +1,82 @@
+"""Options declared once: a frozen dataclass per group, each field with its default and help.
+
+Library code builds them (``TrackerOptions(n_pseudo=99)``), and the command line turns the
+same fields into flags (:mod:`tracemark.cli.flags`), so every default is written in one
+place. A field becomes a flag when it is declared with :func:`option`; fields declared
+with a plain default are library-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import MISSING, Field, field, fields, replace
+from typing import Any, TypeVar
+
+from .errors import TracemarkError
+
+T = TypeVar("T")
+
+
+def option(
+    default: Any,
+    help: str,
+    *names: str,
+    parse: Callable[[str], Any] | None = None,
+    **cli: Any,
+) -> Any:
+    """A dataclass field that is also a command-line flag.
+
+    ``names``: the flag's spellings when not ``--field-name`` (e.g. ``"--json"``).
+    ``parse``: the flag takes a string that this turns into the field's value (its
+    errors are the user's). ``cli``: further ``typer.Option`` settings (``min``,
+    ``max``, ``hidden``); they bound what the command line accepts, while the
+    library's own checks live in each class's ``__post_init__``.
+    """
+    metadata = {"help": help, "names": names, "parse": parse, "cli": cli}
+    return field(default=default, metadata=metadata)
+
+
+def is_flag(f: Field) -> bool:
+    """Whether a dataclass field was declared with :func:`option`."""
+    return "help" in f.metadata
+
+
+def flag_fields(cls: type) -> list[Field]:
+    """The fields of an options class that are command-line flags, in declaration order."""
+    return [f for f in fields(cls) if is_flag(f)]
+
+
+def default_of(f: Field) -> Any:
+    """A field's default value (its factory's product when it has one)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise TracemarkError(f"option {f.name} has no default")
+
+
+def with_changes(options: T, **changes: Any) -> T:
+    """A copy of ``options`` with ``changes``, refusing names it does not have."""
+    known = {f.name for f in fields(options)}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise TracemarkError(
+            f"unknown option(s) {', '.join(unknown)} for {type(options).__name__}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return replace(options, **changes)  # type: ignore[type-var]
+
+
+def resolve(cls: type[T], options: T | None, changes: dict[str, Any]) -> T:
+    """``options`` (or the class's defaults) with keyword ``changes`` applied.
+
+    Lets an entry point take either an options object or its fields as keywords:
+    ``audit(..., options=TrackerOptions(n_pseudo=99))`` or ``audit(..., n_pseudo=99)``.
+    """
+    base = cls() if options is None else options
+    if not isinstance(base, cls):
+        raise TracemarkError(
+            f"expected {cls.__name__} options, got {type(base).__name__}: each method reads "
+            "its own options class"
+        )
+    return with_changes(base, **changes) if changes else base
