@@ -146,6 +146,37 @@ def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
     assert "--testset" in capsys.readouterr().err
 
 
+def test_replay_recomputes_a_verification_with_every_setting_it_took(ubw_world, tmp_path, capsys):
+    # Verifications with settings other than the defaults (m, tau, the calibration, the
+    # independent trigger), over HTTP with a query log; `tracemark replay` given the same
+    # settings recomputes each verdict from the log alone.
+    from tracemark.serve import ServeOptions, create_app, serving
+
+    log = tmp_path / "verify.jsonl"
+    runs = [
+        ["--m", "150", "--tau", "0.2", "--null-triggers", "19", "--alpha", "0.05"],
+        ["--m", "150", "--trigger", "independent"],
+    ]
+    live = []
+    with serving(create_app(ubw_world["root"] / "marked.pt", ServeOptions())) as url:
+        for settings in runs:
+            args = ["verify", f"{url}/v2/models/model", ubw_world["key"], ubw_world["test"]]
+            assert run_cli([*args, "--json", "--query-log", log, *settings]) == 0
+            live.append(json.loads(capsys.readouterr().out))
+    for settings, verdict in zip(runs, live, strict=True):
+        args = ["replay", log, ubw_world["key"], "--testset", ubw_world["test"], "--json"]
+        assert run_cli([*args, *settings]) == 0
+        replayed = json.loads(capsys.readouterr().out)
+        for field in ("p_value", "decision", "effect", "access", "test", "statistics"):
+            assert replayed[field] == verdict[field], field
+    assert live[0]["statistics"]["m"] == 150 and live[0]["statistics"]["tau"] == 0.2
+    assert live[0]["statistics"]["null_triggers"] == 19 and live[0]["alpha"] == 0.05
+    assert live[1]["statistics"]["trigger"] == "independent"
+    # Another setting than the log's asks for answers it does not hold: refused.
+    args = ["replay", log, ubw_world["key"], "--testset", ubw_world["test"], "--m", "400"]
+    assert run_cli(args) == 2
+
+
 def test_ubw_demo_quick_json(capsys):
     # A smoke test of the demo path on tiny victims (400 images): detection power is
     # asserted above on a model trained through the CLI and measured by the full demo.

@@ -42,8 +42,6 @@ ModelArg = Annotated[
         "http(s) URL (Open Inference Protocol v2: http://HOST:PORT/v2/models/NAME).",
     ),
 ]
-# Flags the replay-everything change adds to `audit` (UBW's verification settings).
-_NOT_YET_IN_AUDIT = frozenset({"m", "tau", "trigger", "null_triggers"})
 
 
 @app.command()
@@ -175,11 +173,7 @@ class AuditInputs:
 def _method_flags() -> Flags:
     """Every registered method's audit options, each method's own in its own help panel."""
     names = registry.names()
-    return Flags(
-        *(registry.get(n).options for n in names),
-        panels=[f"{n} audit" for n in names],
-        exclude=_NOT_YET_IN_AUDIT,
-    )
+    return Flags(*(registry.get(n).options for n in names), panels=[f"{n} audit" for n in names])
 
 
 @app.command()
