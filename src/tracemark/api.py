@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,7 +110,7 @@ def mark_folder(
         "collection_images": len(images),
         "source_root": str(Path(src).resolve()),
         "marked_root": str(Path(out).resolve()),
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
         "tracemark_version": __version__,
     }
     write_manifest(manifest, entries, meta, force=force, protect=(src,))

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import stat
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,7 +72,7 @@ class Key(BaseModel):
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
     seed: str = Field(repr=False, description="hex-encoded secret seed, at least 128 bits")
-    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 
     @field_validator("seed")
     @classmethod

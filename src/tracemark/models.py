@@ -24,6 +24,7 @@ __all__ = [
     "ARCHITECTURES",
     "Normalize",
     "ResNet18",
+    "Resize",
     "SmallCNN",
     "WideResNet",
     "build_model",
@@ -68,6 +69,22 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+class Resize(nn.Module):
+    """Bilinear resize of every input to ``size`` x ``size``: a victim whose pipeline
+    rescales the images it is given (``None``: inputs are used as they are)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__()
+        if size is not None and not 1 <= size <= 4096:
+            raise TracemarkError(f"input_size must be in [1, 4096], got {size}")
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is None:
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
 
 
 @torch.jit.unused
@@ -147,11 +164,13 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
         mean: ChannelStats = None,
         std: ChannelStats = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         _check_common(in_channels, num_classes)
         if width < 1:
             raise TracemarkError(f"width must be positive, got {width}")
+        self.resize = Resize(input_size)
         if not 0.0 <= dropout < 1.0:
             raise TracemarkError(f"dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
@@ -183,7 +202,7 @@ class SmallCNN(nn.Module):
         _kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.normalize(x)))
+        return self.classifier(self.features(self.normalize(self.resize(x))))
 
 
 class BasicBlock(nn.Module):
@@ -216,36 +235,41 @@ class ResNet18(nn.Module):
         num_classes: int = 10,
         mean: ChannelStats = None,
         std: ChannelStats = None,
+        width: int = 64,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         _check_common(in_channels, num_classes)
+        if width < 1:
+            raise TracemarkError(f"width must be positive, got {width}")
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.resize = Resize(input_size)
         self.normalize = Normalize(
             _channel_stats(mean, 0.5, in_channels, "mean"),
             _channel_stats(std, 0.5, in_channels, "std"),
         )
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, padding=1, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         )
         layers: list[nn.Module] = []
-        cin = 64
-        for i, cout in enumerate((64, 128, 256, 512)):
+        cin = width
+        for i, cout in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if i == 0 else 2
             layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(8 * width, num_classes)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         _kaiming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem(self.normalize(x)))
+        x = self.layers(self.stem(self.normalize(self.resize(x))))
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
@@ -285,9 +309,11 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
         mean: ChannelStats = None,
         std: ChannelStats = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         _check_common(in_channels, num_classes)
+        self.resize = Resize(input_size)
         if depth < 10 or (depth - 4) % 6 != 0:
             raise TracemarkError(
                 f"WideResNet depth must be 6n+4 with n >= 1 (e.g. 16, 22, 28, 40), got {depth}"
@@ -323,7 +349,7 @@ class WideResNet(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(self.normalize(x)))
+        x = self.blocks(self.stem(self.normalize(self.resize(x))))
         x = F.relu(self.bn(x))
         return self.fc(torch.flatten(self.pool(x), 1))
 

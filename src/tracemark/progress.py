@@ -25,9 +25,10 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[ProgressFactory]:
-    """Yield ``factory(description, total) -> advance(n)``; each call adds a bar."""
+    """Yield ``factory(description, total) -> advance(n)``; each call adds a bar (a
+    ``transient`` one is removed once it is full)."""
     if not enabled:
-        yield lambda _description, _total: lambda _n=1: None
+        yield lambda _description, _total, _transient=False: lambda _n=1, *_rest: None
         return
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -38,8 +39,14 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFactory]:
     )
     with Progress(*columns, console=stderr, transient=False) as bars:
 
-        def factory(description: str, total: int) -> Callable[[int], None]:
+        def factory(description: str, total: int, transient: bool = False) -> Callable[[int], None]:
             task = bars.add_task(description, total=total)
-            return lambda n=1, *_rest: bars.advance(task, n)
+
+            def advance(n: int = 1, *_rest) -> None:
+                bars.advance(task, n)
+                if transient and bars.tasks[bars.task_ids.index(task)].finished:
+                    bars.remove_task(task)
+
+            return advance
 
         yield factory

@@ -36,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "accuracy",
     "augment_batch",
+    "cutout_batch",
     "export_onnx",
     "export_torchscript",
     "load_checkpoint",
@@ -117,6 +118,9 @@ class TrainConfig:
     channels_last: bool = True
     pad: int = 4
     reinit: bool = True
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    label_smoothing: float = 0.0
+    cutout: int = 0  # "stronger" augmentation: a random square of this side is erased
 
     def validate(self) -> None:
         """Raise TracemarkError on settings that would fail or silently misbehave."""
@@ -144,11 +148,50 @@ class TrainConfig:
             raise TracemarkError(
                 f"TrainConfig.weight_decay must be non-negative, got {self.weight_decay}"
             )
+        if self.optimizer not in ("sgd", "adam"):
+            raise TracemarkError(
+                f"TrainConfig.optimizer must be sgd or adam, got {self.optimizer!r}"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise TracemarkError(
+                f"TrainConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
+        if isinstance(self.cutout, bool) or not isinstance(self.cutout, int) or self.cutout < 0:
+            raise TracemarkError(f"TrainConfig.cutout must be an int >= 0, got {self.cutout!r}")
         if self.schedule not in _SCHEDULES:
             raise TracemarkError(
                 f"TrainConfig.schedule must be one of {', '.join(_SCHEDULES)}, "
                 f"got {self.schedule!r}"
             )
+
+
+def cutout_batch(x: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    """Erase (zero) one random ``size`` x ``size`` square per image (it may overhang the
+    border), as in Cutout; NCHW in and out, draws from ``generator``."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=generator)
+    cx = torch.randint(0, w, (n,), generator=generator)
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside_r = (rows[None, :] >= (cy - size // 2)[:, None]) & (
+        rows[None, :] < (cy - size // 2 + size)[:, None]
+    )
+    inside_c = (cols[None, :] >= (cx - size // 2)[:, None]) & (
+        cols[None, :] < (cx - size // 2 + size)[:, None]
+    )
+    keep = ~(inside_r[:, :, None] & inside_c[:, None, :])  # (N, H, W)
+    return x * keep[:, None].to(device=x.device, dtype=x.dtype)
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
 
 
 def _sub_seed(seed: int, purpose: str) -> int:
@@ -276,13 +319,7 @@ def train_model(
         if config.reinit:
             initialize(model, config.seed)
         model.to(device=device, memory_format=memory_format)
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
-        )
+        optimizer = _optimizer(model, config)
         model.train()
         step = 0
         for epoch in range(1, config.epochs + 1):
@@ -293,10 +330,14 @@ def train_model(
                 xb = x_all[idx].permute(0, 3, 1, 2)
                 if config.augment:
                     xb = augment_batch(xb, augment_gen, pad=config.pad, flip=config.flip)
+                if config.cutout:
+                    xb = cutout_batch(xb, augment_gen, config.cutout)
                 xb = xb.contiguous(memory_format=memory_format)
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(config.schedule, step, total_steps)
-                loss = F.cross_entropy(model(xb), y_all[idx])
+                loss = F.cross_entropy(
+                    model(xb), y_all[idx], label_smoothing=config.label_smoothing
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -2,9 +2,9 @@
 
 Verbs live by audience: :mod:`.owner` (keygen, key-info, mark, audit, replay,
 distinguish), :mod:`.publisher` (watermark, verify, watermark-report), :mod:`.lab`
-(train, demo) and :mod:`.serve`. Their flags come from the library's options classes
-(:mod:`.flags`), so every default is written once. Errors a user can cause are printed as
-one clear message (no traceback) with exit status 2.
+(train, demo), :mod:`.evaluation` (evaluate, report) and :mod:`.serve`. Their flags come
+from the library's options classes (:mod:`.flags`), so every default is written once.
+Errors a user can cause are printed as one clear message (no traceback), exit status 2.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.markup import escape
 from ..errors import TracemarkError
 from ..progress import stderr
 from ..text import printable
-from . import lab, owner, publisher, serve  # noqa: F401  (each registers its verbs)
+from . import evaluation, lab, owner, publisher, serve  # noqa: F401  (each registers its verbs)
 from .app import app
 
 __all__ = ["app", "main"]

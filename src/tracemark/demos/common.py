@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
 from ..errors import TracemarkError
-from ..oracle.base import Oracle, check_images
-from ..oracle.image_hash import image_hashes
-from ..oracle.response import Response
+from ..oracle.memo import ACCESSES, AnswerCache, CachedOracle, restrict
 
-ACCESSES: tuple[str, ...] = ("probabilities", "topk", "label")
+__all__ = ["ACCESSES", "AnswerCache", "CachedOracle", "restrict"]
 
 
 def epoch_callback(progress_factory, name: str, epochs: int) -> Callable[..., None] | None:
@@ -29,116 +25,6 @@ def epoch_callback(progress_factory, name: str, epochs: int) -> Callable[..., No
         return None
     advance = progress_factory(f"train {name}", epochs)
     return lambda *_: advance(1)
-
-
-class AnswerCache:
-    """The answers of one deterministic model, memoised by image SHA-256.
-
-    :meth:`view` gives oracles that answer from the memo and ask the model only about
-    images it has not answered yet. ``model_queries`` counts the images that reached
-    the model; each view counts every image asked of it.
-    """
-
-    def __init__(self, model: Oracle) -> None:
-        self.model = model
-        self._rows: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
-        self._form: tuple[str, int, bool, bool] | None = None  # mode, k, has probs, scores
-        self._num_classes = 0
-        self._softmax_applied = False
-
-    @property
-    def model_queries(self) -> int:
-        return self.model.queries
-
-    def view(self, passthrough: bool = False) -> CachedOracle:
-        """A fresh counting oracle over the memo.
-
-        ``passthrough``: send every batch to the model exactly as asked (and remember
-        the answers), so this view's answers are bit for bit those of an uncached run;
-        use it for the first access mode, and plain views for the others.
-        """
-        return CachedOracle(self, passthrough)
-
-    def _remember(self, hashes: Sequence[str], response: Response) -> None:
-        form = (response.mode, response.k, response.probs is not None, response.scores is not None)
-        if self._form is None:
-            self._form = form
-        elif form != self._form:
-            raise TracemarkError(
-                f"the model answered with {response.mode} (k={response.k}) after answering "
-                f"with {self._form[0]} (k={self._form[1]}); its answers cannot be memoised"
-            )
-        self._num_classes = response.num_classes
-        self._softmax_applied |= response.softmax_applied
-        for i, h in enumerate(hashes):
-            self._rows[h] = (
-                response.labels[i],
-                None if response.probs is None else response.probs[i],
-                None if response.scores is None else response.scores[i],
-            )
-
-    def _answer(self, hashes: Sequence[str]) -> Response:
-        rows = [self._rows[h] for h in hashes]
-        mode = self._form[0]
-        return Response(
-            mode=mode,  # type: ignore[arg-type]
-            labels=np.stack([r[0] for r in rows]),
-            probs=np.stack([r[1] for r in rows]) if self._form[2] else None,
-            scores=np.stack([r[2] for r in rows]) if self._form[3] else None,
-            num_classes=self._num_classes,
-            softmax_applied=self._softmax_applied,
-        )
-
-
-class CachedOracle(Oracle):
-    """One access mode's view of an :class:`AnswerCache` (see :meth:`AnswerCache.view`)."""
-
-    def __init__(self, cache: AnswerCache, passthrough: bool = False) -> None:
-        self.cache = cache
-        self.passthrough = passthrough
-        self.budget = None
-        self._queries = 0
-
-    @property
-    def num_classes(self) -> int | None:  # type: ignore[override]
-        return self.cache.model.num_classes
-
-    @property
-    def queries(self) -> int:
-        return self._queries
-
-    def query(self, images: np.ndarray) -> Response:
-        images = check_images(images)
-        if len(images) == 0:
-            return self.cache.model.query(images)
-        hashes = image_hashes(images)
-        if self.passthrough:
-            response = self.cache.model.query(images)
-            self.cache._remember(hashes, response)
-            self._queries += len(images)
-            return response
-        first: dict[str, int] = {}
-        for i, h in enumerate(hashes):
-            if h not in self.cache._rows:
-                first.setdefault(h, i)
-        if first:
-            idx = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-            self.cache._remember(list(first), self.cache.model.query(images[idx]))
-        self._queries += len(images)
-        return self.cache._answer(hashes)
-
-
-def restrict(oracle: Oracle, access: str, top_k: int) -> Oracle:
-    """``oracle`` as an audit with ``access`` sees it: as is, top-k, or labels only."""
-    from ..oracle import LabelOnly, TopK
-
-    if access == "probabilities":
-        return oracle
-    if access == "topk":
-        return TopK(oracle, top_k)
-    if access == "label":
-        return LabelOnly(oracle)
-    raise TracemarkError(f"unknown access {access!r}; use one of {ACCESSES}")
 
 
 def check_accesses(accesses: Sequence[str], top_k: int) -> tuple[str, ...]:

@@ -171,6 +171,9 @@ class Method(Protocol):
 
     def progress_steps(self, options: AuditOptions) -> int: ...
 
+    # Optional: ``measure(predict_probs, key, test) -> dict`` of what a method measures on
+    # a model besides its audit (UBW: BA, ASR, dispersibility); evaluations record it.
+
 
 # ----------------------------------------------------------------------------- checks
 

@@ -22,7 +22,7 @@ from .logged import LoggedOracle, ReplayOracle
 from .open import open_oracle
 from .querylog import QueryLog
 from .response import AccessMode, Response
-from .restrict import GaussianNoise, LabelOnly, OracleWrapper, TopK
+from .restrict import GaussianNoise, ImageSeededNoise, LabelOnly, OracleWrapper, TopK
 
 __all__ = [
     "AccessMode",
@@ -30,6 +30,7 @@ __all__ = [
     "EndpointConfig",
     "GaussianNoise",
     "HttpOracle",
+    "ImageSeededNoise",
     "LabelOnly",
     "LoggedOracle",
     "ModelOracle",

@@ -263,8 +263,9 @@ def expect_classes(oracle: object, n: int | None, source: str) -> None:
         raise TracemarkError(
             f"the model has {known} classes, but {source} says {n}; they do not belong together"
         )
-    oracle.num_classes = int(n)
-    oracle.classes_source = source
+    if known is None:
+        oracle.num_classes = int(n)
+        oracle.classes_source = source
 
 
 def _is_int(value: object) -> bool:

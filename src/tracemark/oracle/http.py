@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -385,7 +385,7 @@ class HttpOracle(LoggedOracle):
                 when = email.utils.parsedate_to_datetime(value)
             except (TypeError, ValueError):
                 return None
-            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+            seconds = (when - datetime.now(UTC)).total_seconds()
         seconds = max(0.0, seconds)
         if seconds > self.max_retry_after:
             raise TracemarkError(

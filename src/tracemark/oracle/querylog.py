@@ -31,7 +31,7 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ IDENTITY_FIELDS = ("endpoint", "protocol", "model_name")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def check_answer(answer: object, where: str) -> dict[str, Any]:

@@ -142,25 +142,77 @@ class GaussianNoise(OracleWrapper):
         self.space = space
 
     def _transform(self, r: Response) -> Response:
-        if r.mode != "probabilities":
-            raise TracemarkError(
-                f"GaussianNoise needs probabilities, but the inner oracle is {r.mode}-only; "
-                "apply GaussianNoise first, then TopK or LabelOnly around it"
-            )
-        noise = self.rng.normal(0.0, self.sigma, size=r.probs.shape)
-        if self.space == "logits":
-            with np.errstate(divide="ignore"):
-                noisy = softmax(np.log(r.probs) + noise)
-        else:
-            raw = r.probs + noise
-            noisy = np.clip(raw, 0.0, None)
-            sums = noisy.sum(axis=1, keepdims=True)
-            dead = sums[:, 0] == 0
-            if dead.any():
-                noisy[dead] = np.eye(r.num_classes)[raw[dead].argmax(axis=1)]
-                sums[dead] = 1.0
-            noisy /= sums
-        return Response.from_probabilities(noisy, r.num_classes, r.softmax_applied)
+        _need_probabilities(r, type(self).__name__)
+        return perturb(r, self.rng.normal(0.0, self.sigma, size=r.probs.shape), self.space)
 
     def __repr__(self) -> str:
         return f"GaussianNoise({self.inner!r}, sigma={self.sigma}, space={self.space!r})"
+
+
+def _need_probabilities(r: Response, who: str) -> None:
+    if r.mode != "probabilities":
+        raise TracemarkError(
+            f"{who} needs probabilities, but the inner oracle is {r.mode}-only; "
+            f"apply {who} first, then TopK or LabelOnly around it"
+        )
+
+
+def perturb(r: Response, noise: np.ndarray, space: str) -> Response:
+    """``r``'s probabilities with ``noise`` added: to each probability (negatives clipped
+    to 0, rows renormalised; a row with no positive entry becomes one-hot at its largest
+    noisy value), or to the log-probabilities (then softmaxed)."""
+    if space == "logits":
+        with np.errstate(divide="ignore"):
+            noisy = softmax(np.log(r.probs) + noise)
+    else:
+        raw = r.probs + noise
+        noisy = np.clip(raw, 0.0, None)
+        sums = noisy.sum(axis=1, keepdims=True)
+        dead = sums[:, 0] == 0
+        if dead.any():
+            noisy[dead] = np.eye(r.num_classes)[raw[dead].argmax(axis=1)]
+            sums[dead] = 1.0
+        noisy /= sums
+    return Response.from_probabilities(noisy, r.num_classes, r.softmax_applied)
+
+
+class ImageSeededNoise(OracleWrapper):
+    """Gaussian noise on the probabilities, the same for the same image every time.
+
+    A server that draws its noise from each input (seeded by a hash of the image) cannot
+    be averaged away by asking again. ``seed`` (hex) keys the draws; everything else is
+    as :class:`GaussianNoise`.
+    """
+
+    def __init__(
+        self,
+        inner: Oracle,
+        sigma: float,
+        seed: str,
+        space: Literal["probabilities", "logits"] = "probabilities",
+    ) -> None:
+        super().__init__(inner)
+        if not (np.isfinite(sigma) and sigma >= 0):
+            raise TracemarkError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        if space not in ("probabilities", "logits"):
+            raise TracemarkError(f"space must be 'probabilities' or 'logits', got {space!r}")
+        self.sigma, self.seed, self.space = float(sigma), seed, space
+
+    def query(self, images: np.ndarray) -> Response:
+        from ..rng import derive
+        from .image_hash import image_hashes
+
+        r = self.inner.query(images)
+        _need_probabilities(r, type(self).__name__)
+        noise = np.stack(
+            [
+                derive(self.seed, "oracle/image-seeded-noise", h).normal(
+                    0.0, self.sigma, r.num_classes
+                )
+                for h in image_hashes(np.asarray(images, dtype=np.float32))
+            ]
+        )
+        return perturb(r, noise, self.space)
+
+    def __repr__(self) -> str:
+        return f"ImageSeededNoise({self.inner!r}, sigma={self.sigma})"

@@ -123,5 +123,9 @@ class Ubw:
     def progress_steps(self, options: UbwOptions) -> int:
         return 1
 
+    def measure(self, predict_probs, key: Key, test: LabelledImages) -> dict:
+        """BA, ASR-A, ASR-C and the dispersibilities of a model (full probabilities)."""
+        return report(predict_probs, key, test)
+
 
 METHOD = Ubw()

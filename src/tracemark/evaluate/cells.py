@@ -1,0 +1,75 @@
+"""Cells: one (method, recipe, countermeasure, seed) of an experiment, and its identity.
+
+A cell trains the victim that the method's members marked, audits every owner on it and
+on the clean model of the same recipe and seed, once per access mode. Its identity is a
+hash of everything that determines its rows (the cell's part of the spec and the
+tracemark version), so a finished cell is never computed twice, even across specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .._version import __version__
+from .spec import CountermeasureSpec, ExperimentSpec, MethodSpec, RecipeSpec
+
+
+def digest(payload: Any) -> str:
+    """SHA-256 of canonical JSON: the identity of whatever ``payload`` describes."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a method's owners, a recipe's victims, a countermeasure, a seed."""
+
+    method_name: str  # the spec's name for this method entry
+    recipe_name: str
+    seed: int
+    method: MethodSpec
+    recipe: RecipeSpec
+    countermeasure: CountermeasureSpec
+    spec: ExperimentSpec
+
+    def payload(self) -> dict[str, Any]:
+        """Everything that determines the cell's rows (names aside)."""
+        s = self.spec
+        return {
+            "dataset": s.dataset.model_dump(),
+            "recipe": self.recipe.model_dump(),
+            "method": self.method.model_dump(),
+            "countermeasure": self.countermeasure.model_dump(),
+            "seed": self.seed,
+            "alpha": s.alpha,
+            "accesses": list(s.accesses),
+            "top_k": s.top_k,
+            "torch_threads": s.torch_threads,
+            "tracemark_version": __version__,
+        }
+
+    @property
+    def cell_id(self) -> str:
+        return digest(self.payload())
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.method_name} / {self.recipe_name} / {self.countermeasure.label} / "
+            f"seed {self.seed}"
+        )
+
+
+def cells_of(spec: ExperimentSpec) -> list[Cell]:
+    """Every cell of ``spec``: seeds outermost, so an early stop covers every method."""
+    return [
+        Cell(m_name, r_name, seed, method, recipe, cm, spec)
+        for seed in spec.seeds
+        for r_name, recipe in spec.recipes.items()
+        for cm in spec.countermeasures
+        for m_name, method in spec.methods.items()
+        if method.recipes is None or r_name in method.recipes
+    ]

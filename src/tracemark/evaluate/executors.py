@@ -1,0 +1,76 @@
+"""Where cells run: in this process, in local worker processes, or as Ray tasks.
+
+Every executor yields finished cells to the driver, which alone writes the results store.
+None schedules anything itself: the local pool is ``concurrent.futures``, the cluster is
+Ray's. A cell pins torch's thread count (the spec's), so its rows are the same whatever
+runs it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from ..errors import TracemarkError
+from .cells import Cell
+from .run import CellResult, ProgressFactory, run_cell
+
+
+def run_local(
+    cells: Sequence[Cell],
+    cache: Path | None,
+    device: str = "auto",
+    workers: int = 1,
+    progress: ProgressFactory | None = None,
+) -> Iterator[CellResult]:
+    """Run cells here (``workers`` = 1, with inner progress bars) or in worker processes."""
+    if workers < 1:
+        raise TracemarkError(f"--workers must be at least 1, got {workers}")
+    if workers == 1:
+        for cell in cells:
+            yield run_cell(cell, cache, device, progress)
+        return
+    context = multiprocessing.get_context("spawn")  # no torch state copied from the driver
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        pending = {pool.submit(run_cell, cell, cache, device) for cell in cells}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_ray(
+    cells: Sequence[Cell],
+    cache: Path | None,
+    address: str = "auto",
+    device: str = "auto",
+) -> Iterator[CellResult]:
+    """Run every cell as a Ray task (asking for a GPU when the cluster has one); results
+    flow back here. ``address``: "auto" (the cluster in RAY_ADDRESS, or a new local
+    instance) or a cluster's address. Reuses a Ray instance this process already started.
+
+    On a cluster of several machines, ``cache`` must be a shared folder (or each machine
+    trains its own clean models).
+    """
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise TracemarkError("--ray needs Ray: pip install 'tracemark[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, log_to_driver=False)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    threads = max((c.spec.torch_threads for c in cells), default=1)
+    task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_cell)
+    pending = [task.remote(cell, cache, device) for cell in cells]
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        for ref in pending:
+            ray.cancel(ref)

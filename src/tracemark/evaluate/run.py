@@ -1,0 +1,335 @@
+"""Running one cell: mark, train the victim (and reuse the clean model), audit everyone.
+
+Every audit is the library's own stand-alone audit (``method.audit``), once per access
+mode. Nothing is shared between audits: each draws its own pseudo-users, external marks
+or null triggers from its own key. Within one audit, the model's answers are memoised
+(by image hash) so that its top-K and label-only runs read the answers its full run got,
+as wrapping a real deployment in ``TopK``/``LabelOnly`` would; the first access mode
+queries the model exactly as a stand-alone audit does.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..datasets import LabelledImages
+from ..methods import registry
+from ..methods.base import AuditData, MarkedData
+from ..rng import derive_bytes, derive_int
+from .cells import Cell, digest
+from .victims import cached_model, clean_model_id, train_victim
+from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class AuditRow:
+    """One audit's outcome: who was audited, on which model, with which access."""
+
+    access: str
+    model: str  # "marked" or "clean"
+    owner: int
+    member: bool
+    p_value: float
+    decision: bool
+    queries: int
+    effect: float
+    label: int | None
+    evidence: bytes  # the verdict's evidence, zlib-compressed JSON (anyone can re-check p)
+
+
+@dataclass
+class CellResult:
+    """Everything a cell produced: its rows, the models' accuracy, and where time went."""
+
+    cell_id: str
+    method_name: str
+    method: str
+    recipe: str
+    countermeasure: str
+    seed: int
+    marked_accuracy: float | None
+    clean_accuracy: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    audits: list[AuditRow] = field(default_factory=list)
+
+
+@dataclass
+class World:
+    """A cell's owners, what each would publish, and the marked victim's training data
+    (None when no member's data is trained on)."""
+
+    owners: list[Owner]
+    marked: list[MarkedData | None]
+    training: LabelledImages | None
+
+
+class Clock:
+    """Wall time per phase of a cell."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 3)
+
+
+def run_cell(
+    cell: Cell,
+    cache: Path | None = None,
+    device: str = "auto",
+    progress: ProgressFactory | None = None,
+) -> CellResult:
+    """Run ``cell``; ``cache`` holds the clean models every cell and run shares.
+
+    Torch runs on the spec's thread count: float results depend on it, and a cell must
+    give the same rows in any executor.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cell.spec.torch_threads)
+    try:
+        return _run(cell, cache, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
+    clock, spec = Clock(), cell.spec
+    method = registry.get(cell.method.method)
+    train, test = load_split(spec.dataset, "train"), load_split(spec.dataset, "test")
+    clean_idx = clean_indices(spec.dataset, cell.recipe, cell.seed)
+    acc_idx, aux_idx = test_indices(spec.dataset, cell.seed)
+    aux = test.subset(aux_idx)
+    clock.lap("data")
+    world = mark_world(cell, method, train, clean_idx, device, progress)
+    clock.lap("mark")
+    marked, clean, trained = _victims(
+        cell, train.subset(clean_idx), world, cache, device, progress, clock
+    )
+    result = CellResult(
+        cell_id=cell.cell_id,
+        method_name=cell.method_name,
+        method=cell.method.method,
+        recipe=cell.recipe_name,
+        countermeasure=cell.countermeasure.label,
+        seed=cell.seed,
+        marked_accuracy=None if marked is None else _accuracy(marked, test, acc_idx, device),
+        clean_accuracy=_accuracy(clean, test, acc_idx, device),
+    )
+    if marked is not None and method.kind == "dataset" and hasattr(method, "measure"):
+        result.metrics = method.measure(_probabilities(marked, device), world.marked[0].key, aux)
+    clock.lap("measure")
+    models = {"marked": marked, "clean": clean}
+    result.audits = audit_all(cell, method, world, models, train, aux, device, progress)
+    clock.lap("audit")
+    result.timings = {**clock.laps, "total": clock.total(), "clean_model_trained": trained}
+    return result
+
+
+# ----------------------------------------------------------------------------- marking
+
+
+def mark_world(
+    cell: Cell, method, train: LabelledImages, clean_idx: np.ndarray, device: str, progress
+) -> World:
+    """Every owner's key and what they would publish; the members' data in a training set."""
+    m, spec = cell.method, cell.spec
+    if method.kind == "dataset":  # one publisher: the victim's whole training set
+        owners = [
+            Owner(u, u < m.members, owner_key(cell.seed, cell.method_name, m, u), -1, np.zeros(0))
+            for u in range(m.members + m.never_published)
+        ]
+        if m.members == 0:
+            return World(owners, [None] * len(owners), None)
+        clean = train.subset(clean_idx)
+        release = method.mark(clean, owners[0].key, progress_factory=progress, device=device)
+        data = LabelledImages(release.images, release.labels, clean.classes)
+        return World(owners, [release] + [None] * (len(owners) - 1), data)
+    owners = owners_of(spec.dataset, cell.method_name, m, cell.seed, clean_idx)
+    publish = m.images_per_user if m.held > m.images_per_user else None
+    marked = [
+        method.mark(
+            train.images[o.indices], o.key, ids=[str(i) for i in o.indices], publish=publish
+        )
+        for o in owners
+    ]
+    members = [(o, mk) for o, mk in zip(owners, marked, strict=True) if o.member]
+    if not members:
+        return World(owners, marked, None)
+    return World(owners, marked, _training_set(m.placement, train, clean_idx, members))
+
+
+def _training_set(
+    placement: str,
+    train: LabelledImages,
+    clean_idx: np.ndarray,
+    members: list[tuple[Owner, MarkedData]],
+) -> LabelledImages:
+    """The marked victim's data: the clean images with the members' published images added
+    ("add") or put in place of the clean images they are ("replace")."""
+    images = train.images[clean_idx].copy()
+    labels = train.labels[clean_idx].copy()
+    if placement == "replace":
+        for o, mk in members:
+            at = np.searchsorted(clean_idx, o.indices[mk.published])
+            images[at] = np.stack(mk.images)
+        return LabelledImages(images, labels, train.classes)
+    extra = [np.stack(mk.images) for _, mk in members]
+    extra_labels = [np.full(len(x), o.label) for x, (o, _) in zip(extra, members, strict=True)]
+    return LabelledImages(
+        np.concatenate([images, *extra]), np.concatenate([labels, *extra_labels]), train.classes
+    )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _victims(
+    cell: Cell,
+    clean: LabelledImages,
+    world: World,
+    cache: Path | None,
+    device: str,
+    progress,
+    clock: Clock,
+):
+    """(marked victim, clean model, whether the clean model was trained now)."""
+    spec, recipe = cell.spec, cell.recipe
+    seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(recipe.model_dump()))
+
+    def bar(name: str):
+        return None if progress is None else progress(f"train {name}", recipe.epochs)
+
+    def train_clean():
+        return train_victim(recipe, clean.images, clean.labels, seed, device, bar("clean"))
+
+    model_id = clean_model_id(spec.dataset, recipe, cell.seed, spec.torch_threads)
+    clean_model, trained = cached_model(cache, model_id, train_clean)
+    clock.lap("train_clean")
+    marked = None
+    if world.training is not None:
+        data = world.training
+        marked = train_victim(recipe, data.images, data.labels, seed, device, bar("marked"))
+    clock.lap("train_marked")
+    return marked, clean_model, float(trained)
+
+
+def _accuracy(model, test: LabelledImages, idx: np.ndarray, device: str) -> float:
+    from ..training import accuracy
+
+    return accuracy(model, test.images[idx], test.labels[idx], device=device)
+
+
+def _probabilities(model, device: str) -> Callable[[np.ndarray], np.ndarray]:
+    from ..oracle import TorchModuleOracle
+
+    oracle = TorchModuleOracle(model, num_classes=10, device=device)
+    return lambda x: oracle.query(x).probs
+
+
+# ----------------------------------------------------------------------------- auditing
+
+
+def audit_all(
+    cell: Cell,
+    method,
+    world: World,
+    models: dict,
+    train: LabelledImages,
+    aux: LabelledImages,
+    device: str,
+    progress,
+) -> list[AuditRow]:
+    """Every owner on every model, once per access mode."""
+    from ..oracle import TorchModuleOracle
+    from ..oracle.memo import AnswerCache
+
+    spec, m = cell.spec, cell.method
+    present = {name: model for name, model in models.items() if model is not None}
+    bar = progress("audits", len(present) * len(world.owners)) if progress else None
+    rows = []
+    for name, model in present.items():
+        base = TorchModuleOracle(model, num_classes=10, device=device)
+        for owner, marked in zip(world.owners, world.marked, strict=True):
+            key = marked.key if marked is not None else owner.key
+            data = _audit_data(method, owner, marked, train, aux)
+            changes = {} if owner.member else m.never_options
+            options = method.options(**{**m.options, **changes, "alpha": spec.alpha})
+            memo = AnswerCache(base)  # this audit's answers, read again by its restricted runs
+            for i, access in enumerate(spec.accesses):
+                oracle = _deployment(cell, memo.view(passthrough=i == 0), access)
+                verdict = method.audit(oracle, key, data, options)
+                rows.append(_row(verdict, access, name, owner))
+            if bar:
+                bar(1)
+    return rows
+
+
+def _audit_data(
+    method, owner: Owner, marked: MarkedData | None, train: LabelledImages, aux: LabelledImages
+) -> AuditData:
+    """What the owner gives an audit: their collection and what they published (their
+    class is known), or (dataset keys) labelled test images."""
+    if method.kind == "dataset":
+        return AuditData(aux=aux, testset=aux)
+    return AuditData(
+        collection=train.images[owner.indices],
+        ids=[str(i) for i in owner.indices],
+        published=marked.published,
+        images=np.stack(marked.images),
+        carries_mark=marked.carries_mark,
+        aux=aux,
+        testset=aux,
+        label=owner.label,
+    )
+
+
+def _deployment(cell: Cell, view, access: str):
+    """The model as the audit reaches it: the countermeasure's answers, then the access."""
+    from ..oracle import ImageSeededNoise
+    from ..oracle.memo import restrict
+
+    cm = cell.countermeasure
+    if cm.name == "output-noise":
+        seed = derive_bytes(seed_hex(cell.seed), "evaluate/output-noise").hex()
+        view = ImageSeededNoise(view, cm.sigma, seed)
+    return restrict(view, access, cell.spec.top_k)
+
+
+def _row(verdict, access: str, model: str, owner: Owner) -> AuditRow:
+    evidence = zlib.compress(json.dumps(verdict.evidence).encode(), 6)
+    return AuditRow(
+        access=access,
+        model=model,
+        owner=owner.index,
+        member=owner.member,
+        p_value=float(verdict.p_value),
+        decision=bool(verdict.decision),
+        queries=int(verdict.queries),
+        effect=float(verdict.effect),
+        label=verdict.label,
+        evidence=evidence,
+    )
+
+
+def evidence_of(row_evidence: bytes) -> dict:
+    """A stored audit's evidence (the verdict's raw scores)."""
+    return json.loads(zlib.decompress(row_evidence))
