@@ -1,11 +1,11 @@
-"""The tracker demo's audit over HTTP: identical to in-process, under faults, after SIGINT.
+"""The tracker demo's audits over HTTP: identical to in-process, under faults, after SIGINT.
 
-    python bench/http_audit.py --quick        # the quick demo's users and models (minutes)
-    python bench/http_audit.py                # the full demo's (about an hour on 2 cores)
+    python bench/http_audit.py --quick        # the quick demo spec's owners and models (minutes)
+    python bench/http_audit.py                # the full demo spec's (about an hour on 2 cores)
 
-Trains the tracker demo's two models, audits every user in-process, then serves each
-model with `tracemark serve` (uvicorn on 127.0.0.1) and audits again over the Open
-Inference Protocol v2:
+Prepares the tracker demo spec's cell (marks every owner's data, trains the victim and the
+clean model), audits every owner in-process, then serves each model with `tracemark
+serve` (uvicorn on 127.0.0.1) and audits again over the Open Inference Protocol v2:
 
 1. plainly, with a query log: every user's p-value compared with the in-process one;
 2. with 30% of requests failing (500 or 429) and random latency: verdicts compared,
@@ -31,17 +31,11 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 
-from tracemark.demos.tracker import (
-    TrackerDemoConfig,
-    audit_tracker_world,
-    prepare_tracker_demo,
-)
-from tracemark.oracle import EndpointConfig, open_endpoint
+from tracemark.evaluate import cells_of, load_spec, parse_spec
+from tracemark.evaluate.run import AuditRow, audit_all, prepare
+from tracemark.oracle import EndpointConfig, TorchModuleOracle, open_endpoint
 from tracemark.serve import FaultPlan, ServeOptions, create_app, serving
 from tracemark.training import export_torchscript
-
-PARTS = ("plain", "faults", "sigint", "topk", "label")
-
 
 PARTS = ("plain", "faults", "sigint", "topk", "label")
 
@@ -61,13 +55,28 @@ def _served(path: Path) -> list[str]:
     return [json.loads(line)["sha256"] for line in path.read_text().splitlines()]
 
 
-def _compare(a: dict, b: dict) -> dict:
-    """How many users' verdicts are identical (p-value, effect, decision) between runs."""
+def _compare(a: list[AuditRow], b: list[AuditRow]) -> dict:
+    """How many audits' verdicts are identical (p-value, effect, decision) between runs."""
     keys = ("p_value", "effect", "decision")
-    pairs = list(zip(a["users"], b["users"], strict=True))
-    same = sum(all(x[k] == y[k] for k in keys) for x, y in pairs)
-    worst = max(abs(x["p_value"] - y["p_value"]) for x, y in pairs)
+    pairs = list(zip(a, b, strict=True))
+    same = sum(all(getattr(x, k) == getattr(y, k) for k in keys) for x, y in pairs)
+    worst = max(abs(x.p_value - y.p_value) for x, y in pairs)
     return {"audits": len(pairs), "identical": same, "max_abs_p_difference": worst}
+
+
+def _rates(rows: list[AuditRow]) -> dict:
+    """Per access: members flagged on the victim, never-published owners flagged on it,
+    every owner flagged on the clean model (k/n each)."""
+    out = {}
+    for access in dict.fromkeys(r.access for r in rows):
+        mine = [r for r in rows if r.access == access]
+        groups = {
+            "tpr": [r for r in mine if r.model == "marked" and r.member],
+            "fpr": [r for r in mine if r.model == "marked" and not r.member],
+            "fpr_clean_model": [r for r in mine if r.model == "clean"],
+        }
+        out[access] = {k: f"{sum(r.decision for r in g)}/{len(g)}" for k, g in groups.items()}
+    return out
 
 
 def main() -> None:
@@ -80,25 +89,32 @@ def main() -> None:
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
         ap.error(f"--parts takes some of {','.join(PARTS)}")
-    config = TrackerDemoConfig.quick() if args.quick else TrackerDemoConfig()
+    spec = load_spec("demo-tracker-quick" if args.quick else "demo-tracker")
     if args.nonmembers is not None:
-        config = replace(config, nonmembers=args.nonmembers)
+        data = spec.model_dump()
+        data["methods"]["tracker"]["never_published"] = args.nonmembers
+        spec = parse_spec(data)
+    cell = cells_of(spec)[0]
     start = time.perf_counter()
 
     def say(msg: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f} s] {msg}", flush=True)
 
-    world = prepare_tracker_demo(config, stage=say)
+    say(f"marking and training: {cell.label}")
+    prepared = prepare(cell)
     say("auditing in-process")
-    local = audit_tracker_world(world)
-    summary: dict = {"config": {"users": world.users, "n_pseudo": config.n_pseudo}}
-    summary["in_process"] = local["by_access"]
+    in_process = {n: TorchModuleOracle(m, num_classes=10) for n, m in prepared.models.items()}
+    local = audit_all(cell, prepared, in_process)
+    owners = len(prepared.world.owners)
+    summary: dict = {"config": {"owners": owners, "options": cell.method.options}}
+    summary["in_process"] = _rates(local)
 
     tmp = Path(tempfile.mkdtemp(prefix="tracemark-http-bench-"))
     files = {}
-    for name, model in world.models.items():
+    example = prepared.train.images[:2]
+    for name, model in prepared.models.items():
         files[name] = tmp / f"{name}.pt"
-        export_torchscript(model, files[name], example=world.marked[0][:2])
+        export_torchscript(model, files[name], example=example)
 
     @contextmanager
     def servers(tag: str, options: ServeOptions):
@@ -112,7 +128,7 @@ def main() -> None:
             yield out
 
     def audit(tag: str, served: dict, accesses=None, interrupt_at=None) -> dict:
-        """Every user audited against the served models, each with its own query log."""
+        """Every owner audited against the served models, through one query log per model."""
         cfg = EndpointConfig(
             concurrency=args.concurrency,
             backoff=0.01,
@@ -128,16 +144,23 @@ def main() -> None:
                     open_endpoint(f"{url}/v2/models/cnn", cfg, log=log)
                 )
             if interrupt_at is not None:
-                _interrupt_when(tmp / f"{tag}-trained-on-members-queries.jsonl", interrupt_at)
+                _interrupt_when(tmp / f"{tag}-marked-queries.jsonl", interrupt_at)
             t = time.perf_counter()
-            result = audit_tracker_world(world, oracles=oracles, accesses=accesses)
-            result["http_seconds"] = round(time.perf_counter() - t, 1)
-            result["traffic"] = {
-                n: {"sent": o.queries, "requests": o.requests, "retried": o.retried,
-                    "from_log": o.from_log, "failures": dict(o.failures)}
-                for n, o in oracles.items()
-            }  # fmt: skip
-            return result
+            rows = audit_all(cell, prepared, oracles, accesses=accesses)
+            return {
+                "rows": rows,
+                "http_seconds": round(time.perf_counter() - t, 1),
+                "traffic": {
+                    n: {
+                        "sent": o.queries,
+                        "requests": o.requests,
+                        "retried": o.retried,
+                        "from_log": o.from_log,
+                        "failures": dict(o.failures),
+                    }
+                    for n, o in oracles.items()
+                },
+            }
 
     def repeats(served: dict) -> dict[str, int]:
         """Per model: images its server answered more than once."""
@@ -152,7 +175,7 @@ def main() -> None:
         with servers("plain", ServeOptions()) as served:
             plain = audit("plain", served)
         summary["plain"] = {
-            **_compare(local, plain),
+            **_compare(local, plain["rows"]),
             "seconds": plain["http_seconds"],
             "traffic": plain["traffic"],
         }
@@ -164,7 +187,7 @@ def main() -> None:
         with servers("faults", ServeOptions(faults=plan, seed="0f")) as served:
             faulty = audit("faults", served)
         summary["faults"] = {
-            **_compare(local, faulty),
+            **_compare(local, faulty["rows"]),
             "traffic": faulty["traffic"],
             "images_answered_twice": repeats(served),
             "seconds": faulty["http_seconds"],
@@ -172,7 +195,7 @@ def main() -> None:
         say(f"under faults: {summary['faults']}")
 
     if "sigint" in parts:
-        total = local["models"]["trained-on-members"]["queries"]
+        total = sum(r.queries for r in local if r.model == "marked" and r.access == "probabilities")
         say(f"SIGINT once {int(0.4 * total)} of {total} answers are logged, then resume")
         with servers("sigint", ServeOptions()) as served:
             try:
@@ -183,26 +206,24 @@ def main() -> None:
             kept = {n: len(_records(tmp / f"sigint-{n}-queries.jsonl")) for n in files}
             resumed = audit("sigint", served)  # same servers, same logs
         summary["sigint"] = {
-            **_compare(local, resumed),
+            **_compare(local, resumed["rows"]),
             "answers_logged_before_interrupt": kept,
             "sent_after_resume": {n: t["sent"] for n, t in resumed["traffic"].items()},
             "images_answered_twice": repeats(served),
         }
         say(f"interrupted and resumed: {summary['sigint']}")
 
-    restricted = {"topk": ServeOptions(top_k=config.top_k), "label": ServeOptions(label_only=True)}
+    restricted = {"topk": ServeOptions(top_k=spec.top_k), "label": ServeOptions(label_only=True)}
     for access, options in restricted.items():
         if access not in parts:
             continue
         say(f"auditing over HTTP against a server that reveals {options.reveals}")
         with servers(access, options) as served:
             result = audit(access, served, accesses=(access,))
-        block = result["by_access"][access]
-        summary[f"served_{access}"] = block
-        same = {
-            k: block[k] == local["by_access"][access][k] for k in ("tpr", "fpr", "fpr_clean_model")
-        }
-        say(f"{options.reveals} server: {block} (same rates as in-process: {same})")
+        rates = _rates(result["rows"])[access]
+        summary[f"served_{access}"] = rates
+        same = rates == summary["in_process"].get(access)
+        say(f"{options.reveals} server: {rates} (the same as in-process: {same})")
 
     print(json.dumps(summary, indent=2))
     say("done")

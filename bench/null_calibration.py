@@ -39,10 +39,10 @@ import numpy as np
 from scipy.stats import binomtest
 
 from tracemark.datasets import LabelledImages, load_fashion_mnist
-from tracemark.demos.common import AnswerCache
 from tracemark.keys import Key
 from tracemark.methods import isotope, tracker, ubw
 from tracemark.oracle import LabelOnly, Oracle, TopK, TorchModuleOracle
+from tracemark.oracle.memo import AnswerCache
 from tracemark.rng import derive, derive_bytes, derive_int
 from tracemark.stats import rank_p_value
 

@@ -194,70 +194,48 @@ def test_cli_audit_errors_are_clear(marked_world, exported, tmp_path, capsys):
     assert "error" in err and "Traceback" not in err
 
 
+def _demo(method: str, capsys) -> dict:
+    """`tracemark demo METHOD --quick --json`: the report of the demo spec's run."""
+    assert run_cli(["demo", method, "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def test_demo_quick_json(capsys):
     # The quick run is a smoke test of the whole demo path on a tiny victim: too small to
     # put every member below all 100 pseudo-users, so it checks ranking and false
     # positives. Detection power is asserted on the session model (test_tracker_audit)
     # and measured by the full demo.
-    assert run_cli(["demo", "tracker", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
-    result = json.loads(capsys.readouterr().out)
-    rates = result["rates"]
-    assert rates["members"] == 3 and rates["nonmembers"] == 5 and rates["clean_model_users"] == 8
-    assert rates["fpr_nonmembers"] <= 0.2  # at most 1 of 5
-    assert rates["fpr_clean_model_all_users"] <= 0.125  # at most 1 of 8
-    assert rates["set_based"]["auc"] >= 0.8
-    assert rates["instance_based"]["auc"] >= 0.9  # members' images really were memorised
-    assert result["models"]["trained-on-members"]["test_accuracy"] > 0.7
-    # Every audit once per access mode; the restricted ones read the same answers.
-    by_access = result["by_access"]
-    assert list(by_access) == ["probabilities", "topk", "label"]
-    full = by_access["probabilities"]
-    assert (full["tpr"], full["fpr"], full["fpr_clean_model"]) == (
-        rates["tpr_members"],
-        rates["fpr_nonmembers"],
-        rates["fpr_clean_model_all_users"],
-    )
-    assert full["access"] == "probabilities"
-    for access, block in by_access.items():
-        assert block["trials"] == {"tpr": 3, "fpr": 5, "fpr_clean_model": 8}
-        assert all(0 <= block[k] <= 1 for k in ("tpr", "fpr", "fpr_clean_model"))
-        assert block["fpr"] <= 0.2 and block["fpr_clean_model"] <= 0.125  # as above
-        # Counted at the wrapper: a stand-alone audit's queries (its set, 100 pseudo-users).
-        assert block["queries_per_audit"] == 30 * 101
-        assert block["queries"] == full["queries"]
-        if access != "probabilities":
-            assert block["access"] == f"{access} (0/1-loss proxy)"
-    for model in result["models"].values():  # restricted audits cost no model queries
-        assert model["model_queries"] == model["queries"]
+    result = _demo("tracker", capsys)
+    cells = {e["access"]: e for e in result["cells"]}
+    assert list(cells) == ["probabilities", "topk", "label"]
+    for e in cells.values():
+        assert (e["n_members"], e["n_never_published"], e["n_clean"]) == (3, 5, 8)
+        assert e["fpr_never_published"] <= 0.2  # at most 1 of 5
+        assert e["fpr_clean"] <= 0.125  # at most 1 of 8
+        # a stand-alone audit's queries: the owner's 30 images and 100 pseudo-users'
+        assert e["queries_per_audit"] == 30 * 101
+    full = cells["probabilities"]
+    assert full["research"]["set_based"]["auc"] >= 0.8
+    assert full["research"]["instance_based"]["auc"] >= 0.9  # members' images were memorised
+    assert full["marked_accuracy"] > 0.7
+    # Top-K and label-only audits both score the top-1 label's 0/1 loss: the same verdicts.
+    assert {k: cells["topk"][k] for k in ("tpr", "fpr_never_published", "fpr_clean")} == {
+        k: cells["label"][k] for k in ("tpr", "fpr_never_published", "fpr_clean")
+    }
+    assert {(e["method"], e["access"], e["n"]) for e in result["null"]} == {
+        ("tracker", a, 13) for a in cells
+    }
 
 
 def test_isotope_demo_quick_json(capsys):
-    # A smoke test of the demo path (two users, a tiny victim): detection power is
+    # A smoke test of the demo path (two owners, a tiny victim): detection power is
     # asserted on the session model (test_isotope_audit) and measured by the full demo.
-    assert run_cli(["demo", "isotope", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
-    result = json.loads(capsys.readouterr().out)
-    cal, paper = result["rates"]["calibrated"], result["rates"]["paper"]
-    assert (cal["users"], cal["never_published"], cal["clean_model_marks"]) == (2, 20, 22)
-    assert paper["never_published"] == 20
-    assert cal["fpr_never_published"] <= 0.15  # at most 3 of 20 at alpha = 0.05
-    assert cal["fpr_clean_model_all_marks"] <= 0.15
-    assert result["query_cost_per_audit"]["calibrated"] > 0
-    assert result["models"]["trained-with-marks"]["test_accuracy"] > 0.6
-    # Every audit once per access mode; the restricted ones read the same answers.
-    by_access = result["by_access"]
-    assert list(by_access) == ["probabilities", "topk", "label"]
-    full = by_access["probabilities"]
-    assert (full["tpr"], full["fpr"], full["fpr_clean_model"]) == (
-        cal["tpr_users"],
-        cal["fpr_never_published"],
-        cal["fpr_clean_model_all_marks"],
-    )
-    for access, block in by_access.items():
-        assert block["trials"] == {"tpr": 2, "fpr": 20, "fpr_clean_model": 22}
-        assert all(0 <= block[k] <= 1 for k in ("tpr", "fpr", "fpr_clean_model"))
-        assert block["fpr"] <= 0.2 and block["fpr_clean_model"] <= 0.2  # measured <= 2 of 20
-        assert block["access"] == ("probability" if access == "probabilities" else "top-K ranks")
-        assert block["queries"] == full["queries"]
-        assert block["queries_per_audit"] == result["query_cost_per_audit"]["calibrated"]
-    for model in result["models"].values():  # restricted audits cost no model queries
-        assert model["model_queries"] == model["queries"]
+    result = _demo("isotope", capsys)
+    cells = {e["access"]: e for e in result["cells"]}
+    assert list(cells) == ["probabilities", "topk", "label"]
+    for e in cells.values():
+        assert (e["n_members"], e["n_never_published"], e["n_clean"]) == (2, 20, 22)
+        assert e["fpr_never_published"] <= 0.15  # at most 3 of 20 at alpha = 0.05
+        assert e["fpr_clean"] <= 0.15
+        assert e["queries_per_audit"] > 0
+    assert cells["probabilities"]["marked_accuracy"] > 0.6

@@ -182,93 +182,77 @@ def test_ubw_demo_quick_json(capsys):
     # asserted above on a model trained through the CLI and measured by the full demo.
     assert run_cli(["demo", "ubw", "--quick", "--json", "--quiet", *demo_seed_args()]) == 0
     result = json.loads(capsys.readouterr().out)
-    scenarios = {(s["scenario"], s["model"], s["access"]) for s in result["scenarios"]}
     watermarks = ("ubw-p", "ubw-c", "badnets")
-    for variant in watermarks:
-        for access in ("probabilities", "topk", "label"):
-            assert (f"{variant}: malicious", variant, access) in scenarios
-            assert (f"{variant}: independent-trigger", variant, access) in scenarios
-            assert (f"{variant}: independent-model", "clean", access) in scenarios
-            rate = result["false_positive_rates"][f"{variant} / {access}"]
-            assert rate["trials"] == 6 and rate["fpr"] <= 1 / 6
-    metrics = result["metrics"]
-    assert set(metrics) == {f"{model} / {w} trigger" for w in watermarks for model in (w, "clean")}
-    for m in metrics.values():
+    cells = {(e["method"], e["access"]): e for e in result["cells"]}
+    assert set(cells) == {(w, a) for w in watermarks for a in ("probabilities", "topk", "label")}
+    for e in cells.values():
+        # the publisher's key on its victim; 3 never-published triggers on it; all 4 keys
+        # (Independent-M, the null triggers) on the clean model of the same recipe
+        assert (e["n_members"], e["n_never_published"], e["n_clean"]) == (1, 3, 4)
+        nulls = e["fpr_never_published"] * 3 + e["fpr_clean"] * 4
+        assert nulls <= 1  # of 7 null audits at alpha 0.01: two or more has p < 0.003
+        m = e["watermark_metrics"]
         assert m["D_s"] <= m["D_c"] + 1e-9 and 0 <= m["D_p"] <= m["max_dispersibility"] + 1e-9
-    assert metrics["clean / ubw-p trigger"]["BA"] > 0.3  # 10 classes: chance is 0.1
-    by_access = result["by_access"]
-    assert list(by_access) == ["probabilities", "topk", "label"]
-    for access, block in by_access.items():
-        # Malicious per watermark; Independent-T, Independent-M and 2 x 3 null triggers.
-        assert block["trials"] == {"tpr": 3, "fpr": 24, "fpr_clean_model": 12}
-        assert 0 <= block["tpr"] <= 1 and block["fpr"] <= 1 / 6
-        assert block["fpr_clean_model"] <= 1 / 6
-        flips = "label flips (top-1 only)"
-        assert block["access"] == ("probabilities" if access == "probabilities" else flips)
-        assert set(block["variants"]) == set(watermarks)
-    # Top-K verification reads the top-1 label: the same test, the same answers.
-    p_values = {(s["scenario"], s["model"], s["access"]): s["p_value"] for s in result["scenarios"]}
-    for (scenario, model, access), p in p_values.items():
-        if access == "topk":
-            assert p == p_values[(scenario, model, "label")]
-    # The flip test also queries a control trigger.
-    assert by_access["label"]["queries_per_audit"] > by_access["probabilities"]["queries_per_audit"]
+        assert e["clean_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    for w in watermarks:
+        # top-K verification reads the top-1 label: the same test on the same answers
+        assert cells[(w, "topk")]["tpr"] == cells[(w, "label")]["tpr"]
+        # the label-flip test also queries a control trigger
+        assert (
+            cells[(w, "label")]["queries_per_audit"]
+            > cells[(w, "probabilities")]["queries_per_audit"]
+        )
 
 
-def test_ubw_demo_other_watermarks_and_unknown_names():
-    from dataclasses import replace
+def test_each_method_trains_on_its_own_recipe_beside_that_recipes_clean_model(tmp_path):
+    # A method can be restricted to some recipes (UBW-C's victims train augmented); its
+    # null audits on a clean model use the clean model of the same recipe and seed.
+    from tracemark.evaluate import cells_of, evaluate, open_store, parse_spec
 
-    from tracemark.demos.ubw import UbwDemoConfig, run_ubw_demo
-    from tracemark.errors import TracemarkError
-
-    with pytest.raises(TracemarkError, match="unknown UBW demo watermark"):
-        run_ubw_demo(UbwDemoConfig(variants=("ubw-p", "ubw-x")))
-    config = replace(UbwDemoConfig.quick(), variants=("ubw-p-blended",), accesses=("label",))
-    result = run_ubw_demo(config)
-    found = {(s["scenario"], s["model"]) for s in result["scenarios"]}
-    assert ("ubw-p-blended: independent-trigger", "ubw-p-blended") in found
-    assert ("ubw-p-blended: null-trigger-2", "clean") in found
-    assert set(result["metrics"]) == {
-        "ubw-p-blended / ubw-p-blended trigger",
-        "clean / ubw-p-blended trigger",
-    }
-
-
-def test_ubw_demo_trains_a_clean_model_per_victim_recipe():
-    # UBW-C's victims have their own recipe (augmented, 2,000 images in the full demo), so
-    # its Independent-M is a clean model trained the same way, not the UBW-P one.
-    from dataclasses import replace
-
-    from tracemark.demos.ubw import UbwDemoConfig, VictimRecipe, run_ubw_demo
-
-    quick = UbwDemoConfig.quick()
-    config = replace(
-        quick,
-        variants=("badnets", "ubw-c"),
-        accesses=("probabilities",),
-        null_keys=1,
-        ubw_c_recipe=VictimRecipe(per_class=20, epochs=6, augment=True),
+    spec = parse_spec(
+        {
+            "name": "recipes",
+            "seeds": [TEST_SEED],
+            "accesses": ["label"],
+            "dataset": {"owner_images": 1000, "test_images": 300, "aux_images": 300},
+            "recipes": {
+                "plain": {"images": 300, "epochs": 6, "weight_decay": 0.0},
+                "augmented": {"images": 200, "epochs": 6, "augment": "crop-flip"},
+            },
+            "methods": {
+                "badnets": {
+                    "method": "ubw",
+                    "recipes": ["plain"],
+                    "members": 1,
+                    "never_published": 1,
+                    "params": {"variant": "badnets"},
+                    "options": {"m": 20},
+                    "never_options": {"trigger": "independent"},
+                },
+                "blended": {
+                    "method": "ubw",
+                    "recipes": ["augmented"],
+                    "members": 1,
+                    "never_published": 1,
+                    "params": {"trigger": "blended"},
+                    "options": {"m": 20, "alpha": 0.05},
+                },
+            },
+        }
     )
-    result = run_ubw_demo(config)
-    victims = result["victims"]
-    assert list(victims) == ["clean", "clean-ubw-c", "badnets", "ubw-c"]
-    assert victims["clean"]["images"] == victims["badnets"]["images"] == 400
-    assert victims["clean-ubw-c"]["images"] == victims["ubw-c"]["images"] == 200
-    assert victims["ubw-c"]["recipe"]["augment"] and not victims["badnets"]["recipe"]["augment"]
-    found = {(s["scenario"], s["model"]) for s in result["scenarios"]}
-    assert ("ubw-c: independent-model", "clean-ubw-c") in found
-    assert ("badnets: independent-model", "clean") in found
-    assert ("ubw-c: null-trigger-0", "clean-ubw-c") in found
-    assert set(result["metrics"]) == {
-        "badnets / badnets trigger",
-        "clean / badnets trigger",
-        "ubw-c / ubw-c trigger",
-        "clean-ubw-c / ubw-c trigger",
-    }
-    block = result["by_access"]["probabilities"]
-    # Independent-M and a null trigger on each clean model, per watermark.
-    assert block["trials"]["fpr_clean_model"] == 4
-    assert set(block["queries"]) == set(victims)
+    assert [(c.method_name, c.recipe_name) for c in cells_of(spec)] == [
+        ("badnets", "plain"),
+        ("blended", "augmented"),
+    ]
+    evaluate(spec, tmp_path / "r.db", cache=tmp_path / "cache")
+    with open_store(tmp_path / "r.db") as store:
+        cells = {c["method_name"]: c for c in store.cells()}
+        # two recipes, two clean models: each trained for its own cell
+        assert all(c["timings"]["clean_model_trained"] == 1.0 for c in cells.values())
+        assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 2
+        blended = store.audits(cells["blended"]["cell_id"])
+    # A blended key calibrates against never-published blends (19 at alpha 0.05, m each).
+    assert all(a["queries"] >= 20 * 20 for a in blended)
 
 
 @pytest.mark.parametrize("restrict", [{"top_k": 5}, {"label_only": True}])

@@ -28,7 +28,7 @@ def progress_bars(enabled: bool = True) -> Iterator[ProgressFactory]:
     """Yield ``factory(description, total) -> advance(n)``; each call adds a bar (a
     ``transient`` one is removed once it is full)."""
     if not enabled:
-        yield lambda _description, _total, _transient=False: lambda _n=1, *_rest: None
+        yield lambda _description, _total, transient=False: lambda _n=1, *_rest: None
         return
     columns = (
         TextColumn("[progress.description]{task.description}"),

@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..datasets import LabelledImages
+from ..keys import Key
 from ..methods import registry
 from ..methods.base import AuditData, MarkedData
 from ..rng import derive_bytes, derive_int
@@ -111,19 +113,51 @@ def run_cell(
         torch.set_num_threads(threads)
 
 
-def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
-    clock, spec = Clock(), cell.spec
+@dataclass
+class Prepared:
+    """A cell ready to audit: its owners and what they published, its trained models
+    ("marked" is None when no member's data was trained on), and the images audits read."""
+
+    method: Any
+    world: World
+    models: dict[str, Any]
+    train: LabelledImages
+    test: LabelledImages
+    accuracy_indices: np.ndarray
+    aux: LabelledImages
+    clean_trained: bool
+
+
+def prepare(
+    cell: Cell,
+    cache: Path | None = None,
+    device: str = "auto",
+    progress=None,
+    clock: Clock | None = None,
+) -> Prepared:
+    """Mark every owner's data and train the cell's victims (the clean one from the cache
+    when it is there)."""
+    clock, spec = clock or Clock(), cell.spec
     method = registry.get(cell.method.method)
     train, test = load_split(spec.dataset, "train"), load_split(spec.dataset, "test")
     clean_idx = clean_indices(spec.dataset, cell.recipe, cell.seed)
     acc_idx, aux_idx = test_indices(spec.dataset, cell.seed)
-    aux = test.subset(aux_idx)
     clock.lap("data")
-    world = mark_world(cell, method, train, clean_idx, device, progress)
+    world = mark_world(cell, method, train, clean_idx, device, progress, cache)
     clock.lap("mark")
     marked, clean, trained = _victims(
         cell, train.subset(clean_idx), world, cache, device, progress, clock
     )
+    models = {"marked": marked, "clean": clean}
+    return Prepared(method, world, models, train, test, acc_idx, test.subset(aux_idx), trained)
+
+
+def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
+    from ..oracle import TorchModuleOracle
+
+    clock = Clock()
+    p = prepare(cell, cache, device, progress, clock)
+    marked = p.models["marked"]
     result = CellResult(
         cell_id=cell.cell_id,
         method_name=cell.method_name,
@@ -131,16 +165,22 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         recipe=cell.recipe_name,
         countermeasure=cell.countermeasure.label,
         seed=cell.seed,
-        marked_accuracy=None if marked is None else _accuracy(marked, test, acc_idx, device),
-        clean_accuracy=_accuracy(clean, test, acc_idx, device),
+        marked_accuracy=None if marked is None else _accuracy(marked, p, device),
+        clean_accuracy=_accuracy(p.models["clean"], p, device),
     )
-    if marked is not None and method.kind == "dataset" and hasattr(method, "measure"):
-        result.metrics = method.measure(_probabilities(marked, device), world.marked[0].key, aux)
+    if marked is not None and p.method.kind == "dataset" and hasattr(p.method, "measure"):
+        result.metrics = p.method.measure(
+            _probabilities(marked, device), p.world.marked[0].key, p.aux
+        )
     clock.lap("measure")
-    models = {"marked": marked, "clean": clean}
-    result.audits = audit_all(cell, method, world, models, train, aux, device, progress)
+    oracles = {
+        name: TorchModuleOracle(model, num_classes=10, device=device)
+        for name, model in p.models.items()
+        if model is not None
+    }
+    result.audits = audit_all(cell, p, oracles, progress)
     clock.lap("audit")
-    result.timings = {**clock.laps, "total": clock.total(), "clean_model_trained": trained}
+    result.timings = {**clock.laps, "total": clock.total(), "clean_model_trained": p.clean_trained}
     return result
 
 
@@ -148,7 +188,13 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
 
 
 def mark_world(
-    cell: Cell, method, train: LabelledImages, clean_idx: np.ndarray, device: str, progress
+    cell: Cell,
+    method,
+    train: LabelledImages,
+    clean_idx: np.ndarray,
+    device: str,
+    progress=None,
+    cache: Path | None = None,
 ) -> World:
     """Every owner's key and what they would publish; the members' data in a training set."""
     m, spec = cell.method, cell.spec
@@ -160,7 +206,12 @@ def mark_world(
         if m.members == 0:
             return World(owners, [None] * len(owners), None)
         clean = train.subset(clean_idx)
-        release = method.mark(clean, owners[0].key, progress_factory=progress, device=device)
+        release = cached_release(
+            cache,
+            cell,
+            clean_idx,
+            lambda: method.mark(clean, owners[0].key, progress_factory=progress, device=device),
+        )
         data = LabelledImages(release.images, release.labels, clean.classes)
         return World(owners, [release] + [None] * (len(owners) - 1), data)
     owners = owners_of(spec.dataset, cell.method_name, m, cell.seed, clean_idx)
@@ -175,6 +226,49 @@ def mark_world(
     if not members:
         return World(owners, marked, None)
     return World(owners, marked, _training_set(m.placement, train, clean_idx, members))
+
+
+def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) -> MarkedData:
+    """A dataset watermark's release, kept in the cache: it depends on the publisher's key
+    and the clean data only, so every recipe training on the same images reuses it."""
+    from ..images import to_uint8
+    from .victims import locked
+
+    if cache is None:
+        return make()
+    key = owner_key(cell.seed, cell.method_name, cell.method, 0)
+    release_id = digest(
+        {
+            "purpose": "release",
+            "dataset": cell.spec.dataset.model_dump(),
+            "clean": digest(clean_idx.tolist()),
+            "method": key.method,
+            "params": key.params,
+            "seed": key.seed,
+            "torch_threads": cell.spec.torch_threads,
+            "tracemark_version": __version__,
+        }
+    )
+    path = cache / "releases" / f"{release_id}.npz"
+    with locked(path.with_suffix(".lock")):
+        if path.exists():
+            with np.load(path) as z:
+                completed = Key.model_validate_json(str(z["key"]))
+                images = z["images"].astype(np.float32) / 255
+                return MarkedData(images, z["published"], z["carries_mark"], completed, z["labels"])
+        release = make()
+        from ..fsutil import atomic_open
+
+        with atomic_open(path, mode=0o600, force=True) as fh:  # it holds the key
+            np.savez(
+                fh,
+                images=to_uint8(release.images),
+                labels=release.labels,
+                published=release.published,
+                carries_mark=release.carries_mark,
+                key=np.array(release.key.model_dump_json()),
+            )
+        return release
 
 
 def _training_set(
@@ -232,10 +326,11 @@ def _victims(
     return marked, clean_model, float(trained)
 
 
-def _accuracy(model, test: LabelledImages, idx: np.ndarray, device: str) -> float:
+def _accuracy(model, p: Prepared, device: str) -> float:
     from ..training import accuracy
 
-    return accuracy(model, test.images[idx], test.labels[idx], device=device)
+    idx = p.accuracy_indices
+    return accuracy(model, p.test.images[idx], p.test.labels[idx], device=device)
 
 
 def _probabilities(model, device: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -250,31 +345,26 @@ def _probabilities(model, device: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def audit_all(
     cell: Cell,
-    method,
-    world: World,
-    models: dict,
-    train: LabelledImages,
-    aux: LabelledImages,
-    device: str,
-    progress,
+    p: Prepared,
+    oracles: dict[str, Any],
+    progress=None,
+    accesses: Sequence[str] | None = None,
 ) -> list[AuditRow]:
-    """Every owner on every model, once per access mode."""
-    from ..oracle import TorchModuleOracle
+    """Every owner on every model (``oracles``: "marked" and "clean", reached in-process or
+    any other way), once per access mode."""
     from ..oracle.memo import AnswerCache
 
-    spec, m = cell.spec, cell.method
-    present = {name: model for name, model in models.items() if model is not None}
-    bar = progress("audits", len(present) * len(world.owners)) if progress else None
+    spec, m, method = cell.spec, cell.method, p.method
+    bar = progress("audits", len(oracles) * len(p.world.owners)) if progress else None
     rows = []
-    for name, model in present.items():
-        base = TorchModuleOracle(model, num_classes=10, device=device)
-        for owner, marked in zip(world.owners, world.marked, strict=True):
+    for name, base in oracles.items():
+        for owner, marked in zip(p.world.owners, p.world.marked, strict=True):
             key = marked.key if marked is not None else owner.key
-            data = _audit_data(method, owner, marked, train, aux)
+            data = _audit_data(method, owner, marked, p.train, p.aux)
             changes = {} if owner.member else m.never_options
             options = method.options(**{**m.options, **changes, "alpha": spec.alpha})
             memo = AnswerCache(base)  # this audit's answers, read again by its restricted runs
-            for i, access in enumerate(spec.accesses):
+            for i, access in enumerate(accesses or spec.accesses):
                 oracle = _deployment(cell, memo.view(passthrough=i == 0), access)
                 verdict = method.audit(oracle, key, data, options)
                 rows.append(_row(verdict, access, name, owner))

@@ -180,18 +180,22 @@ def load_spec(name: str | Path) -> ExperimentSpec:
     return parse_spec(data, str(path))
 
 
-def parse_spec(data: dict[str, Any], where: str = "spec") -> ExperimentSpec:
+def parse_spec(data: dict[str, Any], where: str = "") -> ExperimentSpec:
     """Validate a spec given as a dict (as TOML reads it)."""
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid spec {where}:"]
+        lines = [f"invalid spec{_in(where)}:"]
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
             lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}")
         raise TracemarkError("\n".join(lines)) from None
     _check_methods(spec, where)
     return spec
+
+
+def _in(where: str) -> str:
+    return f" {where}" if where else ""
 
 
 def _check_methods(spec: ExperimentSpec, where: str) -> None:
@@ -211,16 +215,16 @@ def _check_methods(spec: ExperimentSpec, where: str) -> None:
                 raise TracemarkError(f"unknown option(s) {', '.join(unknown)}")
             method.options(**{**m.options, "alpha": spec.alpha})
         except TracemarkError as exc:
-            raise TracemarkError(f"invalid spec {where}: methods.{name}: {exc}") from None
+            raise TracemarkError(f"invalid spec{_in(where)}: methods.{name}: {exc}") from None
         if method.kind == "dataset" and m.members > 1:
             raise TracemarkError(
-                f"invalid spec {where}: methods.{name}: a dataset watermark has one publisher "
+                f"invalid spec{_in(where)}: methods.{name}: a dataset watermark has one publisher "
                 "per victim (members = 0 or 1)"
             )
         unknown = sorted(set(m.recipes or []) - set(spec.recipes))
         if unknown:
             raise TracemarkError(
-                f"invalid spec {where}: methods.{name}.recipes: no recipe {', '.join(unknown)}"
+                f"invalid spec{_in(where)}: methods.{name}.recipes: no recipe {', '.join(unknown)}"
             )
         if any(not 0 <= c < 10 for c in m.classes):
-            raise TracemarkError(f"invalid spec {where}: methods.{name}.classes: 0..9")
+            raise TracemarkError(f"invalid spec{_in(where)}: methods.{name}.classes: 0..9")

@@ -172,14 +172,16 @@ class Store:
         cur = self._db.execute("SELECT * FROM runs ORDER BY rowid")
         return [dict(zip(_names(cur), row, strict=True)) for row in cur]
 
-    def rows(self, timings: bool = False) -> Iterable[tuple]:
-        """Every cell and audit row as tuples, for comparing two stores (timings left out
-        unless asked for)."""
+    def rows(self, cell_ids: set[str] | None = None, timings: bool = False) -> Iterable[tuple]:
+        """Every cell and audit row (of ``cell_ids``, or all) as tuples, for comparing two
+        stores (timings left out unless asked for)."""
         for cell in self.cells():
-            kept = {k: v for k, v in cell.items() if timings or k not in TIMING_COLUMNS}
-            yield tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in kept.items()))
+            if cell_ids is None or cell["cell_id"] in cell_ids:
+                kept = {k: v for k, v in cell.items() if timings or k not in TIMING_COLUMNS}
+                yield tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in kept.items()))
         for audit in self.audits():
-            yield tuple(sorted(audit.items()))
+            if cell_ids is None or audit["cell_id"] in cell_ids:
+                yield tuple(sorted(audit.items()))
 
 
 def _names(cursor: sqlite3.Cursor) -> list[str]:

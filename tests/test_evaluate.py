@@ -1,0 +1,304 @@
+"""The evaluation harness on real Fashion-MNIST and tiny victims: specs, cells, the store,
+resuming, executors (local processes, Ray), the report.
+
+Rates on tiny victims are not power claims (those are the specs' runs, in
+docs/results.md); the assertions here are the harness's own promises, plus bounds that
+hold for any valid test (a false-positive count against its binomial bound).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from tracemark.errors import TracemarkError
+from tracemark.evaluate import cells_of, evaluate, load_spec, open_store, parse_spec, summarise
+from tracemark.evaluate.report import null_entries
+
+from helpers import TEST_SEED, run_cli
+
+TINY = {
+    "name": "tiny",
+    "seeds": [TEST_SEED],
+    "alpha": 0.05,
+    "accesses": ["probabilities", "label"],
+    "dataset": {"owner_images": 3000, "test_images": 500, "aux_images": 300},
+    "recipes": {"tiny": {"images": 400, "epochs": 6, "batch_size": 32}},
+    "methods": {
+        "tracker": {
+            "method": "tracker",
+            "members": 2,
+            "never_published": 3,
+            "images_per_user": 20,
+            "collection": 40,
+            "params": {"compress": False},
+            "options": {"n_pseudo": 19},
+        },
+        "isotope": {
+            "method": "isotope",
+            "members": 2,
+            "never_published": 2,
+            "images_per_user": 40,
+            "classes": [3, 6],
+            "params": {"fraction": 0.5, "visibility": 0.6},
+            "options": {"externals": 19, "aux_per_mark": 50},
+        },
+        "ubw": {
+            "method": "ubw",
+            "members": 1,
+            "never_published": 3,
+            "options": {"m": 30},
+            "never_options": {"trigger": "independent"},
+        },
+    },
+}
+REPORT_CELL_FIELDS = {
+    "method",
+    "recipe",
+    "countermeasure",
+    "seed",
+    "access",
+    "tpr",
+    "tpr_ci",
+    "fpr_never_published",
+    "fpr_never_published_ci",
+    "fpr_clean",
+    "fpr_clean_ci",
+    "n_members",
+    "n_never_published",
+    "n_clean",
+    "marked_accuracy",
+    "clean_accuracy",
+    "queries_per_audit",
+}
+
+
+def tiny(**changes) -> dict:
+    spec = copy.deepcopy(TINY)
+    spec.update(changes)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny spec run once, in this process: its store and cache."""
+    root = tmp_path_factory.mktemp("tiny")
+    summary = evaluate(parse_spec(tiny()), root / "results.db", cache=root / "cache")
+    return root, summary
+
+
+def test_specs_name_the_bad_field():
+    bad = tiny()
+    bad["recipes"]["tiny"]["epochs"] = 0
+    with pytest.raises(TracemarkError, match=r"recipes\.tiny\.epochs"):
+        parse_spec(bad)
+    bad = tiny()
+    bad["methods"]["tracker"]["colection"] = 40
+    with pytest.raises(TracemarkError, match=r"methods\.tracker\.colection"):
+        parse_spec(bad)
+    bad = tiny()
+    bad["methods"]["tracker"]["options"] = {"n_pseudos": 19}
+    with pytest.raises(TracemarkError, match=r"methods\.tracker: unknown option\(s\) n_pseudos"):
+        parse_spec(bad)
+    bad = tiny()
+    bad["methods"]["tracker"]["params"] = {"r": 2}
+    with pytest.raises(TracemarkError, match=r"(?s)methods\.tracker.*params\.r"):
+        parse_spec(bad)
+    bad = tiny()
+    bad["methods"]["ubw"]["members"] = 2
+    with pytest.raises(TracemarkError, match="one publisher"):
+        parse_spec(bad)
+    bad = tiny()
+    bad["methods"]["ubw"]["recipes"] = ["huge"]
+    with pytest.raises(TracemarkError, match="no recipe huge"):
+        parse_spec(bad)
+    with pytest.raises(TracemarkError, match=r"shipped specs: .*demo-tracker"):
+        load_spec("no-such-spec")
+
+
+def test_every_shipped_spec_is_valid():
+    from tracemark.evaluate import shipped_specs
+
+    names = shipped_specs()
+    assert {"demo-tracker", "demo-isotope", "demo-ubw"} <= set(names)
+    for name in names:
+        assert cells_of(load_spec(name))
+
+
+def test_cells_are_keyed_by_their_spec_and_shared_across_specs():
+    spec = parse_spec(tiny())
+    cells = cells_of(spec)
+    assert [c.method_name for c in cells] == ["tracker", "isotope", "ubw"]
+    assert len({c.cell_id for c in cells}) == 3
+    # The same cell in another spec (another name, another method beside it) is the same work.
+    other = parse_spec(tiny(name="other", methods={"tracker": TINY["methods"]["tracker"]}))
+    assert cells_of(other)[0].cell_id == cells[0].cell_id
+    changed = tiny()
+    changed["methods"]["tracker"]["options"] = {"n_pseudo": 39}
+    assert cells_of(parse_spec(changed))[0].cell_id != cells[0].cell_id
+
+
+def test_a_run_stores_every_audit_and_a_rerun_computes_nothing(tiny_run):
+    root, summary = tiny_run
+    assert (summary.cells, summary.computed, summary.skipped) == (3, 3, 0)
+    with open_store(root / "results.db") as store:
+        cells = store.cells()
+        audits = store.audits()
+    assert len(cells) == 3
+    # every owner on both models, in both access modes
+    owners = {"tracker": 5, "isotope": 4, "ubw": 4}
+    by_method = {c["cell_id"]: c["method_name"] for c in cells}
+    for cell_id, method in by_method.items():
+        mine = [a for a in audits if a["cell_id"] == cell_id]
+        assert len(mine) == owners[method] * 2 * 2
+    # the clean model of (recipe, seed) was trained once and reused by the other methods
+    trained = [c["timings"]["clean_model_trained"] for c in cells]
+    assert sorted(trained) == [0.0, 0.0, 1.0]
+    again = evaluate(parse_spec(tiny()), root / "results.db", cache=root / "cache")
+    assert (again.computed, again.skipped) == (0, 3)
+
+
+def test_the_store_is_sqlite_in_wal_mode_and_keeps_each_audits_evidence(tiny_run):
+    root, _ = tiny_run
+    db = sqlite3.connect(root / "results.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    from tracemark.evaluate.run import evidence_of
+
+    with open_store(root / "results.db") as store:
+        tracker = next(c for c in store.cells() if c["method_name"] == "tracker")
+        audit = next(a for a in store.audits(tracker["cell_id"]) if a["access"] == "probabilities")
+    evidence = evidence_of(audit["evidence"])
+    # anyone can recompute the stored p-value from the stored evidence
+    from tracemark.stats import rank_p_value
+
+    own = float(np.mean(evidence["user_losses"]))
+    assert rank_p_value(own, np.array(evidence["null_scores"]), "less") == audit["p_value"]
+
+
+def test_report_json_has_every_field_and_exact_intervals(tiny_run, capsys):
+    root, _ = tiny_run
+    assert run_cli(["report", root / "results.db", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["cells"]) == 3 * 2  # cells x access modes
+    for entry in report["cells"]:
+        assert set(entry) >= REPORT_CELL_FIELDS
+        for name in ("tpr", "fpr_never_published", "fpr_clean"):
+            n = entry[{"tpr": "n_members", "fpr_never_published": "n_never_published",
+                       "fpr_clean": "n_clean"}[name]]  # fmt: skip
+            k = round(entry[name] * n)
+            ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+            assert entry[f"{name}_ci"] == pytest.approx([ci.low, ci.high])
+        assert entry["queries_per_audit"] > 0 and 0 < entry["clean_accuracy"] <= 1
+    nulls = {(e["method"], e["access"]): e for e in report["null"]}
+    assert set(nulls) == {
+        (m, a) for m in ("tracker", "isotope", "ubw") for a in ("probabilities", "label")
+    }
+    for e in nulls.values():
+        assert {"n", "fpr", "fpr_ci", "alpha"} <= set(e) and e["alpha"] == 0.05
+        # 13 null audits per method at alpha 0.05: more than 4 flags would reject the
+        # test's level at 0.01 (a valid test flags 5 or more with probability < 0.005).
+        assert e["fpr"] * e["n"] <= 4
+    assert "share nothing" in report["sharing"]
+
+
+def test_report_files_are_self_contained(tiny_run, tmp_path, capsys):
+    root, _ = tiny_run
+    out = tmp_path / "report"
+    assert run_cli(["report", root / "results.db", "-o", out]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "report.html", "rates-pooled.png", "accuracy.png"} <= names
+    assert {f"qq-{m}-{a}.png" for m in ("tracker", "isotope", "ubw")
+            for a in ("probabilities", "label")} <= names  # fmt: skip
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == sum(n.endswith(".png") for n in names)
+    assert "src='http" not in page and "<script" not in page
+    md = (out / "report.md").read_text()
+    assert "## Null audits" in md and "![rates-pooled](rates-pooled.png)" in md
+    assert run_cli(["report", tmp_path / "missing.db"]) == 2
+
+
+def test_an_interrupted_run_resumes_and_ends_with_the_same_rows(tiny_run, tmp_path):
+    root, _ = tiny_run
+    spec = parse_spec(tiny())
+
+    def stop_after_first(cell, result):
+        raise KeyboardInterrupt
+
+    db = tmp_path / "resumed.db"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(spec, db, cache=root / "cache", on_cell=stop_after_first)
+    with open_store(db) as store:
+        assert len(store.cells()) == 1
+        assert store.runs()[0]["computed"] == 1 and store.runs()[0]["finished"]
+    rest = evaluate(spec, db, cache=root / "cache")
+    assert (rest.computed, rest.skipped) == (2, 1)
+    with open_store(db) as a, open_store(root / "results.db") as b:
+        assert sorted(a.rows()) == sorted(b.rows())
+
+
+def test_worker_processes_give_the_same_rows(tiny_run, tmp_path):
+    root, _ = tiny_run
+    spec = parse_spec(
+        tiny(methods={"tracker": TINY["methods"]["tracker"], "ubw": TINY["methods"]["ubw"]})
+    )
+    db = tmp_path / "workers.db"
+    done = evaluate(spec, db, cache=tmp_path / "cache", workers=2)
+    assert done.computed == 2
+    with open_store(db) as a, open_store(root / "results.db") as b:
+        mine = {c["cell_id"] for c in a.cells()}
+        assert len(mine) == 2
+        assert sorted(a.rows()) == sorted(b.rows(mine))
+
+
+def test_ray_tasks_give_the_same_rows_as_the_local_executor(tiny_run, tmp_path):
+    import ray  # the dev extra installs it (tracemark[ray])
+
+    root, _ = tiny_run
+    spec = parse_spec(tiny())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        done = evaluate(spec, tmp_path / "ray.db", cache=tmp_path / "cache", ray="auto")
+    finally:
+        ray.shutdown()
+    assert done.computed == 3
+    with open_store(tmp_path / "ray.db") as a, open_store(root / "results.db") as b:
+        assert sorted(a.rows()) == sorted(b.rows())
+
+
+def test_output_noise_is_the_same_for_the_same_image():
+    from tracemark.oracle import CallableOracle, ImageSeededNoise
+
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 8, 8, 1), dtype=np.float32)
+    base = CallableOracle(lambda x: x.reshape(len(x), -1)[:, :10], num_classes=10)
+    noisy = ImageSeededNoise(base, 0.05, "ab" * 16)
+    first = noisy.query(images).probs
+    again = noisy.query(images[::-1]).probs[::-1]
+    assert np.array_equal(first, again)
+    assert np.allclose(first.sum(axis=1), 1) and (first >= 0).all()
+    assert not np.allclose(first, base.query(images).probs)
+
+
+def test_a_countermeasure_cell_runs_and_is_its_own_cell(tmp_path):
+    spec = parse_spec(
+        tiny(
+            methods={"tracker": TINY["methods"]["tracker"]},
+            accesses=["probabilities"],
+            countermeasures=[{"name": "none"}, {"name": "output-noise", "sigma": 0.05}],
+        )
+    )
+    cells = cells_of(spec)
+    assert [c.countermeasure.label for c in cells] == ["none", "output-noise(0.05)"]
+    done = evaluate(spec, tmp_path / "cm.db", cache=tmp_path / "cache")
+    assert done.computed == 2
+    with open_store(tmp_path / "cm.db") as store:
+        summary = summarise(store)
+        null = null_entries(store)
+    assert {e["countermeasure"] for e in summary["pooled"]} == {"none", "output-noise(0.05)"}
+    assert all(len(e["p_values"]) == e["n"] for e in null)
