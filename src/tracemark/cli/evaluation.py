@@ -62,7 +62,7 @@ def evaluate(
                 ray=ray,
                 device=device,
                 progress=bars,
-                on_cell=_say_cell,
+                on_cell=say_cell,
             )
     except KeyboardInterrupt:
         stderr.print(
@@ -79,7 +79,7 @@ def evaluate(
     )
 
 
-def _say_cell(cell, result) -> None:
+def say_cell(cell, result) -> None:
     """One line per finished cell: its rates in the first access mode, accuracy, time."""
     access = cell.spec.accesses[0]
     rows = [a for a in result.audits if a.access == access]

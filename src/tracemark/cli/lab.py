@@ -100,7 +100,7 @@ def demo(
     import tempfile
 
     from ..evaluate import evaluate, load_spec, open_store, summarise
-    from .evaluation import _say_cell, print_details, print_summary
+    from .evaluation import print_details, print_summary, say_cell
 
     spec = demo_spec(load_spec(f"demo-{method}" + ("-quick" if quick else "")), classes, seed)
     with tempfile.TemporaryDirectory(prefix="tracemark-demo-") as tmp:
@@ -111,7 +111,7 @@ def demo(
                 store,
                 cache=Path(tmp) / "cache" if db is None else None,
                 progress=bars,
-                on_cell=None if quiet else _say_cell,
+                on_cell=None if quiet else say_cell,
             )
         with open_store(store) as results:
             summary = summarise(results)

@@ -1,7 +1,7 @@
 """Where cells run: in this process, in local worker processes, or as Ray tasks.
 
 Every executor yields finished cells to the driver, which alone writes the results store.
-None schedules anything itself: the local pool is ``concurrent.futures``, the cluster is
+None schedules anything itself: the local pool is ``multiprocessing``'s, the cluster is
 Ray's. A cell pins torch's thread count (the spec's), so its rows are the same whatever
 runs it.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from ..errors import TracemarkError
@@ -33,15 +32,20 @@ def run_local(
             yield run_cell(cell, cache, device, progress)
         return
     context = multiprocessing.get_context("spawn")  # no torch state copied from the driver
-    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool = context.Pool(workers)
     try:
-        pending = {pool.submit(run_cell, cell, cache, device) for cell in cells}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
+        yield from pool.imap_unordered(_run, [(cell, cache, device) for cell in cells])
+        pool.close()
+    except BaseException:
+        pool.terminate()  # Ctrl-C or an error: stop every worker now; finished cells are kept
+        raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.join()
+
+
+def _run(args: tuple) -> CellResult:
+    cell, cache, device = args
+    return run_cell(cell, cache, device)
 
 
 def run_ray(

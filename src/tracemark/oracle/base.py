@@ -121,13 +121,13 @@ class ModelOracle(Oracle):
         outputs: OutputKind = "auto",
         budget: int | None = None,
     ) -> None:
-        if num_classes is not None and (not _is_int(num_classes) or num_classes < 2):
+        if num_classes is not None and (not is_int(num_classes) or num_classes < 2):
             raise TracemarkError(f"num_classes must be an int >= 2 (or None), got {num_classes!r}")
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise TracemarkError(f"batch_size must be a positive int, got {batch_size!r}")
         if outputs not in get_args(OutputKind):
             raise TracemarkError(f"outputs must be one of {get_args(OutputKind)}, got {outputs!r}")
-        if budget is not None and (not _is_int(budget) or budget < 0):
+        if budget is not None and (not is_int(budget) or budget < 0):
             raise TracemarkError(f"budget must be a non-negative int (or None), got {budget!r}")
         self.num_classes = None if num_classes is None else int(num_classes)
         self.batch_size = int(batch_size)
@@ -268,5 +268,5 @@ def expect_classes(oracle: object, n: int | None, source: str) -> None:
         oracle.classes_source = source
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

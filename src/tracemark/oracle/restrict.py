@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import TracemarkError
-from .base import Oracle, _is_int, softmax
+from .base import Oracle, is_int, softmax
 from .response import Response
 
 
@@ -60,7 +60,7 @@ class TopK(OracleWrapper):
 
     def __init__(self, inner: Oracle, k: int, with_scores: bool = True) -> None:
         super().__init__(inner)
-        if not _is_int(k) or k < 1:
+        if not is_int(k) or k < 1:
             raise TracemarkError(f"k must be a positive int, got {k!r}")
         c = inner.num_classes
         if c is not None and k > c:
