@@ -20,6 +20,7 @@ FILES=(
   tests/test_ubw_cli.py
   tests/test_training.py
   tests/test_mlserver.py
+  tests/test_evaluate.py
 )
 SEEDS=("$@")
 [ ${#SEEDS[@]} -gt 0 ] || SEEDS=(1 2 3)

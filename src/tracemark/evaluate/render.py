@@ -83,24 +83,33 @@ def _row_label(e: dict) -> str:
 
 
 def plot_qq(null: dict, path: Path) -> Path:
-    """Null p-values against the uniform: below the diagonal means anti-conservative."""
+    """Null p-values against the uniform, on linear and log scales (the small p-values that
+    decide are the log panel's left end): points below the diagonal are anti-conservative."""
+    from scipy.stats import beta
+
     plt = _pyplot()
     p = np.sort(np.asarray(null["p_values"], dtype=float))
     n = len(p)
-    expected = (np.arange(1, n + 1)) / (n + 1)
-    from scipy.stats import beta
+    i = np.arange(1, n + 1)
+    expected = i / (n + 1)
+    lo, hi = beta.ppf(0.025, i, n - i + 1), beta.ppf(0.975, i, n - i + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.2))
+    for ax, log in zip(axes, (False, True), strict=True):
+        ax.fill_between(expected, lo, hi, color="lightgrey", label="95% band (uniform)")
+        ax.plot([expected[0], 1], [expected[0], 1], color="grey", linewidth=1)
+        ax.plot(expected, p, ".", markersize=3, color="tab:blue", label=f"{n} null audits")
+        ax.axhline(null["alpha"], color="tab:red", linestyle=":", linewidth=1, label="alpha")
+        ax.set_xlabel("uniform quantile")
+        if log:
+            from matplotlib.ticker import NullFormatter
 
-    lo = beta.ppf(0.025, np.arange(1, n + 1), n - np.arange(1, n + 1) + 1)
-    hi = beta.ppf(0.975, np.arange(1, n + 1), n - np.arange(1, n + 1) + 1)
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    ax.fill_between(expected, lo, hi, color="lightgrey", label="95% band (uniform)")
-    ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
-    ax.plot(expected, p, ".", markersize=3, color="tab:blue", label=f"{n} null audits")
-    ax.axhline(null["alpha"], color="tab:red", linestyle=":", linewidth=1, label="alpha")
-    ax.set_xlabel("uniform quantile")
-    ax.set_ylabel("null p-value")
-    ax.set_title(f"{null['method']} / {null['access']}: FPR {null['fpr']:.3f}", fontsize=9)
-    ax.legend(fontsize=7)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    axes[0].set_ylabel("null p-value")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{null['method']} / {null['access']}: FPR {null['fpr']:.3f} of {n}", fontsize=9)
     return _save(fig, path)
 
 
