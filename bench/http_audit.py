@@ -103,7 +103,10 @@ def main() -> None:
     say(f"marking and training: {cell.label}")
     prepared = prepare(cell)
     say("auditing in-process")
-    in_process = {n: TorchModuleOracle(m, num_classes=10) for n, m in prepared.models.items()}
+    in_process = {
+        n: TorchModuleOracle(m, num_classes=prepared.num_classes)
+        for n, m in prepared.models.items()
+    }
     local = audit_all(cell, prepared, in_process)
     owners = len(prepared.world.owners)
     summary: dict = {"config": {"owners": owners, "options": cell.method.options}}
@@ -134,7 +137,7 @@ def main() -> None:
             backoff=0.01,
             max_backoff=0.2,
             retries=50,
-            num_classes=10,  # top-K and label answers do not say how many classes there are
+            num_classes=prepared.num_classes,  # top-K and label answers do not say how many
         )
         with ExitStack() as stack:
             oracles = {}

@@ -127,6 +127,10 @@ class Prepared:
     aux: LabelledImages
     clean_trained: bool
 
+    @property
+    def num_classes(self) -> int:
+        return int(self.train.labels.max()) + 1
+
 
 def prepare(
     cell: Cell,
@@ -170,11 +174,11 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
     )
     if marked is not None and p.method.kind == "dataset" and hasattr(p.method, "measure"):
         result.metrics = p.method.measure(
-            _probabilities(marked, device), p.world.marked[0].key, p.aux
+            _probabilities(marked, p.num_classes, device), p.world.marked[0].key, p.aux
         )
     clock.lap("measure")
     oracles = {
-        name: TorchModuleOracle(model, num_classes=10, device=device)
+        name: TorchModuleOracle(model, num_classes=p.num_classes, device=device)
         for name, model in p.models.items()
         if model is not None
     }
@@ -333,10 +337,10 @@ def _accuracy(model, p: Prepared, device: str) -> float:
     return accuracy(model, p.test.images[idx], p.test.labels[idx], device=device)
 
 
-def _probabilities(model, device: str) -> Callable[[np.ndarray], np.ndarray]:
+def _probabilities(model, num_classes: int, device: str) -> Callable[[np.ndarray], np.ndarray]:
     from ..oracle import TorchModuleOracle
 
-    oracle = TorchModuleOracle(model, num_classes=10, device=device)
+    oracle = TorchModuleOracle(model, num_classes=num_classes, device=device)
     return lambda x: oracle.query(x).probs
 
 
