@@ -13,8 +13,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from .._version import __version__
 from .spec import CountermeasureSpec, ExperimentSpec, MethodSpec, RecipeSpec
+
+
+def identity(model: BaseModel) -> dict[str, Any]:
+    """A spec section as it enters a hash: only what differs from the defaults, so a field
+    added later (with a default) leaves every existing cell's identity alone."""
+    return model.model_dump(exclude_defaults=True)
 
 
 def digest(payload: Any) -> str:
@@ -39,10 +47,10 @@ class Cell:
         """Everything that determines the cell's rows (names aside)."""
         s = self.spec
         return {
-            "dataset": s.dataset.model_dump(),
-            "recipe": self.recipe.model_dump(),
-            "method": self.method.model_dump(),
-            "countermeasure": self.countermeasure.model_dump(),
+            "dataset": identity(s.dataset),
+            "recipe": identity(self.recipe),
+            "method": identity(self.method),
+            "countermeasure": identity(self.countermeasure),
             "seed": self.seed,
             "alpha": s.alpha,
             "accesses": list(s.accesses),

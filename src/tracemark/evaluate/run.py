@@ -26,7 +26,7 @@ from ..keys import Key
 from ..methods import registry
 from ..methods.base import AuditData, MarkedData
 from ..rng import derive_bytes, derive_int
-from .cells import Cell, digest
+from .cells import Cell, digest, identity
 from .victims import cached_model, clean_model_id, train_victim
 from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
 
@@ -219,10 +219,12 @@ def mark_world(
         data = LabelledImages(release.images, release.labels, clean.classes)
         return World(owners, [release] + [None] * (len(owners) - 1), data)
     owners = owners_of(spec.dataset, cell.method_name, m, cell.seed, clean_idx)
-    publish = m.images_per_user if m.held > m.images_per_user else None
     marked = [
         method.mark(
-            train.images[o.indices], o.key, ids=[str(i) for i in o.indices], publish=publish
+            train.images[o.indices],
+            o.key,
+            ids=[str(i) for i in o.indices],
+            publish=m.published(o.member),
         )
         for o in owners
     ]
@@ -244,7 +246,7 @@ def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) 
     release_id = digest(
         {
             "purpose": "release",
-            "dataset": cell.spec.dataset.model_dump(),
+            "dataset": identity(cell.spec.dataset),
             "clean": digest(clean_idx.tolist()),
             "method": key.method,
             "params": key.params,
@@ -311,7 +313,7 @@ def _victims(
 ):
     """(marked victim, clean model, whether the clean model was trained now)."""
     spec, recipe = cell.spec, cell.recipe
-    seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(recipe.model_dump()))
+    seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(identity(recipe)))
 
     def bar(name: str):
         return None if progress is None else progress(f"train {name}", recipe.epochs)

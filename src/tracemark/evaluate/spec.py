@@ -87,6 +87,9 @@ class MethodSpec(Strict):
     never_published: int = Field(50, ge=0)
     images_per_user: int = Field(25, ge=1)
     collection: int | None = Field(None, ge=1, description="default: images_per_user")
+    never_collection: int | None = Field(
+        None, ge=1, description="what a never-published owner holds (default: as a member)"
+    )
     classes: list[int] = Field(default_factory=lambda: list(range(10)), min_length=1)
     placement: Literal["add", "replace"] = "add"
     recipes: list[str] | None = Field(None, description="only these recipes (default: all)")
@@ -95,14 +98,23 @@ class MethodSpec(Strict):
     def _check(self) -> MethodSpec:
         if self.collection is not None and self.collection < self.images_per_user:
             raise ValueError("collection must hold at least images_per_user images")
+        never = self.never_collection
+        if never is not None and self.collection is not None and never < self.images_per_user:
+            raise ValueError("never_collection must hold at least images_per_user images")
         if self.members + self.never_published == 0:
             raise ValueError("give members or never_published owners")
         return self
 
-    @property
-    def held(self) -> int:
-        """Images each owner holds."""
+    def held(self, member: bool = True) -> int:
+        """Images an owner holds."""
+        if not member and self.never_collection is not None:
+            return self.never_collection
         return self.collection or self.images_per_user
+
+    def published(self, member: bool = True) -> int | None:
+        """How many of them the key chooses to publish (None: all)."""
+        held = self.held(member)
+        return min(self.images_per_user, held) if held > self.images_per_user else None
 
 
 class CountermeasureSpec(Strict):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from .cells import digest
+from .cells import digest, identity
 from .spec import DatasetSpec, RecipeSpec
 
 CUTOUT_FRACTION = 4  # "strong" augmentation erases a square of a quarter of the image side
@@ -87,8 +87,8 @@ def clean_model_id(dataset: DatasetSpec, recipe: RecipeSpec, seed: int, threads:
     """What the clean model of a (recipe, seed) is a function of."""
     return digest(
         {
-            "dataset": dataset.model_dump(),
-            "recipe": recipe.model_dump(),
+            "dataset": identity(dataset),
+            "recipe": identity(recipe),
             "seed": seed,
             "torch_threads": threads,
             "tracemark_version": __version__,

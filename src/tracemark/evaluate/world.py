@@ -102,8 +102,8 @@ def owner_key(seed: int, method_name: str, method: MethodSpec, index: int) -> Ke
 def owners_of(
     dataset: DatasetSpec, method_name: str, method: MethodSpec, seed: int, clean: np.ndarray
 ) -> list[Owner]:
-    """Members first, then never-published owners. Owner u holds ``method.held`` images of
-    class ``classes[u % len(classes)]``: members placed "replace" take theirs from the
+    """Members first, then never-published owners. Owner u holds ``method.held()`` images
+    of class ``classes[u % len(classes)]``: members placed "replace" take theirs from the
     victim's clean images, everyone else from the owners' share (disjoint between owners)."""
     train = load_split(dataset, "train")
     rng = derive(seed_hex(seed), "evaluate/owners", method_name)
@@ -122,13 +122,13 @@ def owners_of(
         member = u < method.members
         label = method.classes[u % len(method.classes)]
         where = "clean" if member and method.placement == "replace" else "owners"
-        pile = sources[where][label]
-        if len(pile) < method.held:
+        pile, need = sources[where][label], method.held(member)
+        if len(pile) < need:
             raise TracemarkError(
-                f"methods.{method_name}: owner {u} needs {method.held} images of class {label}; "
+                f"methods.{method_name}: owner {u} needs {need} images of class {label}; "
                 f"only {len(pile)} are left in the {where} images (fewer owners or images "
-                "per owner, or more dataset.owner_images)"
+                "per owner, never_collection, or more dataset.owner_images)"
             )
-        held = np.array([pile.pop() for _ in range(method.held)])
+        held = np.array([pile.pop() for _ in range(need)])
         owners.append(Owner(u, member, owner_key(seed, method_name, method, u), label, held))
     return owners
