@@ -162,16 +162,17 @@ def pooled_entries(cells: list[dict[str, Any]], store: Store) -> list[dict[str, 
     return out
 
 
-def null_entries(store: Store) -> list[dict[str, Any]]:
-    """Every null audit (a key whose data the model never saw), pooled per method and
-    access mode (and alpha), with the binomial test of "FPR > alpha"."""
+def null_entries(store: Store, by: str = "method") -> list[dict[str, Any]]:
+    """Every null audit (a key whose data the model never saw), pooled per method (or per
+    spec entry: ``by="method_name"``) and access mode (and alpha), with the binomial test
+    of "FPR > alpha"."""
     pooled: dict[tuple, list[dict]] = defaultdict(list)
     p_values: dict[tuple, list[float]] = defaultdict(list)
     for cell in store.cells():
         for a in store.audits(cell["cell_id"]):
             if a["model"] == "marked" and a["member"]:
                 continue
-            key = (cell["method"], a["access"], cell["alpha"])
+            key = (cell[by], a["access"], cell["alpha"])
             pooled[key].append(a)
             p_values[key].append(a["p_value"])
     out = []
@@ -217,6 +218,10 @@ def summarise(store: Store) -> dict[str, Any]:
         "cells": cells,
         "pooled": pooled_entries(cells, store),
         "null": [{k: v for k, v in e.items() if k != "p_values"} for e in null],
+        "null_by_entry": [
+            {k: v for k, v in e.items() if k != "p_values"}
+            for e in null_entries(store, by="method_name")
+        ],
         "sharing": SHARING,
     }
 
