@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -24,10 +25,18 @@ from ._version import __version__
 from .datasets import LabelledImages, load_dataset, load_image_pool
 from .errors import TracemarkError
 from .fsutil import check_output, sha256_file
-from .images import default_manifest_path, list_images, read_folder, write_images, write_manifest
+from .images import (
+    ColourMode,
+    default_manifest_path,
+    list_images,
+    read_folder,
+    write_images,
+    write_manifest,
+)
 from .keys import Key, load_key
 from .methods import registry
 from .methods.base import AuditOptions, AuditSources, MarkedData
+from .options import option, resolve
 from .oracle.open import ModelOptions, open_oracle
 from .verdict import Verdict
 
@@ -35,6 +44,7 @@ PathLike = str | os.PathLike
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 __all__ = [
+    "MarkOptions",
     "audit",
     "check_manifest_path",
     "default_manifest_path",
@@ -55,27 +65,42 @@ def _key(key: Key | PathLike, method: str | None = None) -> Key:
 # ----------------------------------------------------------------------------- marking
 
 
+@dataclass(frozen=True)
+class MarkOptions:
+    """How ``mark`` writes the marked copies (the one home of these defaults)."""
+
+    fmt: Literal["png", "jpeg"] = option("png", "Output format.", "--format")
+    quality: int = option(95, "JPEG quality.", min=1, max=100)
+    mode: ColourMode = option("auto", "Colour mode of the output.")
+    manifest: Path | None = option(None, "Manifest path [default: OUT.manifest.json beside OUT].")
+    publish: int | None = option(
+        None,
+        "tracker: publish only the key's random choice of this many images of SRC (the rest "
+        "stay private and make the audit stronger); default: all of them.",
+        min=1,
+    )
+    force: bool = option(False, "Overwrite existing outputs.")
+
+
 def mark_folder(
     key: Key | PathLike,
     src: PathLike,
     out: PathLike,
     *,
-    fmt: Literal["png", "jpeg"] = "png",
-    quality: int = 95,
-    mode: Literal["auto", "RGB", "L"] = "auto",
-    manifest: PathLike | None = None,
-    publish: int | None = None,
-    force: bool = False,
+    options: MarkOptions | None = None,
     progress: ProgressFactory | None = None,
+    **changes: Any,
 ) -> Path:
     """Write marked copies of the images under ``src`` to ``out``; return the manifest path.
 
+    ``options`` (or its fields as keywords, e.g. ``publish=25``): :class:`MarkOptions`.
     tracker keys mark and write the key's random choice of ``publish`` images (all of
     them when None; noise seeded by each relative path): keep ``src`` whole, since the
     audit draws its pseudo-users from it. isotope keys mark a share p of the images
     (chosen by hashing the relative paths) and copy the rest. Re-marking gives identical
     files. Nothing is written if any output exists (unless ``force``).
     """
+    o = resolve(MarkOptions, options, changes)
     key = _key(key)
     method = registry.get(key.method)
     if method.kind != "images":
@@ -83,21 +108,21 @@ def mark_folder(
             f"{key.method} keys watermark a whole labelled dataset: use "
             "`tracemark watermark SRC OUT`"
         )
-    manifest = Path(manifest) if manifest is not None else default_manifest_path(out)
-    check_manifest_path(manifest, src, out, force=force)
+    manifest = Path(o.manifest) if o.manifest is not None else default_manifest_path(out)
+    check_manifest_path(manifest, src, out, force=o.force)
     count = len(list_images(src))
     bar = progress or (lambda _d, _t: None)
-    images = read_folder(src, mode=mode, progress=bar("reading", count))
-    marked = method.mark(images.images, key, ids=images.rel_paths, publish=publish)
+    images = read_folder(src, mode=o.mode, progress=bar("reading", count))
+    marked = method.mark(images.images, key, ids=images.rel_paths, publish=o.publish)
     published = [rel for rel, c in zip(images.rel_paths, marked.published, strict=True) if c]
     written = write_images(
         marked.images,
         published,
         out,
         src_root=src,
-        fmt=fmt,
-        quality=quality,
-        force=force,
+        fmt=o.fmt,
+        quality=o.quality,
+        force=o.force,
         progress=bar("writing", count),
     )
     entries = _manifest_entries(src, images.rel_paths, published, written, marked)
@@ -113,7 +138,7 @@ def mark_folder(
         "created": datetime.now(UTC).isoformat(),
         "tracemark_version": __version__,
     }
-    write_manifest(manifest, entries, meta, force=force, protect=(src,))
+    write_manifest(manifest, entries, meta, force=o.force, protect=(src,))
     return manifest
 
 
@@ -190,18 +215,12 @@ def audit(
     """
     key = _key(key)
     method = registry.get(key.method)
-    options = _method_options(method, options, changes)
+    options = resolve(method.options, options, changes)
     model_options = model_options or ModelOptions()
     oracle = open_oracle(model, model_options)
     sources = AuditSources(marked, originals, aux, testset, label, holdout)
     data = method.read(key, sources, model_options)
     return method.audit(oracle, key, data, options, progress)
-
-
-def _method_options(method, options: AuditOptions | None, changes: dict) -> AuditOptions:
-    from .options import resolve
-
-    return resolve(method.options, options, changes)
 
 
 def verify(
@@ -283,21 +302,24 @@ def watermark_report(
     key: Key | PathLike,
     testset: PathLike | LabelledImages,
     *,
-    trigger: Literal["key", "independent"] = "key",
+    options: AuditOptions | None = None,
+    model_options: ModelOptions | None = None,
     limit: int | None = None,
-    outputs: Literal["auto", "probabilities", "logits"] = "auto",
 ) -> dict[str, Any]:
-    """BA, ASR-A, ASR-C, D_p, D_s, D_c of ``model`` on ``testset`` (needs probabilities)."""
+    """BA, ASR-A, ASR-C, D_p, D_s, D_c of ``model`` on ``testset`` (needs probabilities),
+    under the key's trigger or (``options.trigger="independent"``) a never-published one.
+    ``limit``: use only the first ``limit`` test images."""
     from .methods import ubw
     from .oracle.base import expect_classes
 
     key = _key(key, method="ubw")
+    options = resolve(ubw.UbwOptions, options, {})
     test = ubw.load_testset(testset)
     n = key.typed_params().num_classes
     ubw.check_test_labels(test, n)
     if limit is not None:
         test = test.subset(np.arange(min(limit, len(test))))
-    oracle = open_oracle(model, outputs=outputs)
+    oracle = open_oracle(model, model_options or ModelOptions())
     expect_classes(oracle, n, f"the key (num_classes = {n})")
 
     def probs(images: np.ndarray) -> np.ndarray:
@@ -306,9 +328,9 @@ def watermark_report(
             raise TracemarkError("watermark-report needs a model that returns probabilities")
         return resp.probs
 
-    metrics = ubw.report(probs, key, test, which=trigger)
+    metrics = ubw.report(probs, key, test, which=options.trigger)
     p = key.typed_params()
-    return {"variant": p.variant, "trigger": trigger, **metrics, "queries": oracle.queries}
+    return {"variant": p.variant, "trigger": options.trigger, **metrics, "queries": oracle.queries}
 
 
 def distinguish_marks(
@@ -317,12 +339,13 @@ def distinguish_marks(
     labels: Sequence[int],
     aux: PathLike | np.ndarray | LabelledImages,
     *,
-    alpha: float = 0.01,
+    options: AuditOptions | None = None,
     model_options: ModelOptions | None = None,
 ) -> dict:
     """Isotope V_D over several keys' marks; a JSON-ready dict of pairwise p-values."""
     from .methods import isotope
 
+    alpha = resolve(isotope.IsotopeOptions, options, {}).alpha
     loaded = [_key(k) for k in keys]
     if len(loaded) != len(labels):
         raise TracemarkError(f"{len(loaded)} keys but {len(labels)} labels: give one class per key")

@@ -10,14 +10,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
+from ..api import MarkOptions
 from ..errors import TracemarkError
-from ..images import ColourMode
 from ..methods import registry
+from ..methods.isotope import IsotopeOptions
 from ..options import option
 from ..oracle.open import ModelOptions
 from ..progress import progress_bars
@@ -95,46 +96,22 @@ def key_info(
 
 
 @app.command()
+@with_options(options=MarkOptions)
 def mark(
     key_path: Annotated[Path, typer.Argument(metavar="KEY", help="Key file (tracker).")],
     src: Annotated[Path, typer.Argument(help="Folder of original images (never modified).")],
     out: Annotated[Path, typer.Argument(help="New folder for the marked copies.")],
-    fmt: Annotated[Literal["png", "jpeg"], typer.Option("--format", help="Output format.")] = "png",
-    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality.")] = 95,
-    mode: Annotated[ColourMode, typer.Option(help="Colour mode of the output.")] = "auto",
-    manifest: Annotated[
-        Optional[Path], typer.Option(help="Manifest path [default: OUT.manifest.json beside OUT].")
-    ] = None,
-    publish: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            help="tracker: publish only the key's random choice of this many images of SRC "
-            "(the rest stay private and make the audit stronger); default: all of them.",
-        ),
-    ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite existing outputs.")] = False,
+    options: MarkOptions,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Write marked copies of the images in SRC to OUT, plus a manifest with hashes."""
     from ..api import mark_folder
 
     with progress_bars(not quiet) as bars:
-        written = mark_folder(
-            key_path,
-            src,
-            out,
-            fmt=fmt,
-            quality=quality,
-            mode=mode,
-            manifest=manifest,
-            publish=publish,
-            force=force,
-            progress=bars,
-        )
+        written = mark_folder(key_path, src, out, options=options, progress=bars)
     stdout.print(f"marked the images of {src} into {out}; manifest: {written}")
     stdout.print("publish the marked folder only: keep the key and the manifest private")
-    if publish is not None:
+    if options.publish is not None:
         stdout.print(f"keep {src} whole: the audit needs every image in it (--originals)")
 
 
@@ -246,7 +223,10 @@ def replay(
 
 
 @app.command()
-@with_options(model_options=Flags(ModelOptions, only={"outputs", "size", "mode"}))
+@with_options(
+    settings=Flags(IsotopeOptions, only={"alpha"}),
+    model_options=Flags(ModelOptions, only={"outputs", "size", "mode"}),
+)
 def distinguish(
     model: Annotated[Path, typer.Argument(help="The model: .onnx, TorchScript, or checkpoint.")],
     keys: Annotated[list[Path], typer.Argument(help="Two or more isotope key files.")],
@@ -254,16 +234,18 @@ def distinguish(
         str, typer.Option(help="Comma-separated class of each key's images, in order.")
     ],
     aux: Annotated[Path, typer.Option(help="Images of the same domain (flat or class folders).")],
+    settings: IsotopeOptions,
     model_options: ModelOptions,
-    alpha: Annotated[float, typer.Option(min=1e-9, max=0.5, help="Level of each test.")] = 0.01,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Isotope V_D: does each key's mark shift its own class more than the others' marks do?"""
+    """Isotope V_D: does each key's mark shift its own class more than the others' marks do?
+    (--alpha is the level of each pairwise test.)"""
     from ..api import distinguish_marks
 
     result = distinguish_marks(
-        model, keys, parse_classes(labels), aux, alpha=alpha, model_options=model_options
+        model, keys, parse_classes(labels), aux, options=settings, model_options=model_options
     )
+    alpha = settings.alpha
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return

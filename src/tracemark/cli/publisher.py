@@ -122,26 +122,28 @@ def verify(
 
 
 @app.command("watermark-report")
+@with_options(
+    settings=Flags(UbwOptions, only={"trigger"}),
+    model_options=Flags(ModelOptions, only={"outputs"}),
+)
 def watermark_report(
     model: ModelArg,
     key_path: KeyArg,
     testset: TestsetArg,
-    trigger: Annotated[
-        Literal["key", "independent"],
-        typer.Option(help="Measure with the key's or an independent trigger."),
-    ] = "key",
+    settings: UbwOptions,
+    model_options: ModelOptions,
     limit: Annotated[
         Optional[int], typer.Option(min=1, help="Use only the first N test images.")
     ] = None,
-    outputs: Annotated[
-        Literal["auto", "probabilities", "logits"], typer.Option(help="What the model returns.")
-    ] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Print BA, ASR-A, ASR-C and the dispersibilities D_p, D_s, D_c of MODEL."""
+    """Print BA, ASR-A, ASR-C and the dispersibilities D_p, D_s, D_c of MODEL (--trigger
+    independent: under a never-published trigger)."""
     from ..api import watermark_report as run_report
 
-    report = run_report(model, key_path, testset, trigger=trigger, limit=limit, outputs=outputs)
+    report = run_report(
+        model, key_path, testset, options=settings, model_options=model_options, limit=limit
+    )
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return

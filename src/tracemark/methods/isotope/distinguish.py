@@ -16,6 +16,8 @@ from ...errors import TracemarkError
 from ...oracle.response import Response
 from ...stats import paired_greater
 from .marks import Mark, blend
+from .options import IsotopeOptions
+from .params import IsotopeParams
 from .scores import QUERY_BATCH, class_scores, score_mode
 
 
@@ -46,9 +48,9 @@ def distinguish(
     marks: Sequence[Mark],
     labels: Sequence[int],
     aux: np.ndarray,
-    visibility: float | Sequence[float] = 0.4,
+    visibility: float | Sequence[float] | None = None,
     *,
-    alpha: float = 0.01,
+    alpha: float | None = None,
     aux_labels: np.ndarray | None = None,
     access: str = "auto",
 ) -> Distinction:
@@ -57,6 +59,9 @@ def distinguish(
     Each mark is blended into the same aux images once; the test for (j, k) uses aux
     images of neither class (by ``aux_labels``, else by the unmarked prediction).
     """
+    alpha = IsotopeOptions().alpha if alpha is None else alpha  # the defaults' one home
+    if visibility is None:
+        visibility = IsotopeParams.model_fields["visibility"].default
     if len(marks) != len(labels) or len(marks) < 2:
         raise TracemarkError("distinguish needs at least two marks, each with its class")
     aux = np.asarray(aux, dtype=np.float32)
