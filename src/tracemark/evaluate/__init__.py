@@ -52,15 +52,18 @@ class RunSummary:
     computed: int = 0
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
+    parallel: bool = False
 
     @property
     def overhead(self) -> float | None:
-        """The harness's share of the run's wall time: everything but marking, training,
-        measuring and auditing (data loading, dispatch, the store). In-process runs only."""
-        if not self.computed or not self.seconds:
-            return None
+        """The harness's share of the time: everything but marking, training, measuring and
+        auditing (data loading, world building, the store, dispatch). In-process, of the
+        run's wall time; with workers, of the cells' own time (dispatch left out)."""
         work = sum(self.phases.get(p, 0.0) for p in WORK)
-        return max(0.0, (self.seconds - work) / self.seconds)
+        total = self.phases.get("total", 0.0) if self.parallel else self.seconds
+        if not self.computed or not total:
+            return None
+        return max(0.0, (total - work) / total)
 
 
 def evaluate(
@@ -91,7 +94,9 @@ def evaluate(
     done = store.finished()
     todo = [c for c in every if c.cell_id not in done]
     by_id = {c.cell_id: c for c in todo}
-    summary = RunSummary(cells=len(every), skipped=len(every) - len(todo))
+    summary = RunSummary(
+        len(every), len(every) - len(todo), parallel=ray is not None or workers > 1
+    )
     bar = progress("cells", len(todo)) if progress and todo else None
     start = time.perf_counter()
     with store, store.run(spec.name, spec.model_dump(), len(every)) as record:
