@@ -119,12 +119,23 @@ def main() -> None:
         str(tmp / "cache-resumed"),
         "--quiet",
     ]
-    child = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    # A shell's background job inherits SIGINT ignored, and Python then keeps ignoring it:
+    # give the child the default disposition, so that it gets the KeyboardInterrupt Ctrl-C
+    # would give it.
+    child = subprocess.Popen(
+        command,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     while stored_cells(db) < total // 2 and child.poll() is None:
         time.sleep(0.2)
+    if child.poll() is not None:
+        raise SystemExit(f"the run ended (status {child.returncode}) before it was interrupted")
     child.send_signal(signal.SIGKILL if args.kill else signal.SIGINT)
     status = child.wait()
     before = stored_cells(db)
+    if before == total:
+        raise SystemExit("every cell was stored before the interrupt took effect")
     rerun = subprocess.run(command, capture_output=True, text=True, check=True)
     with open_store(db) as a, open_store(tmp / "whole.db") as b:
         same = sorted(a.rows()) == sorted(b.rows())
