@@ -95,7 +95,7 @@ def evaluate(
     todo = [c for c in every if c.cell_id not in done]
     by_id = {c.cell_id: c for c in todo}
     summary = RunSummary(
-        len(every), len(every) - len(todo), parallel=ray is not None or workers > 1
+        cells=len(every), skipped=len(every) - len(todo), parallel=ray is not None or workers > 1
     )
     bar = progress("cells", len(todo)) if progress and todo else None
     start = time.perf_counter()

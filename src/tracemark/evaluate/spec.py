@@ -98,6 +98,9 @@ class MethodSpec(Strict):
     def _check(self) -> MethodSpec:
         if self.collection is not None and self.collection < self.images_per_user:
             raise ValueError("collection must hold at least images_per_user images")
+        # A never-published owner's collection may be smaller than images_per_user only
+        # where nothing is chosen for publication (no collection: isotope's audits read
+        # none of their images); where the key chooses K of a collection, it needs K.
         never = self.never_collection
         if never is not None and self.collection is not None and never < self.images_per_user:
             raise ValueError("never_collection must hold at least images_per_user images")
@@ -113,8 +116,7 @@ class MethodSpec(Strict):
 
     def published(self, member: bool = True) -> int | None:
         """How many of them the key chooses to publish (None: all)."""
-        held = self.held(member)
-        return min(self.images_per_user, held) if held > self.images_per_user else None
+        return self.images_per_user if self.held(member) > self.images_per_user else None
 
 
 class CountermeasureSpec(Strict):
