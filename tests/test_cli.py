@@ -239,3 +239,28 @@ def test_isotope_demo_quick_json(capsys):
         assert e["fpr_clean"] <= 0.15
         assert e["queries_per_audit"] > 0
     assert cells["probabilities"]["marked_accuracy"] > 0.6
+
+
+def test_every_help_text_is_shown_whole():
+    """Rich reads ``[...]`` in help as markup and drops it; every option's help must survive."""
+    import re
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from tracemark.cli import app
+
+    def normalise(text: str) -> str:
+        return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
+
+    root = typer.main.get_command(app)
+    runner = CliRunner()
+    checked = 0
+    for name, command in root.commands.items():
+        shown = runner.invoke(app, [name, "--help"], env={"COLUMNS": "400"}).output
+        for param in command.params:
+            if param.help and not getattr(param, "hidden", False):
+                expected = normalise(param.help.replace("\\[", "["))
+                assert expected in normalise(shown), (name, param.name)
+                checked += 1
+    assert checked > 50

@@ -72,7 +72,7 @@ class MarkOptions:
     fmt: Literal["png", "jpeg"] = option("png", "Output format.", "--format")
     quality: int = option(95, "JPEG quality.", min=1, max=100)
     mode: ColourMode = option("auto", "Colour mode of the output.")
-    manifest: Path | None = option(None, "Manifest path [default: OUT.manifest.json beside OUT].")
+    manifest: Path | None = option(None, "Manifest path (default: OUT.manifest.json beside OUT).")
     publish: int | None = option(
         None,
         "tracker: publish only the key's random choice of this many images of SRC (the rest "

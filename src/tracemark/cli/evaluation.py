@@ -22,17 +22,20 @@ def evaluate(
     ],
     db: Annotated[
         Optional[Path],
-        typer.Option(help="Results store (SQLite) [default: runs/SPEC-NAME.db]."),
+        typer.Option(help="Results store (SQLite).", show_default="runs/SPEC-NAME.db"),
     ] = None,
     cache: Annotated[
-        Optional[Path], typer.Option(help="Where clean models are kept [default: beside --db].")
+        Optional[Path],
+        typer.Option(help="Where clean models are kept.", show_default="beside --db"),
     ] = None,
     workers: Annotated[
         int, typer.Option(min=1, help="Run cells in this many local processes.")
     ] = 1,
     ray: Annotated[
         Optional[str],
-        typer.Option(help="Run cells as Ray tasks: 'auto' or a cluster address (tracemark[ray])."),
+        typer.Option(
+            help="Run cells as Ray tasks: 'auto' or a cluster address (tracemark\\[ray]).",
+        ),
     ] = None,
     device: Annotated[
         str, typer.Option(help="auto (a GPU when there is one), cpu, cuda[:N].")
