@@ -242,6 +242,59 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_rows(tiny_run, tmp_pa
         assert sorted(a.rows()) == sorted(b.rows())
 
 
+def test_a_failing_cell_stops_no_other_and_is_retried(tiny_run, tmp_path, monkeypatch):
+    import tracemark.evaluate.executors as executors
+
+    root, _ = tiny_run
+    spec = parse_spec(
+        tiny(methods={"tracker": TINY["methods"]["tracker"], "ubw": TINY["methods"]["ubw"]})
+    )
+    run_cell = executors.run_cell
+
+    def broken_tracker(cell, *args):
+        if cell.method_name == "tracker":
+            raise ValueError("a bug in one cell")
+        return run_cell(cell, *args)
+
+    monkeypatch.setattr(executors, "run_cell", broken_tracker)
+    db = tmp_path / "failing.db"
+    seen = []
+    first = evaluate(spec, db, cache=root / "cache", on_failure=lambda c, f: seen.append(c))
+    assert first.computed == 1 and [f.error for f in first.failed] == [
+        "ValueError: a bug in one cell"
+    ]
+    assert [c.method_name for c in seen] == ["tracker"] and "broken_tracker" in first.failed[
+        0
+    ].details
+    with open_store(db) as store:
+        assert [c["method_name"] for c in store.cells()] == ["ubw"]
+    monkeypatch.setattr(executors, "run_cell", run_cell)
+    second = evaluate(spec, db, cache=root / "cache")
+    assert (second.computed, second.skipped, second.failed) == (1, 1, [])
+    with open_store(db) as a, open_store(root / "results.db") as b:
+        mine = {c["cell_id"] for c in a.cells()}
+        assert sorted(a.rows()) == sorted(b.rows(mine))
+
+
+def test_the_cli_names_a_failed_cell_and_exits_1(tmp_path, monkeypatch, capsys):
+    import tracemark.evaluate.executors as executors
+    from tracemark.errors import TracemarkError as Expected
+
+    def refuse(cell, *args):
+        raise Expected("the victim classified only 1 test image(s) correctly")
+
+    monkeypatch.setattr(executors, "run_cell", refuse)
+    spec = tmp_path / "one.toml"
+    spec.write_text(
+        'name = "one"\nseeds = [0]\n[recipes.r]\nimages = 400\n'
+        '[methods.ubw]\nmethod = "ubw"\nmembers = 1\nnever_published = 1\n'
+    )
+    assert run_cli(["evaluate", spec, "--db", tmp_path / "one.db", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "ubw / r / none / seed 0: the victim classified only 1" in " ".join(err.split())
+    assert "1 cell(s) failed" in err and "Traceback" not in err
+
+
 def test_worker_processes_give_the_same_rows(tiny_run, tmp_path):
     root, _ = tiny_run
     spec = parse_spec(

@@ -66,6 +66,7 @@ def evaluate(
                 device=device,
                 progress=bars,
                 on_cell=say_cell,
+                on_failure=say_failure,
             )
     except KeyboardInterrupt:
         stderr.print(
@@ -80,6 +81,7 @@ def evaluate(
         f"{summary.seconds} s{share}. Next: tracemark report {db} -o DIR",
         highlight=False,
     )
+    stop_if_failed(summary.failed)
 
 
 def say_cell(cell, result) -> None:
@@ -100,6 +102,23 @@ def say_cell(cell, result) -> None:
         ),
         highlight=False,
     )
+
+
+def say_failure(cell, failure) -> None:
+    """A failed cell as it happens: its label and the error (a bug's whole traceback)."""
+    if not failure.expected:
+        stderr.print(escape(failure.details), highlight=False)
+    stderr.print(f"[bold red]failed:[/bold red] {escape(f'{cell.label}: {failure.error}')}")
+
+
+def stop_if_failed(failed: list) -> None:
+    """Exit 1 when cells failed: they are not in the store, and the next run retries them."""
+    if failed:
+        stderr.print(
+            f"[bold red]{len(failed)} cell(s) failed[/bold red] (not stored; running the same "
+            "command again retries them)"
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -100,19 +100,21 @@ def demo(
     import tempfile
 
     from ..evaluate import evaluate, load_spec, open_store, summarise
-    from .evaluation import print_details, print_summary, say_cell
+    from .evaluation import print_details, print_summary, say_cell, say_failure, stop_if_failed
 
     spec = demo_spec(load_spec(f"demo-{method}" + ("-quick" if quick else "")), classes, seed)
     with tempfile.TemporaryDirectory(prefix="tracemark-demo-") as tmp:
         store = db or Path(tmp) / "results.db"
         with progress_bars(not quiet) as bars:
-            evaluate(
+            run = evaluate(
                 spec,
                 store,
                 cache=Path(tmp) / "cache" if db is None else None,
                 progress=bars,
                 on_cell=None if quiet else say_cell,
+                on_failure=say_failure,
             )
+        stop_if_failed(run.failed)
         with open_store(store) as results:
             summary = summarise(results)
     if as_json:

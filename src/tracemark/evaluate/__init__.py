@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cells import Cell, cells_of
+from .executors import CellFailure, run_local, run_ray
 from .report import summarise
 from .run import CellResult, run_cell
 from .spec import ExperimentSpec, load_spec, parse_spec, shipped_specs
@@ -25,6 +26,7 @@ from .store import Store, open_store
 
 __all__ = [
     "Cell",
+    "CellFailure",
     "CellResult",
     "ExperimentSpec",
     "RunSummary",
@@ -53,6 +55,7 @@ class RunSummary:
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     parallel: bool = False
+    failed: list[CellFailure] = field(default_factory=list)
 
     @property
     def overhead(self) -> float | None:
@@ -76,17 +79,18 @@ def evaluate(
     device: str = "auto",
     progress: Callable | None = None,
     on_cell: Callable[[Cell, CellResult], None] | None = None,
+    on_failure: Callable[[Cell, CellFailure], None] | None = None,
 ) -> RunSummary:
     """Run every cell of ``spec`` not yet in the store at ``db``.
 
     ``cache``: where clean models are kept (default: ``cache/`` beside the store).
     ``workers`` > 1 runs cells in local processes; ``ray`` ("auto" or an address) runs
     them as Ray tasks. ``progress``: a bar factory (see :mod:`tracemark.progress`);
-    ``on_cell(cell, result)`` is called as each cell is stored. Interrupted (Ctrl-C or a
-    kill), a run keeps every finished cell; running it again computes the rest.
+    ``on_cell(cell, result)`` is called as each cell is stored. A cell that raises is not
+    stored: it goes into ``summary.failed`` (and to ``on_failure``) while the others run
+    on, and the next run tries it again. Interrupted (Ctrl-C or a kill), a run keeps every
+    finished cell; running it again computes the rest.
     """
-    from .executors import run_local, run_ray
-
     db = Path(db)
     cache = Path(cache) if cache is not None else db.parent / "cache"
     store = Store(db)
@@ -108,12 +112,17 @@ def evaluate(
         try:
             for result in results:
                 cell = by_id[result.cell_id]
+                if bar:
+                    bar(1)
+                if isinstance(result, CellFailure):
+                    summary.failed.append(result)
+                    if on_failure:
+                        on_failure(cell, result)
+                    continue
                 store.add(result, spec.alpha, cell.payload())
                 summary.computed += 1
                 for phase, seconds in result.timings.items():
                     summary.phases[phase] = summary.phases.get(phase, 0.0) + seconds
-                if bar:
-                    bar(1)
                 if on_cell:
                     on_cell(cell, result)
         finally:

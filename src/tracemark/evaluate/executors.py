@@ -1,20 +1,50 @@
 """Where cells run: in this process, in local worker processes, or as Ray tasks.
 
 Every executor yields finished cells to the driver, which alone writes the results store.
-None schedules anything itself: the local pool is ``multiprocessing``'s, the cluster is
-Ray's. A cell pins torch's thread count (the spec's), so its rows are the same whatever
-runs it.
+A cell that raises becomes a :class:`CellFailure` (with its traceback) instead of stopping
+the run: the other cells go on, and the failed one, never stored, is tried again by the
+next run. Ctrl-C and kills still stop everything. None schedules anything itself: the
+local pool is ``multiprocessing``'s, the cluster is Ray's. A cell pins torch's thread
+count (the spec's), so its rows are the same whatever runs it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TracemarkError
 from .cells import Cell
 from .run import CellResult, ProgressFactory, run_cell
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell that raised: which, the error in one line, and the whole traceback
+    (``expected``: a :class:`TracemarkError`, a clear message, not a bug)."""
+
+    cell_id: str
+    error: str
+    details: str
+    expected: bool
+
+
+def attempt(
+    cell: Cell,
+    cache: Path | None,
+    device: str = "auto",
+    progress: ProgressFactory | None = None,
+) -> CellResult | CellFailure:
+    """:func:`run_cell`, with an error in the cell returned rather than raised."""
+    try:
+        return run_cell(cell, cache, device, progress)
+    except Exception as exc:  # any bug in one cell must not stop the others
+        expected = isinstance(exc, TracemarkError)
+        error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        return CellFailure(cell.cell_id, error, traceback.format_exc(), expected)
 
 
 def run_local(
@@ -23,13 +53,13 @@ def run_local(
     device: str = "auto",
     workers: int = 1,
     progress: ProgressFactory | None = None,
-) -> Iterator[CellResult]:
+) -> Iterator[CellResult | CellFailure]:
     """Run cells here (``workers`` = 1, with inner progress bars) or in worker processes."""
     if workers < 1:
         raise TracemarkError(f"--workers must be at least 1, got {workers}")
     if workers == 1:
         for cell in cells:
-            yield run_cell(cell, cache, device, progress)
+            yield attempt(cell, cache, device, progress)
         return
     context = multiprocessing.get_context("spawn")  # no torch state copied from the driver
     pool = context.Pool(workers)
@@ -43,9 +73,9 @@ def run_local(
         pool.join()
 
 
-def _run(args: tuple) -> CellResult:
+def _run(args: tuple) -> CellResult | CellFailure:
     cell, cache, device = args
-    return run_cell(cell, cache, device)
+    return attempt(cell, cache, device)
 
 
 def run_ray(
@@ -53,7 +83,7 @@ def run_ray(
     cache: Path | None,
     address: str = "auto",
     device: str = "auto",
-) -> Iterator[CellResult]:
+) -> Iterator[CellResult | CellFailure]:
     """Run every cell as a Ray task (asking for a GPU when the cluster has one); results
     flow back here. ``address``: "auto" (the cluster in RAY_ADDRESS, or a new local
     instance) or a cluster's address. Reuses a Ray instance this process already started.
@@ -69,7 +99,7 @@ def run_ray(
         ray.init(address=None if address == "auto" else address, log_to_driver=False)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     threads = max((c.spec.torch_threads for c in cells), default=1)
-    task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_cell)
+    task = ray.remote(num_cpus=threads, num_gpus=gpus)(attempt)
     pending = [task.remote(cell, cache, device) for cell in cells]
     try:
         while pending:
