@@ -295,6 +295,57 @@ def test_the_cli_names_a_failed_cell_and_exits_1(tmp_path, monkeypatch, capsys):
     assert "1 cell(s) failed" in err and "Traceback" not in err
 
 
+def test_sigterm_stops_the_workers_with_the_driver(tmp_path):
+    """``kill`` (SIGTERM) ends a run as Ctrl-C does: no worker computes on as an orphan."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def children(pid: int) -> set[int]:
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(stat.parent.name))
+        return found
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    spec = tmp_path / "slow.toml"
+    spec.write_text(
+        'name = "slow"\nseeds = [0, 1]\n[recipes.r]\nimages = 400\nepochs = 50\n'
+        '[methods.tracker]\nmethod = "tracker"\nmembers = 1\nnever_published = 1\n'
+    )
+    cmd = [sys.executable, "-m", "tracemark", "evaluate", str(spec), "--workers", "2", "--quiet"]
+    cmd += ["--db", str(tmp_path / "slow.db")]
+    driver = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        workers = {
+            p for p in children(driver.pid) if "spawn" in Path(f"/proc/{p}/cmdline").read_text()
+        }
+    assert len(workers) >= 2, "the workers never started"
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=60) == 130
+    assert "interrupted" in driver.stderr.read().decode()
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in workers), "a worker outlived the driver"
+
+
 def test_worker_processes_give_the_same_rows(tiny_run, tmp_path):
     root, _ = tiny_run
     spec = parse_spec(

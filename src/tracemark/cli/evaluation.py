@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -56,7 +60,7 @@ def evaluate(
     total = len(cells_of(experiment))
     stderr.print(f"{experiment.name}: {total} cells into {db}", highlight=False)
     try:
-        with progress_bars(not quiet) as bars:
+        with progress_bars(not quiet) as bars, terminate_as_interrupt():
             summary = run(
                 experiment,
                 db,
@@ -82,6 +86,24 @@ def evaluate(
         highlight=False,
     )
     stop_if_failed(summary.failed)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop) ends the run as Ctrl-C does: the worker
+    processes are stopped with the driver instead of computing on as orphans."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; a caller's thread keeps its own
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def say_cell(cell, result) -> None:
