@@ -11,10 +11,13 @@ import typer
 
 from ..errors import TracemarkError
 from ..progress import progress_bars
+from ..train_config import TrainConfig
 from .app import app, stdout
+from .flags import Flags, with_options
 
 
 @app.command()
+@with_options(config=Flags(TrainConfig, only={"epochs", "seed", "augment"}))
 def train(
     data: Annotated[
         str,
@@ -23,12 +26,8 @@ def train(
         ),
     ],
     out: Annotated[Path, typer.Argument(help="Model file to write.")],
+    config: TrainConfig,
     arch: Annotated[str, typer.Option(help="small-cnn, resnet18 or wrn.")] = "small-cnn",
-    epochs: Annotated[int, typer.Option(min=1)] = 5,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
-    augment: Annotated[
-        bool, typer.Option(help="Random pad-4 crops and flips (--no-augment: plain fitting).")
-    ] = True,
     export: Annotated[str, typer.Option(help="checkpoint, torchscript or onnx.")] = "checkpoint",
     force: Annotated[bool, typer.Option(help="Overwrite OUT.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -36,13 +35,7 @@ def train(
     """Train a victim model (for experiments): the training loop the demos use."""
     from ..datasets import load_dataset
     from ..models import build_model
-    from ..training import (
-        TrainConfig,
-        export_onnx,
-        export_torchscript,
-        save_checkpoint,
-        train_model,
-    )
+    from ..training import export_onnx, export_torchscript, save_checkpoint, train_model
 
     if export not in ("checkpoint", "torchscript", "onnx"):
         raise TracemarkError("--export must be checkpoint, torchscript or onnx")
@@ -54,14 +47,8 @@ def train(
         arch, in_channels=c, num_classes=max(int(ds.labels.max()) + 1, len(ds.classes))
     )
     with progress_bars(not quiet) as bars:
-        advance = bars("epochs", epochs)
-        train_model(
-            model,
-            ds.images,
-            ds.labels,
-            TrainConfig(epochs=epochs, seed=seed, augment=augment),
-            progress=lambda *_: advance(1),
-        )
+        advance = bars("epochs", config.epochs)
+        train_model(model, ds.images, ds.labels, config, progress=lambda *_: advance(1))
     if export == "checkpoint":
         save_checkpoint(model, out, force=force)
     elif export == "torchscript":
