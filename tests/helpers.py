@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,17 @@ def run_cli(args: list[str]) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def live_processes(where: Callable[[list[str]], bool]) -> list[int]:
+    """Live (not zombie) process ids whose /proc/PID/stat fields after "comm)" (state,
+    ppid, pgrp, ...) satisfy ``where``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process just ended
+        if fields[0] != "Z" and where(fields):
+            pids.append(int(stat.parent.name))
+    return pids

@@ -20,7 +20,7 @@ from tracemark.errors import TracemarkError
 from tracemark.evaluate import cells_of, evaluate, load_spec, open_store, parse_spec, summarise
 from tracemark.evaluate.report import null_entries
 
-from helpers import TEST_SEED, run_cli
+from helpers import TEST_SEED, live_processes, run_cli
 
 TINY = {
     "name": "tiny",
@@ -303,23 +303,11 @@ def test_sigterm_stops_the_workers_with_the_driver(tmp_path):
     import time
     from pathlib import Path
 
-    def children(pid: int) -> set[int]:
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(stat.parent.name))
-        return found
-
-    def alive(pid: int) -> bool:
+    def spawned(pid: int) -> bool:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return "spawn" in Path(f"/proc/{pid}/cmdline").read_text()
         except OSError:
-            return False
-        return state != "Z"
+            return False  # it just ended
 
     spec = tmp_path / "slow.toml"
     spec.write_text(
@@ -333,17 +321,16 @@ def test_sigterm_stops_the_workers_with_the_driver(tmp_path):
     workers: set[int] = set()
     while len(workers) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
-        workers = {
-            p for p in children(driver.pid) if "spawn" in Path(f"/proc/{p}/cmdline").read_text()
-        }
+        children = live_processes(lambda fields, ppid=driver.pid: int(fields[1]) == ppid)
+        workers = {p for p in children if spawned(p)}
     assert len(workers) >= 2, "the workers never started"
     driver.send_signal(signal.SIGTERM)
     assert driver.wait(timeout=60) == 130
     assert "interrupted" in driver.stderr.read().decode()
     deadline = time.monotonic() + 30
-    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+    while workers & set(live_processes(lambda fields: True)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(alive(p) for p in workers), "a worker outlived the driver"
+    assert not workers & set(live_processes(lambda fields: True)), "a worker outlived the driver"
 
 
 def test_worker_processes_give_the_same_rows(tiny_run, tmp_path):

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import run_cli
+from helpers import live_processes, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
@@ -74,17 +74,8 @@ def _accepts(port: int) -> bool:
 
 
 def _group_pids(pgid: int) -> list[int]:
-    """Live processes in process group ``pgid`` (from /proc/PID/stat)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the process just ended
-        # fields after "comm)": state, ppid, pgrp, ...; zombies hold no sockets
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
+    """Live processes in process group ``pgid`` (zombies hold no sockets)."""
+    return live_processes(lambda fields: int(fields[2]) == pgid)
 
 
 def _decode_proc_addr(hex_addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
