@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import sqlite3
 
 import numpy as np
@@ -240,6 +241,29 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_rows(tiny_run, tmp_pa
     assert (rest.computed, rest.skipped) == (2, 1)
     with open_store(db) as a, open_store(root / "results.db") as b:
         assert sorted(a.rows()) == sorted(b.rows())
+
+
+def test_a_selected_part_of_a_spec_gives_the_whole_runs_rows(tiny_run, tmp_path, capsys):
+    root, _ = tiny_run
+    spec = parse_spec(tiny())
+    db = tmp_path / "part.db"
+    part = evaluate(spec, db, cache=root / "cache", methods=["ubw"], seeds=[TEST_SEED])
+    assert (part.cells, part.computed) == (1, 1)
+    with open_store(db) as a, open_store(root / "results.db") as b:
+        assert [c["method_name"] for c in a.cells()] == ["ubw"]
+        assert sorted(a.rows()) == sorted(b.rows({c["cell_id"] for c in a.cells()}))
+    known = re.escape("no method entry dp-sgd (it has isotope, tracker, ubw)")
+    with pytest.raises(TracemarkError, match=known):
+        evaluate(spec, db, methods=["dp-sgd", "ubw"])
+    with pytest.raises(TracemarkError, match=f"no seed {TEST_SEED + 1} "):
+        evaluate(spec, db, seeds=[TEST_SEED + 1])
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text(
+        'name = "one"\nseeds = [0]\n[recipes.r]\nimages = 400\n'
+        '[methods.ubw]\nmethod = "ubw"\nmembers = 1\nnever_published = 1\n'
+    )
+    assert run_cli(["evaluate", spec_file, "--db", db, "--method", "tracker", "--quiet"]) == 2
+    assert "no method entry tracker (it has ubw)" in capsys.readouterr().err
 
 
 def test_a_failing_cell_stops_no_other_and_is_retried(tiny_run, tmp_path, monkeypatch):

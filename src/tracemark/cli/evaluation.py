@@ -44,21 +44,31 @@ def evaluate(
     device: Annotated[
         str, typer.Option(help="auto (a GPU when there is one), cpu, cuda[:N].")
     ] = "auto",
+    method: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Run only this method entry of the spec (repeatable).", metavar="NAME"),
+    ] = None,
+    seed: Annotated[
+        Optional[list[int]], typer.Option(help="Run only this seed of the spec (repeatable).")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Run every cell of SPEC not yet in the results store; re-run to resume.
 
     Each cell trains a victim with its members' marked data, and audits every member,
     every never-published key, and every key on the clean model of the same recipe and
-    seed, in every access mode. `tracemark report DB` then shows the rates.
+    seed, in every access mode. `tracemark report DB` then shows the rates. --method and
+    --seed run a part of the spec (one seed per machine, say) into the same kind of store.
     """
-    from ..evaluate import cells_of, load_spec
+    from ..evaluate import cells_of, load_spec, select
     from ..evaluate import evaluate as run
 
     experiment = load_spec(spec)
     db = db or Path("runs") / f"{experiment.name}.db"
     total = len(cells_of(experiment))
-    stderr.print(f"{experiment.name}: {total} cells into {db}", highlight=False)
+    chosen = len(select(cells_of(experiment), method, seed))
+    of = "" if chosen == total else f" (of {total}: --method/--seed)"
+    stderr.print(f"{experiment.name}: {chosen} cells{of} into {db}", highlight=False)
     try:
         with progress_bars(not quiet) as bars, terminate_as_interrupt():
             summary = run(
@@ -68,6 +78,8 @@ def evaluate(
                 workers=workers,
                 ray=ray,
                 device=device,
+                methods=method,
+                seeds=seed,
                 progress=bars,
                 on_cell=say_cell,
                 on_failure=say_failure,

@@ -13,11 +13,11 @@ what they show.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cells import Cell, cells_of
+from .cells import Cell, cells_of, select
 from .executors import CellFailure, run_local, run_ray
 from .report import summarise
 from .run import CellResult, run_cell
@@ -37,6 +37,7 @@ __all__ = [
     "open_store",
     "parse_spec",
     "run_cell",
+    "select",
     "shipped_specs",
     "summarise",
 ]
@@ -77,6 +78,8 @@ def evaluate(
     workers: int = 1,
     ray: str | None = None,
     device: str = "auto",
+    methods: Collection[str] | None = None,
+    seeds: Collection[int] | None = None,
     progress: Callable | None = None,
     on_cell: Callable[[Cell, CellResult], None] | None = None,
     on_failure: Callable[[Cell, CellFailure], None] | None = None,
@@ -85,7 +88,8 @@ def evaluate(
 
     ``cache``: where clean models are kept (default: ``cache/`` beside the store).
     ``workers`` > 1 runs cells in local processes; ``ray`` ("auto" or an address) runs
-    them as Ray tasks. ``progress``: a bar factory (see :mod:`tracemark.progress`);
+    them as Ray tasks. ``methods`` and ``seeds`` run only those method entries and seeds
+    (see :func:`.cells.select`). ``progress``: a bar factory (see :mod:`tracemark.progress`);
     ``on_cell(cell, result)`` is called as each cell is stored. A cell that raises is not
     stored: it goes into ``summary.failed`` (and to ``on_failure``) while the others run
     on, and the next run tries it again. Interrupted (Ctrl-C or a kill), a run keeps every
@@ -93,8 +97,8 @@ def evaluate(
     """
     db = Path(db)
     cache = Path(cache) if cache is not None else db.parent / "cache"
+    every = select(cells_of(spec), methods, seeds)  # a bad name fails before the store opens
     store = Store(db)
-    every = cells_of(spec)
     done = store.finished()
     todo = [c for c in every if c.cell_id not in done]
     by_id = {c.cell_id: c for c in todo}

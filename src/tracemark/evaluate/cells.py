@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from .._version import __version__
+from ..errors import TracemarkError
 from .spec import CountermeasureSpec, ExperimentSpec, MethodSpec, RecipeSpec
 
 
@@ -80,4 +82,30 @@ def cells_of(spec: ExperimentSpec) -> list[Cell]:
         for cm in spec.countermeasures
         for m_name, method in spec.methods.items()
         if method.recipes is None or r_name in method.recipes
+    ]
+
+
+def select(
+    cells: list[Cell],
+    methods: Collection[str] | None = None,
+    seeds: Collection[int] | None = None,
+) -> list[Cell]:
+    """The cells of the named method entries and seeds (None: all), so one spec can be
+    split across machines or sessions; a name or seed the spec lacks is an error, not an
+    empty run. A cell's identity does not depend on the others: a selected run's rows are
+    the whole run's."""
+    for wanted, have, what in (
+        (methods, {c.method_name for c in cells}, "method entry"),
+        (seeds, {c.seed for c in cells}, "seed"),
+    ):
+        missing = sorted(set(wanted or ()) - have, key=str)
+        if missing:
+            known = ", ".join(str(h) for h in sorted(have, key=str))
+            raise TracemarkError(
+                f"the spec has no {what} {', '.join(map(str, missing))} (it has {known})"
+            )
+    return [
+        c
+        for c in cells
+        if (methods is None or c.method_name in methods) and (seeds is None or c.seed in seeds)
     ]
