@@ -65,9 +65,9 @@ def evaluate(
 
     experiment = load_spec(spec)
     db = db or Path("runs") / f"{experiment.name}.db"
-    total = len(cells_of(experiment))
-    chosen = len(select(cells_of(experiment), method, seed))
-    of = "" if chosen == total else f" (of {total}: --method/--seed)"
+    every = cells_of(experiment)
+    chosen = len(select(every, method, seed))
+    of = "" if chosen == len(every) else f" (of {len(every)}: --method/--seed)"
     stderr.print(f"{experiment.name}: {chosen} cells{of} into {db}", highlight=False)
     try:
         with progress_bars(not quiet) as bars, terminate_as_interrupt():

@@ -98,9 +98,9 @@ def select(
         (methods, {c.method_name for c in cells}, "method entry"),
         (seeds, {c.seed for c in cells}, "seed"),
     ):
-        missing = sorted(set(wanted or ()) - have, key=str)
+        missing = sorted(set(wanted or ()) - have)
         if missing:
-            known = ", ".join(str(h) for h in sorted(have, key=str))
+            known = ", ".join(map(str, sorted(have)))
             raise TracemarkError(
                 f"the spec has no {what} {', '.join(map(str, missing))} (it has {known})"
             )
