@@ -1,5 +1,5 @@
 """``python -m tracemark``: the command line, as the ``tracemark`` script runs it."""
 
-from .cli import main
+from .console import main
 
 main()

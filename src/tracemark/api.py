@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ._version import __version__
+from .collection import collection_digest
 from .datasets import LabelledImages, load_dataset, load_image_pool
 from .errors import TracemarkError
 from .fsutil import check_output, sha256_file
@@ -126,15 +127,19 @@ def mark_folder(
         progress=bar("writing", count),
     )
     entries = _manifest_entries(src, images.rel_paths, published, written, marked)
+    commitment = key.commitment()
     meta = {
         "method": key.method,
         "params": key.public_info()["params"],
-        "key_commitment": key.commitment(),
+        "key_commitment": commitment,
+        "collection_digest": collection_digest(commitment, entries),
+        "colour_mode": images.mode,
         "marked_images": int(marked.carries_mark.sum()),
         "published_images": len(published),
         "collection_images": len(images),
         "source_root": str(Path(src).resolve()),
         "marked_root": str(Path(out).resolve()),
+        **({"jpeg_quality": o.quality} if o.fmt == "jpeg" else {}),
         "created": datetime.now(UTC).isoformat(),
         "tracemark_version": __version__,
     }
@@ -191,6 +196,7 @@ def audit(
     testset: PathLike | LabelledImages | None = None,
     label: int | None = None,
     holdout: Any = None,
+    manifest: PathLike | None = None,
     options: AuditOptions | None = None,
     model_options: ModelOptions | None = None,
     progress: Callable[[int], None] | None = None,
@@ -204,7 +210,10 @@ def audit(
     ``marked``: your published images (folder or array). Tracker keys need
     ``originals``: the folder of every image given to :func:`mark_folder` (published or
     kept back); ``marked`` (a folder) then says which of them were published, and when
-    it is None every original counts as published. Isotope keys need ``aux``: images of
+    it is None every original counts as published. ``manifest``: the marking manifest
+    (default: ``MARKED.manifest.json`` beside ``marked``); a tracker audit that kept
+    originals back refuses to run without it, and refuses originals or published files
+    that differ from what the key marked. Isotope keys need ``aux``: images of
     the same domain (flat, or class subfolders); ``marked`` is then only used to discover
     your class when ``label`` is None (physical procedure: ``marked`` holds photos showing
     the object and ``aux`` comparable photos without it). Dataset (UBW) keys need
@@ -218,9 +227,29 @@ def audit(
     options = resolve(method.options, options, changes)
     model_options = model_options or ModelOptions()
     oracle = open_oracle(model, model_options)
-    sources = AuditSources(marked, originals, aux, testset, label, holdout)
+    sources = AuditSources(marked, originals, aux, testset, label, holdout, manifest)
     data = method.read(key, sources, model_options)
-    return method.audit(oracle, key, data, options, progress)
+    verdict = method.audit(oracle, key, data, options, progress)
+    if data.checked:
+        verdict.statistics["inputs_checked"] = data.checked
+        verdict.notes.append(_checked_note(data.checked))
+    return verdict
+
+
+def _checked_note(checked: dict[str, Any]) -> str:
+    """What was verified about the inputs, in words, for the verdict's notes."""
+    parts = []
+    if "collection_digest" in checked:
+        parts.append(
+            f"all {checked['originals_checked']} originals match the marking manifest "
+            f"(collection digest {checked['collection_digest']})"
+        )
+    if "published_regenerated" in checked:
+        parts.append(
+            f"the {checked['published_regenerated']} published files carry this key's marks "
+            "(regenerated and compared)"
+        )
+    return "inputs checked: " + "; ".join(parts) if parts else "inputs checked: none"
 
 
 def verify(

@@ -2,8 +2,10 @@
 
 Every file tracemark writes passes :func:`check_output` first: never inside a folder of
 originals, never through a symbolic link, never out of the output folder it belongs in,
-never over an existing file without ``force``. Writes are atomic, so an interrupted run
-never leaves a half-written file behind.
+never over anything but a regular file (a device node or a FIFO is never replaced, even
+with ``force``), never over an existing file without ``force``. Writes are atomic, so an
+interrupted run never leaves a half-written file behind; appends (:func:`open_append`)
+pass the same guard and go only to a file the caller recognises as its own.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,16 +59,66 @@ def check_output(
             )
     for original in protect:
         folder = Path(original).resolve()
-        if _inside(target, folder) or target == folder:
+        if target == folder:
             raise TracemarkError(
-                f"{what} {path} is inside {original}, which holds your originals; tracemark "
-                "never writes there. Choose a path outside it"
+                f"{what} {path} is {original}, one of this command's inputs; tracemark never "
+                "writes over its inputs. Choose another path"
             )
-    if not force and path.exists():
-        raise TracemarkError(f"{what} {path} already exists; pass --force to overwrite it")
+        if _inside(target, folder):
+            raise TracemarkError(
+                f"{what} {path} is inside {original}, one of this command's inputs; tracemark "
+                "never writes among its inputs. Choose a path outside it"
+            )
     if path.is_dir():
         raise TracemarkError(f"{what} {path} is a folder; give a file name")
+    if path.exists() and not path.is_file():
+        raise TracemarkError(
+            f"{what} {path} is not a regular file ({_kind(path)}); tracemark never writes "
+            "over one, even with --force. Choose another path"
+        )
+    if not force and path.exists():
+        raise TracemarkError(f"{what} {path} already exists; pass --force to overwrite it")
     return path
+
+
+def _kind(path: Path) -> str:
+    """What a non-regular file is, in words."""
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
+def open_append(
+    path: str | os.PathLike,
+    recognise: Callable[[Path], bool],
+    *,
+    protect: Iterable[str | os.PathLike] = (),
+    what: str = "log",
+) -> IO[str]:
+    """Open ``path`` for appending text, through the same guard as every write.
+
+    A new or empty file is fine; an existing one is appended to only when ``recognise``
+    says it is the caller's own kind of file (a log it wrote before), so an append
+    never grows a photo, a key or another program's file.
+    """
+    path = check_output(path, force=True, protect=protect, what=what)
+    if path.exists() and path.stat().st_size > 0 and not recognise(path):
+        raise TracemarkError(
+            f"{what} {path} exists and is not one tracemark wrote; tracemark appends only to "
+            "its own logs. Choose a new file name"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise TracemarkError(f"cannot open {what} {path}: {describe_os_error(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -155,11 +208,25 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_json(path: str | os.PathLike, what: str, hint: str = "") -> Any:
-    """Parse a JSON file, turning every failure into a TracemarkError naming ``what``."""
+def read_json(
+    path: str | os.PathLike, what: str, hint: str = "", max_bytes: int | None = None
+) -> Any:
+    """Parse a JSON file, turning every failure into a TracemarkError naming ``what``.
+
+    ``max_bytes`` caps what is read: a huge file or a device node (``/dev/zero``) is a
+    clear error, not a MemoryError.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file() and path.exists():
+            raise TracemarkError(f"{what} {path} is not a regular file ({_kind(path)})")
+        with open(path, "rb") as fh:
+            data = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TracemarkError(
+                f"{what} {path} is larger than {max_bytes:,} bytes; it is not a {what}{hint}"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise TracemarkError(f"{what} {path} does not exist{hint}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -432,6 +432,17 @@ def encode_image(x: np.ndarray, fmt: Literal["png", "jpeg"] = "png", quality: in
     return buf.getvalue()
 
 
+def decode_image(data: bytes, mode: Literal["RGB", "L"] = "RGB") -> np.ndarray:
+    """Decode image bytes as :func:`read_image` reads a file: float32 (H, W, C) in [0, 1]."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            pixels, alpha = _pil_to_float(ImageOps.exif_transpose(im))
+    except _DECODE_ERRORS as exc:
+        raise TracemarkError(f"cannot decode image bytes: {exc}") from None
+    return _convert(pixels, alpha, mode)
+
+
 def _output_suffix(fmt: str) -> str:
     if fmt == "png":
         return ".png"

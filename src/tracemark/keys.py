@@ -24,6 +24,7 @@ from .methods import registry
 from .rng import derive
 
 SEED_BYTES = 32  # 256-bit seeds; at least 128 bits are required when loading.
+MAX_KEY_BYTES = 16 << 20  # the largest key is an isotope key with its mark image embedded
 _COMMIT_DOMAIN = b"tracemark/commitment/v1\x00"
 
 
@@ -153,7 +154,7 @@ class Key(BaseModel):
 def load_key(path: str | os.PathLike, method: str | None = None) -> Key:
     """Read and validate a key file; optionally insist on a method."""
     path = Path(path)
-    data = read_json(path, "key file")
+    data = read_json(path, "key file", max_bytes=MAX_KEY_BYTES)
     try:
         key = Key.model_validate(data)
     except ValidationError as err:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 from .errors import TracemarkError
 
@@ -80,3 +80,30 @@ def resolve(cls: type[T], options: T | None, changes: dict[str, Any]) -> T:
             "its own options class"
         )
     return with_changes(base, **changes) if changes else base
+
+
+def check_values(cls: type, values: dict[str, Any]) -> None:
+    """Refuse option values of the wrong type or outside the bounds their flags declare.
+
+    For values that do not come through the command line (a spec's ``options`` table):
+    an ``int`` option takes an integer (not ``1e9``, a float, nor ``true``), a ``float``
+    one a number, and both stay within the field's ``min``/``max``.
+    """
+    hints = get_type_hints(cls)
+    by_name = {f.name: f for f in fields(cls)}
+    for name, value in values.items():
+        f, kind = by_name.get(name), hints.get(name)
+        if f is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and not (number and isinstance(value, int)):
+            raise TracemarkError(f"option {name} takes an integer, got {value!r}")
+        if kind is float and not number:
+            raise TracemarkError(f"option {name} takes a number, got {value!r}")
+        bounds = f.metadata.get("cli", {}) if is_flag(f) else {}
+        low, high = bounds.get("min"), bounds.get("max")
+        if number and ((low is not None and value < low) or (high is not None and value > high)):
+            raise TracemarkError(
+                f"option {name} must be between {low if low is not None else '-inf'} and "
+                f"{high if high is not None else 'inf'}, got {value!r}"
+            )

@@ -32,6 +32,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import TracemarkError
+from .fsutil import open_append
 from .options import option
 from .oracle.base import Oracle
 from .oracle.image_hash import image_hashes
@@ -162,6 +163,17 @@ class ServeOptions:
         return "probabilities" if self.top_k is None else f"top-{self.top_k}"
 
 
+def is_access_log(path: Path) -> bool:
+    """Whether ``path`` is an access log this server wrote: JSON lines of image hashes."""
+    with open(path, "rb") as fh:
+        first = fh.readline(4096)
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and set(record) == {"sha256", "time"}
+
+
 class _BadRequest(Exception):
     """The client sent something the protocol does not allow (HTTP 400)."""
 
@@ -182,7 +194,12 @@ class _Model:
             answer = LabelOnly(answer)
         self.answer = answer
         self.lock = threading.Lock()
-        self.access_log = access_log
+        # Opened (and refused, if it is not an access log) before the server starts.
+        self.access_log = (
+            None
+            if access_log is None
+            else open_append(access_log, is_access_log, what="access log")
+        )
         self.answered = 0
 
     def predict(self, images: np.ndarray):
@@ -193,10 +210,9 @@ class _Model:
                 lines = "".join(
                     json.dumps({"sha256": h, "time": when}) + "\n" for h in image_hashes(images)
                 )
-                with open(self.access_log, "a", encoding="utf-8") as fh:
-                    fh.write(lines)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                self.access_log.write(lines)
+                self.access_log.flush()
+                os.fsync(self.access_log.fileno())
             self.answered += len(images)
             return response
 

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import TracemarkError
 from ..progress import progress_bars, stderr
 from .app import app, stdout
 
@@ -63,6 +64,8 @@ def evaluate(
     from ..evaluate import cells_of, load_spec, select
     from ..evaluate import evaluate as run
 
+    if cache is not None and cache.exists() and not cache.is_dir():
+        raise TracemarkError(f"--cache {cache} is a file; give a folder for the clean models")
     experiment = load_spec(spec)
     db = db or Path("runs") / f"{experiment.name}.db"
     every = cells_of(experiment)
@@ -163,18 +166,22 @@ def report(
         typer.Option("--out", "-o", help="Folder for report.md, report.html and the plots."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an earlier report in --out.")] = False,
 ) -> None:
     """TPR, FPR (never-published keys, clean models) with exact 95% intervals, the null
-    audits' false-positive rate per method and access, QQ plots, accuracy."""
+    audits' false-positive rate per method and access, QQ plots, accuracy. The store is
+    only read, and refused if any row was edited."""
     from ..evaluate import open_store, summarise
-    from ..evaluate.render import write_report
+    from ..evaluate.render import check_report_folder, write_report
     from ..evaluate.report import null_entries
 
+    if out is not None:
+        check_report_folder(out, force, protect=[db])
     with open_store(db) as store:
         summary = summarise(store)
         null = null_entries(store) if out is not None else []
     if out is not None:
-        written = write_report(summary, null, out)
+        written = write_report(summary, null, out, force=force)
         stderr.print(f"wrote {len(written)} files to {out} (report.md, report.html)")
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

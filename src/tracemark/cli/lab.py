@@ -39,8 +39,11 @@ def train(
 
     if export not in ("checkpoint", "torchscript", "onnx"):
         raise TracemarkError("--export must be checkpoint, torchscript or onnx")
-    if Path(out).exists() and not force:
-        raise TracemarkError(f"{out} already exists; pass --force to overwrite it")
+    from ..fsutil import check_output
+
+    # Before training: never over an existing file without --force, never among the data.
+    inputs = [data] if Path(data).exists() else []
+    check_output(out, force=force, protect=inputs, what="model file")
     ds = load_dataset(data)
     c = ds.images.shape[-1]
     model = build_model(

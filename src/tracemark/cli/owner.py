@@ -109,8 +109,15 @@ def mark(
 
     with progress_bars(not quiet) as bars:
         written = mark_folder(key_path, src, out, options=options, progress=bars)
+    from ..images import read_manifest
+
+    digest = read_manifest(written)["collection_digest"]
     stdout.print(f"marked the images of {src} into {out}; manifest: {written}")
     stdout.print("publish the marked folder only: keep the key and the manifest private")
+    stdout.print(
+        f"collection digest {digest}\n(publish it with the key's commitment before the images: "
+        "it proves later which collection you marked)"
+    )
     if options.publish is not None:
         stdout.print(f"keep {src} whole: the audit needs every image in it (--originals)")
 
@@ -145,6 +152,11 @@ class AuditInputs:
     testset: str | None = option(
         None, "ubw (dataset) keys: labelled test images; see `tracemark verify`."
     )
+    manifest: Path | None = option(
+        None,
+        "tracker: the manifest `tracemark mark` wrote (default: MARKED.manifest.json beside "
+        "--marked); every original and published file is checked against it.",
+    )
 
 
 def _method_flags() -> Flags:
@@ -173,8 +185,17 @@ def audit(
     key = load_key(key_path)
     method = registry.get(key.method)
     protect = [key_path, inputs.marked, inputs.originals, inputs.holdout, inputs.aux,
-               inputs.testset]  # fmt: skip
+               inputs.testset, inputs.manifest]  # fmt: skip
     check_evidence(report.evidence, report.force, protect)
+    if model_options.query_log is not None and not model_options.replay:
+        from ..fsutil import check_output
+
+        check_output(
+            model_options.query_log,
+            force=True,  # an existing log is resumed (QueryLog checks that it is one)
+            protect=[p for p in protect if p is not None and Path(p).exists()],
+            what="query log",
+        )
     label = parse_label(inputs.label, model_options.class_names)
     missing = [f"--{name}" for name in method.needs if getattr(inputs, name) is None]
     if missing and inputs.holdout is None:
@@ -191,6 +212,7 @@ def audit(
             testset=inputs.testset,
             label=label,
             holdout=inputs.holdout,
+            manifest=inputs.manifest,
             options=options,
             model_options=model_options,
             progress=bars(method.progress_unit, method.progress_steps(options)),

@@ -33,7 +33,10 @@ def serve(
     ] = None,
     url_file: Annotated[
         Optional[Path],
-        typer.Option(help="Write the server's URL to this file once it listens (for scripts)."),
+        typer.Option(
+            help="Write the server's URL to this file once it listens (for scripts); an "
+            "existing file is replaced only if an earlier serve wrote it."
+        ),
     ] = None,
 ) -> None:
     """Serve a model under the Open Inference Protocol v2 (and a simple JSON /predict).
@@ -41,10 +44,12 @@ def serve(
     Stands in for a suspicious party's API in demos and tests: it can reveal only the
     top-K or the label, add noise, fail requests, answer late and rate-limit.
     """
-    from ..fsutil import atomic_write_text
+    from ..fsutil import atomic_write_text, check_output
     from ..serve import check_host, create_app, run
 
     check_host(host, allow_remote)  # before loading anything
+    if url_file is not None:  # before starting: replace only a URL file an earlier serve wrote
+        check_output(url_file, force=is_url_file(url_file), protect=[model], what="--url-file")
     options = replace(options, faults=faults)
     application = create_app(model, options, access_log=access_log)
 
@@ -59,3 +64,11 @@ def serve(
             atomic_write_text(url_file, url + "\n")
 
     run(application, host=host, port=port, allow_remote=allow_remote, on_ready=ready)
+
+
+def is_url_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding one server URL (what --url-file writes)."""
+    if path.is_symlink() or not path.is_file() or path.stat().st_size > 200:
+        return False
+    text = path.read_bytes().decode("utf-8", "replace")
+    return text.endswith("\n") and text.count("\n") == 1 and text.startswith("http://")

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..errors import TracemarkError
+from ..fsutil import atomic_write_bytes, atomic_write_text, check_output
 
 PLOT_DPI = 110
 
@@ -258,8 +259,28 @@ def html_page(summary: dict[str, Any], plots: list[Path]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_report(summary: dict[str, Any], null: list[dict], out: Path) -> list[Path]:
-    """Write the plots, report.md and report.html into ``out``; return what was written."""
+REPORT_FILES = ("report.md", "report.html")
+REPORT_PLOTS = ("rates-*.png", "qq-*.png", "accuracy.png")  # every plot a report names
+
+
+def check_report_folder(out: Path, force: bool, protect: list[Path] = ()) -> None:
+    """Refuse an ``out`` that is a file, or that holds an earlier report (without ``force``),
+    before the store is read."""
+    if out.exists() and not out.is_dir():
+        raise TracemarkError(f"--out {out} is a file; give a folder for the report")
+    earlier = [out / name for name in REPORT_FILES]
+    if out.is_dir():
+        earlier += [p for pattern in REPORT_PLOTS for p in sorted(out.glob(pattern))]
+    for path in earlier:
+        check_output(path, force=force, protect=protect, what="report file")
+
+
+def write_report(
+    summary: dict[str, Any], null: list[dict], out: Path, force: bool = False
+) -> list[Path]:
+    """Write the plots, report.md and report.html into ``out``; return what was written.
+    An earlier report there is replaced only with ``force``."""
+    check_report_folder(out, force)
     out.mkdir(parents=True, exist_ok=True)
     plots = [plot_rates(summary["pooled"], out / "rates-pooled.png", "pooled over seeds")]
     if len(summary["cells"]) != len(summary["pooled"]):
@@ -267,6 +288,6 @@ def write_report(summary: dict[str, Any], null: list[dict], out: Path) -> list[P
     for entry in null:
         plots.append(plot_qq(entry, out / f"qq-{entry['method']}-{entry['access']}.png"))
     plots.append(plot_accuracy(summary["pooled"], out / "accuracy.png"))
-    atomic_write_text(out / "report.md", markdown(summary, plots), force=True)
-    atomic_write_text(out / "report.html", html_page(summary, plots), force=True)
+    atomic_write_text(out / "report.md", markdown(summary, plots), force=force)
+    atomic_write_text(out / "report.html", html_page(summary, plots), force=force)
     return [*plots, out / "report.md", out / "report.html"]

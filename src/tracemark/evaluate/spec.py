@@ -9,22 +9,26 @@ access modes, alpha and seeds. Every (method, recipe, countermeasure, seed) is a
 
 from __future__ import annotations
 
+import os
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import TracemarkError
 
 Access = Literal["probabilities", "topk", "label"]
+MAX_SEED = 2**32 - 1  # what numpy and torch seed from, and what SQLite stores as an INTEGER
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class Strict(BaseModel):
-    """A spec section: unknown fields are errors (a typo must not pass silently)."""
+    """A spec section: unknown fields are errors (a typo must not pass silently), and
+    numbers keep their types (``epochs = 1e9`` is a float, not an epoch count)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DatasetSpec(Strict):
@@ -38,25 +42,31 @@ class DatasetSpec(Strict):
     name: Literal["fashion-mnist"] = "fashion-mnist"
     path: str | None = Field(None, description="folder of the IDX files (default: Debian's)")
     owner_images: int = Field(20_000, ge=0, le=60_000)
-    test_images: int = Field(10_000, ge=100, description="test images accuracy is measured on")
-    aux_images: int = Field(1_000, ge=10, description="test images audits may use (aux, testset)")
+    test_images: int = Field(
+        10_000, ge=100, le=10_000, description="test images accuracy is measured on"
+    )
+    aux_images: int = Field(
+        1_000, ge=10, le=10_000, description="test images audits may use (aux, testset)"
+    )
 
 
 class RecipeSpec(Strict):
     """How a model trainer trains a victim (and its clean twin)."""
 
     arch: Literal["small-cnn", "resnet18", "wrn"] = "small-cnn"
-    width: int | None = Field(None, ge=1, description="small-cnn/resnet18 width, wrn widen factor")
-    depth: int | None = Field(None, description="wrn depth (6n+4)")
-    images: int = Field(2_000, ge=10, description="clean training images")
+    width: int | None = Field(
+        None, ge=1, le=1024, description="small-cnn/resnet18 width, wrn widen factor"
+    )
+    depth: int | None = Field(None, ge=10, le=100, description="wrn depth (6n+4)")
+    images: int = Field(2_000, ge=10, le=60_000, description="clean training images")
     balanced: bool = Field(True, description="the same number of images from every class")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(10, ge=1, le=1_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float | None = Field(None, gt=0, description="default: 0.05 for SGD, 1e-3 for Adam")
+    lr: float | None = Field(None, gt=0, le=10, description="default: 0.05 for SGD, 1e-3 for Adam")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     augment: Literal["none", "crop-flip", "strong"] = "none"
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     resolution: int | None = Field(
@@ -83,12 +93,15 @@ class MethodSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     never_options: dict[str, Any] = Field(default_factory=dict)
-    members: int = Field(10, ge=0)
-    never_published: int = Field(50, ge=0)
-    images_per_user: int = Field(25, ge=1)
-    collection: int | None = Field(None, ge=1, description="default: images_per_user")
+    members: int = Field(10, ge=0, le=10_000)
+    never_published: int = Field(50, ge=0, le=100_000)
+    images_per_user: int = Field(25, ge=1, le=60_000)
+    collection: int | None = Field(None, ge=1, le=60_000, description="default: images_per_user")
     never_collection: int | None = Field(
-        None, ge=1, description="what a never-published owner holds (default: as a member)"
+        None,
+        ge=1,
+        le=60_000,
+        description="what a never-published owner holds (default: as a member)",
     )
     classes: list[int] = Field(default_factory=lambda: list(range(10)), min_length=1)
     placement: Literal["add", "replace"] = "add"
@@ -125,7 +138,7 @@ class CountermeasureSpec(Strict):
     the same noise). Top-K and label-only answers are access modes."""
 
     name: Literal["none", "output-noise"] = "none"
-    sigma: float = Field(0.0, ge=0)
+    sigma: float = Field(0.0, ge=0, le=1_000)
 
     @property
     def label(self) -> str:
@@ -137,10 +150,10 @@ class ExperimentSpec(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1, max_length=10_000)
     alpha: float = Field(0.01, gt=0, lt=1)
     accesses: list[Access] = Field(default_factory=lambda: ["probabilities"], min_length=1)
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=1, le=1_000)
     torch_threads: int = Field(
         1, ge=1, le=256, description="per cell: float results depend on the thread count"
     )
@@ -172,11 +185,28 @@ def shipped_specs() -> list[str]:
 
 
 def spec_path(name: str | Path) -> Path:
-    """A spec file: a path, or the name of a shipped spec (``null``, ``demo-tracker``)."""
+    """A spec file: a path, or the name of a shipped spec (``null``, ``demo-tracker``).
+
+    What looks like a path (it exists, holds a folder separator or ends in .toml) is a
+    path, never silently a shipped spec of the same name.
+    """
+    text = str(name)
     path = Path(name)
-    if path.is_file():
-        return path
-    shipped = resources.files("tracemark") / "specs" / f"{path.name.removesuffix('.toml')}.toml"
+    if (
+        isinstance(name, Path)
+        or "/" in text
+        or os.sep in text
+        or text.endswith(".toml")
+        or (path.exists())
+    ):
+        if path.is_file():
+            return path
+        what = "is a folder, not" if path.is_dir() else "does not exist: give"
+        raise TracemarkError(
+            f"{name} {what} a spec file (TOML); a shipped spec is named without a folder or "
+            f"suffix: {', '.join(shipped_specs())}"
+        )
+    shipped = resources.files("tracemark") / "specs" / f"{text}.toml"
     if shipped.is_file():
         return Path(str(shipped))
     raise TracemarkError(f"no spec file {name}; shipped specs: {', '.join(shipped_specs())}")
@@ -218,6 +248,7 @@ def _check_methods(spec: ExperimentSpec, where: str) -> None:
 
     from ..keys import Key
     from ..methods import registry
+    from ..options import check_values
 
     for name, m in spec.methods.items():
         method = registry.get(m.method)
@@ -227,6 +258,7 @@ def _check_methods(spec: ExperimentSpec, where: str) -> None:
             unknown = sorted((set(m.options) | set(m.never_options)) - known)
             if unknown:
                 raise TracemarkError(f"unknown option(s) {', '.join(unknown)}")
+            check_values(method.options, {**m.options, **m.never_options})
             method.options(**{**m.options, "alpha": spec.alpha})
         except TracemarkError as exc:
             raise TracemarkError(f"invalid spec{_in(where)}: methods.{name}: {exc}") from None

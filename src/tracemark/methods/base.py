@@ -72,7 +72,8 @@ class AuditData:
     physical mode: photos showing the object). ``aux``: images of the same domain that
     are not the owner's (physical mode: photos without the object). ``testset``:
     labelled images the model did not train on (dataset watermarks). ``label``: the
-    owner's class, when known.
+    owner's class, when known. ``checked``: what was verified about these inputs before
+    the audit (the collection against its manifest), recorded in the verdict.
     """
 
     collection: np.ndarray | None = None
@@ -83,6 +84,7 @@ class AuditData:
     aux: Any = None
     testset: LabelledImages | None = None
     label: int | None = None
+    checked: dict[str, Any] | None = None
 
     def need(self, name: str, why: str) -> Any:
         """The field ``name``, or a clear error saying what it is for."""
@@ -99,7 +101,8 @@ class AuditSources:
     ``marked``: the published images; ``originals``: every image given to ``mark`` (the
     tracker draws its pseudo-users from them); ``aux``: images of the same domain, not
     the owner's; ``testset``: labelled test images (dataset watermarks); ``label``: the
-    owner's class; ``holdout``: refused by the per-image audits (kept to say why).
+    owner's class; ``holdout``: refused by the per-image audits (kept to say why);
+    ``manifest``: the marking manifest (default: ``MARKED.manifest.json`` beside ``marked``).
     """
 
     marked: Any = None
@@ -108,6 +111,7 @@ class AuditSources:
     testset: Any = None
     label: int | None = None
     holdout: Any = None
+    manifest: Any = None
 
 
 @dataclass

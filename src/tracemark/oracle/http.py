@@ -350,9 +350,15 @@ class HttpOracle(LoggedOracle):
                 )
             if stop.wait(delay):
                 raise _Stopped()
+        resume = (
+            f"The answers received so far are in the query log {self.log.path}: re-run to resume"
+            if self.log is not None
+            else "No --query-log was given, so the answers received so far are lost; give one "
+            "to resume an interrupted audit without repeating its queries"
+        )
         raise TracemarkError(
             f"{self._where(path)} failed {self.retries + 1} times in a row; last: {reason}. "
-            "The answers received so far are in the query log: re-run to resume"
+            + resume
         )
 
     def backoff_total(self) -> float:

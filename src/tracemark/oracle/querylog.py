@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TracemarkError
+from ..fsutil import check_output
 from ..limits import MAX_CLASSES
 
 __all__ = ["LOG_FORMAT", "QueryLog", "check_answer", "check_numbers"]
@@ -129,10 +130,8 @@ class QueryLog:
         self.chained = True  # False for a version-1 log (no hash chain to check)
         self._lock = threading.Lock()
         self._writable = header is not None
-        if self._writable and self.path.is_symlink():  # appending never goes through a link
-            raise TracemarkError(
-                f"query log {self.path} is a symbolic link; give the log file itself"
-            )
+        if self._writable:  # appending passes the guard of every write: no link, no device
+            check_output(self.path, force=True, what="query log")
         if self.path.exists():
             self._load(repair=self._writable)
             if header is not None:
@@ -217,6 +216,8 @@ class QueryLog:
         return line_hash(body.rpartition(b"\n")[2])
 
     def _load(self, repair: bool) -> None:
+        if not self.path.is_file():
+            raise TracemarkError(f"query log {self.path} is not a regular file")
         try:
             raw = self.path.read_bytes()
         except OSError as exc:
@@ -229,9 +230,14 @@ class QueryLog:
         except (UnicodeDecodeError, json.JSONDecodeError):
             self.header = {}
         if not isinstance(self.header, dict) or self.header.get("format") != LOG_FORMAT:
+            fix = (
+                "Give a new file name for --query-log"
+                if self._writable
+                else "Give the log written by `tracemark audit --query-log`"
+            )
             raise TracemarkError(
                 f"{self.path} is not a tracemark query log (bad header line); nothing was "
-                "changed. Give a new file name for --query-log"
+                f"changed. {fix}"
             )
         version = self.header.get("version")
         if version not in READABLE_VERSIONS:

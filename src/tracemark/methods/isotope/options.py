@@ -26,10 +26,14 @@ class IsotopeOptions(AuditOptions):
     procedure: Procedure = option(
         "calibrated", "isotope: calibrated (default), paper (not calibrated), physical."
     )
-    externals: int = option(99, "isotope: never-published bank marks to rank against.", min=1)
-    aux_per_mark: int = option(100, "isotope: aux images each mark is blended into.", min=2)
-    rounds: int = option(5, "isotope paper procedure: Q.", min=1)
-    round_size: int = option(250, "isotope paper procedure: n.", min=2)
+    externals: int = option(
+        99, "isotope: never-published bank marks to rank against.", min=1, max=1_000_000
+    )
+    aux_per_mark: int = option(
+        100, "isotope: aux images each mark is blended into.", min=2, max=100_000
+    )
+    rounds: int = option(5, "isotope paper procedure: Q.", min=1, max=10_000)
+    round_size: int = option(250, "isotope paper procedure: n.", min=2, max=100_000)
     lam: float = option(0.1, "isotope paper procedure: lambda.")
     delta: float = option(0.6, "isotope paper procedure: delta.")
 

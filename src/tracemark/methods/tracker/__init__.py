@@ -124,7 +124,7 @@ class Tracker:
         )
 
     def read(self, key: Key, sources: AuditSources, model: ModelOptions) -> AuditData:
-        return read_audit_data(sources, model)
+        return read_audit_data(key, sources, model)
 
     def progress_steps(self, options: TrackerOptions) -> int:
         return options.n_pseudo

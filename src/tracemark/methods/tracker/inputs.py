@@ -1,4 +1,9 @@
-"""The folders a tracker audit reads: the owner's originals, and which of them were published."""
+"""The folders a tracker audit reads: the owner's originals, and which of them were published.
+
+What the audit's exactness assumes is checked here, never trusted: the originals are the
+collection the key marked (every file against the marking manifest), and the published
+files carry the key's marks (regenerated from the key and compared).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,23 @@ from typing import Any
 
 import numpy as np
 
+from ...collection import Manifest, find_manifest
 from ...errors import TracemarkError
 from ...fsutil import sha256_file
-from ...images import list_images, read_folder
+from ...images import (
+    decode_image,
+    default_manifest_path,
+    detect_mode,
+    encode_image,
+    list_images,
+    read_folder,
+    read_image,
+)
+from ...keys import Key
 from ...oracle.open import ModelOptions
 from ..base import AuditData, AuditSources
+from .audit import resolve_design
+from .mark import mark
 
 HOLDOUT_REFUSED = (
     "the tracker audit no longer takes a holdout: pseudo-users drawn from other images are "
@@ -80,9 +97,94 @@ def tracker_collection(
     return folder.stack(), ids, published
 
 
-def read_audit_data(sources: AuditSources, model: ModelOptions) -> AuditData:
-    """The tracker audit's data from the owner's folders (``--originals``, ``--marked``)."""
+_LOSSY_TOLERANCE = 4 / 255  # one JPEG library against another: a few levels at most
+
+
+def published_files(originals: Any, marked: Any) -> dict[str, str]:
+    """Each published file's original: relative path of the original -> of the marked file."""
+    stems = {_stem(rel): rel for rel in list_images(originals)}
+    return {stems[_stem(rel)]: rel for rel in list_images(marked) if _stem(rel) in stems}
+
+
+def check_marks(key: Key, originals: Any, marked: Any, manifest: Manifest | None) -> int:
+    """Regenerate every published file from the key and its original, and compare.
+
+    A lossless file must hold exactly the regenerated pixels; a JPEG those of the
+    regenerated image encoded at the marking's quality (within a few levels, for another
+    JPEG library). Returns how many files were checked.
+    """
+    pairs = published_files(originals, marked)
+    doc = manifest.doc if manifest is not None else {}
+    mode = doc.get("colour_mode")
+    if mode not in ("RGB", "L"):  # manifests before 0.2 did not record it: what mark's auto chose
+        mode = detect_mode(Path(originals) / rel for rel in list_images(originals))
+    quality = int(doc.get("jpeg_quality", 95))
+    sources = sorted(pairs)
+    images = [read_image(Path(originals) / rel, mode=mode) for rel in sources]
+    regenerated = mark(images, key, ids=sources)
+    wrong = []
+    for rel, x in zip(sources, regenerated, strict=True):
+        lossy = Path(pairs[rel]).suffix.lower() in (".jpg", ".jpeg")
+        expected = decode_image(encode_image(x, "jpeg" if lossy else "png", quality), mode)
+        found = read_image(Path(marked) / pairs[rel], mode=mode)
+        tolerance = _LOSSY_TOLERANCE if lossy else 0.5 / 255
+        if found.shape != expected.shape or float(np.abs(found - expected).max()) > tolerance:
+            wrong.append(pairs[rel])
+    if wrong:
+        shown = ", ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
+        raise TracemarkError(
+            f"{len(wrong)} file(s) in --marked {marked} do not carry this key's mark of their "
+            f"original: {shown}. Give the key you marked with and the folder mark wrote "
+            "(running mark again with the same key and originals regenerates it)"
+        )
+    return len(sources)
+
+
+def check_inputs(
+    key: Key, sources: AuditSources, ids: list[str], published: np.ndarray
+) -> dict[str, Any]:
+    """Check the collection against the marking manifest and the published files against
+    the key, before any query; what was checked, for the verdict.
+
+    The manifest is required when the design is randomised publication (some originals
+    were kept back): that null is exact only for the collection the key chose from.
+    """
+    design = resolve_design(key, ids, published)[1]
+    path = find_manifest(sources.marked, sources.manifest)
+    if path is None and design == "randomised publication":
+        raise TracemarkError(
+            "this audit keeps originals back (randomised publication), whose null is exact "
+            "only for the collection the key chose from, so it needs the marking manifest: "
+            f"looked for {default_manifest_path(sources.marked)} (where mark writes it); "
+            "give its path with --manifest"
+        )
+    checked: dict[str, Any] = {"design": design}
+    manifest = None
+    if path is not None:
+        manifest = Manifest.read(path)
+        manifest.check_key(key.commitment())
+        manifest.check_originals(sources.originals)
+        if sources.marked is not None:
+            manifest.check_published(sources.marked)
+        checked |= {
+            "manifest": str(path),
+            "collection_digest": manifest.digest,
+            "originals_checked": len(manifest.files),
+        }
+    if sources.marked is not None:
+        checked["published_regenerated"] = check_marks(
+            key, sources.originals, sources.marked, manifest
+        )
+    return checked
+
+
+def read_audit_data(key: Key, sources: AuditSources, model: ModelOptions) -> AuditData:
+    """The tracker audit's data from the owner's folders (``--originals``, ``--marked``),
+    checked against the manifest and the key first (:func:`check_inputs`)."""
     if sources.holdout is not None:
         raise TracemarkError(HOLDOUT_REFUSED)
     collection, ids, published = tracker_collection(sources.originals, sources.marked, model)
-    return AuditData(collection=collection, ids=ids, published=published, label=sources.label)
+    checked = check_inputs(key, sources, ids, published)
+    return AuditData(
+        collection=collection, ids=ids, published=published, label=sources.label, checked=checked
+    )

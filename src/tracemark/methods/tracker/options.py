@@ -13,7 +13,9 @@ from ..base import AuditOptions
 class TrackerOptions(AuditOptions):
     """How many pseudo-users the owner's score is ranked among (K + N·K queries)."""
 
-    n_pseudo: int = option(1000, "tracker: pseudo-users in the null distribution.", min=1)
+    n_pseudo: int = option(
+        1000, "tracker: pseudo-users in the null distribution.", min=1, max=1_000_000
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

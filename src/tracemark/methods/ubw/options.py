@@ -19,7 +19,7 @@ class UbwOptions(AuditOptions):
     = J adds a rank calibration against J never-published triggers (J·m more queries).
     """
 
-    m: int = option(100, "ubw: correctly classified test images to use.", min=2)
+    m: int = option(100, "ubw: correctly classified test images to use.", min=2, max=100_000)
     tau: float = option(0.25, "ubw: margin of the t-test.", min=0, max=0.99)
     trigger: Literal["key", "independent"] = option(
         "key", "ubw: 'independent' runs the negative control with an unpublished trigger."
@@ -30,6 +30,7 @@ class UbwOptions(AuditOptions):
         "against models that react to any patch. Costs m queries each. Blended triggers are "
         "always ranked (99 at alpha 0.01 unless given).",
         min=0,
+        max=1_000_000,
     )
 
     def __post_init__(self) -> None:
