@@ -413,7 +413,13 @@ def test_t6_ctrl_c_during_start_up_prints_no_traceback(owner, tmp_path, verb):
         "audit": _audit(owner, owner / "photos", owner / "pub"),
     }[verb]
     console = Path(sys.executable).with_name("tracemark")
-    proc = subprocess.Popen([console, *map(str, args)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [console, *map(str, args)],
+        stderr=subprocess.PIPE,
+        text=True,
+        # A background job inherits SIGINT ignored, and Python then never raises on it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(0.3)  # the command line's imports take about a second
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
