@@ -69,15 +69,35 @@ def test_majority_vote_label(marked_world):
 def test_verdict_fields_queries_and_evidence(marked_world):
     oracle = TorchModuleOracle(marked_world.model, num_classes=10)
     k = TRACKER_PUBLISHED
-    v = audit(marked_world, oracle, 1)
+    v = audit(marked_world, oracle, 1, n_pseudo=None, fixed=N_PSEUDO)  # the fixed test
     assert v.label_source == "given" and v.label == marked_world.classes[1]
     assert v.queries == k + N_PSEUDO * k == oracle.queries
     assert len(v.evidence["null_scores"]) == N_PSEUDO and len(v.evidence["user_losses"]) == k
     assert v.statistics["collection_size"] == v.statistics["pool_size"] == 90
+    assert v.statistics["rule"] == "fixed"
     # Anyone can recompute the p-value from the evidence.
     null = np.array(v.evidence["null_scores"])
     user = np.mean(v.evidence["user_losses"])
     assert v.p_value == (1 + np.sum(null <= user)) / (N_PSEUDO + 1)
+
+
+def test_sequential_verdict_records_its_rule_draws_and_queries(marked_world):
+    from tracemark.stats import sequential_rank_p_value
+
+    k = TRACKER_PUBLISHED
+    for u in (1, 5):  # a member (goes to the cap) and a never-published owner (stops early)
+        oracle = TorchModuleOracle(marked_world.model, num_classes=10)
+        v = audit(marked_world, oracle, u)
+        s = v.statistics
+        assert s["rule"].startswith("sequential") and s["cap"] == N_PSEUDO
+        drawn = len(v.evidence["null_scores"])
+        assert s["pseudo_users_drawn"] == drawn >= s["n_pseudo_users"]
+        assert v.queries == k + drawn * k == oracle.queries
+        null = np.array(v.evidence["null_scores"])
+        user = np.mean(v.evidence["user_losses"])
+        p, used = sequential_rank_p_value(user, null, s["stop_after"], N_PSEUDO, "less")
+        assert (p, used) == (v.p_value, s["n_pseudo_users"])  # re-checkable from the evidence
+    assert marked_world.members > 1  # u = 1 is a member, u = 5 is not
     data = v.model_dump(mode="json")
     for field in ("method", "decision", "p_value", "alpha", "label", "effect", "queries"):
         assert field in data
@@ -251,3 +271,19 @@ def test_instance_baseline_scores_each_published_image(marked_world):
     assert np.isfinite(m_loss).all() and (m_loss >= 0).all()
     # Trained-on images have lower losses, on average and for the median image.
     assert m_loss.mean() < n_loss.mean() and np.median(m_loss) < np.median(n_loss)
+
+
+def test_the_sequential_audit_detects_with_margin_where_the_fixed_99_sits_at_its_floor(
+    marked_world,
+):
+    """Issue 28's acceptance 5: the fixed test with 99 pseudo-users can at best reach
+    p = 0.01 = alpha (a member is flagged only when it ranks first); the default
+    sequential test (cap 10/alpha = 1,000) shows how far below alpha the members lie."""
+    oracle = TorchModuleOracle(marked_world.model, num_classes=10)
+    for u in range(marked_world.members):
+        fixed = audit(marked_world, oracle, u, n_pseudo=None, fixed=99)
+        assert fixed.p_value >= 0.01  # the floor: 1 / (99 + 1)
+        new = audit(marked_world, oracle, u, n_pseudo=None)
+        assert new.statistics["cap"] == 1000
+        assert new.p_value <= ALPHA / 5, (u, new.p_value, new.effect)  # a margin of 5x
+        assert new.decision

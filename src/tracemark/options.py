@@ -8,9 +8,10 @@ with a plain default are library-only.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import MISSING, Field, field, fields, replace
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import TracemarkError
 
@@ -95,6 +96,10 @@ def check_values(cls: type, values: dict[str, Any]) -> None:
         f, kind = by_name.get(name), hints.get(name)
         if f is None:
             continue
+        if get_origin(kind) in (Union, types.UnionType):  # ``int | None``: None is fine
+            if value is None:
+                continue
+            kind = next((a for a in get_args(kind) if a is not type(None)), kind)
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if kind is int and not (number and isinstance(value, int)):
             raise TracemarkError(f"option {name} takes an integer, got {value!r}")

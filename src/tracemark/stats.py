@@ -33,6 +33,91 @@ def rank_p_value(
     return float((1 + extreme) / (null.size + 1))
 
 
+class SequentialRank:
+    """Besag and Clifford's sequential Monte Carlo p-value (Biometrika 78, 1991).
+
+    Null draws exchangeable with the observed score arrive one at a time (or in batches,
+    read in order). The test stops at the ``h``-th draw at least as extreme as the
+    observed one, after ``L`` draws, with p = h / L; or after ``n_max`` draws with
+    ``g < h`` such draws, with p = (g + 1) / (n_max + 1). Under the null the observed
+    score's rank among the draws is uniform, and this p-value is valid at every level,
+    P(p <= u) <= u, with ties counted against the observer. An innocent model (p spread
+    over [0, 1]) stops after about h (1 + ln(n_max / h)) draws; a model that learned the
+    mark goes on to ``n_max`` and reaches p = 1 / (n_max + 1). Draws past the stopping
+    point (the rest of a batch) are ignored, so batching changes the cost, not the p-value.
+    """
+
+    def __init__(
+        self,
+        observed: float,
+        h: int,
+        n_max: int,
+        alternative: Literal["less", "greater"] = "greater",
+    ) -> None:
+        if h < 1 or n_max < h:
+            raise TracemarkError(f"need 1 <= h <= n_max, got h = {h}, n_max = {n_max}")
+        if alternative not in ("less", "greater"):
+            raise ValueError(f"alternative must be 'less' or 'greater', not {alternative!r}")
+        if not np.isfinite(observed):
+            raise TracemarkError("non-finite score in a rank test")
+        self.observed, self.h, self.n_max, self.alternative = observed, h, n_max, alternative
+        self.draws = 0  # draws read (the stopping point, once done)
+        self.extreme = 0  # of them at least as extreme as the observed score
+        self.trace: list[tuple[int, int]] = []  # (draws, extreme) after each batch
+
+    @property
+    def done(self) -> bool:
+        return self.extreme >= self.h or self.draws >= self.n_max
+
+    def wanted(self) -> int:
+        """How many more draws could matter (0 once the test has stopped)."""
+        return 0 if self.done else self.n_max - self.draws
+
+    def add(self, null: np.ndarray) -> bool:
+        """Read draws in order until the test stops; return whether it has."""
+        null = np.asarray(null, dtype=np.float64).ravel()[: self.wanted()]
+        if not np.all(np.isfinite(null)):
+            raise TracemarkError("non-finite score in a rank test")
+        hits = null >= self.observed if self.alternative == "greater" else null <= self.observed
+        cumulative = self.extreme + np.cumsum(hits)
+        stop = np.flatnonzero(cumulative >= self.h)
+        used = int(stop[0]) + 1 if stop.size else null.size
+        self.draws += used
+        self.extreme = int(cumulative[used - 1]) if used else self.extreme
+        self.trace.append((self.draws, self.extreme))
+        return self.done
+
+    def p_value(self) -> float:
+        """The p-value once stopped (h / L, or (g + 1) / (n_max + 1) at the cap)."""
+        if not self.done:
+            raise TracemarkError("the sequential test has not stopped yet")
+        if self.extreme >= self.h:
+            return self.h / self.draws
+        return (self.extreme + 1) / (self.n_max + 1)
+
+
+def sequential_rank_p_value(
+    observed: float,
+    null: np.ndarray,
+    h: int,
+    n_max: int | None = None,
+    alternative: Literal["less", "greater"] = "greater",
+) -> tuple[float, int]:
+    """Besag-Clifford p-value of ``observed`` against ``null`` draws read in order
+    (see :class:`SequentialRank`); returns (p-value, draws used). ``n_max`` defaults
+    to every draw given."""
+    null = np.asarray(null, dtype=np.float64).ravel()
+    test = SequentialRank(observed, h, null.size if n_max is None else n_max, alternative)
+    test.add(null)
+    return test.p_value(), test.draws
+
+
+def sequential_cap(alpha: float, resolution: float = 10.0) -> int:
+    """The draws a sequential test may use so that p can fall ``resolution`` times below
+    ``alpha``: ceil(resolution / alpha) (1,000 at 0.01)."""
+    return max(1, math.ceil(resolution / alpha - 1e-9))
+
+
 def smallest_p_value(n_null: int) -> float:
     """The smallest p-value a rank test against ``n_null`` draws can return."""
     return 1.0 / (n_null + 1)

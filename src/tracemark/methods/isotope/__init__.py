@@ -146,7 +146,7 @@ class Isotope:
         return read_audit_data(key, sources, model)
 
     def progress_steps(self, options: IsotopeOptions) -> int:
-        return options.externals
+        return options.cap  # a sequential audit may stop well before
 
 
 METHOD = Isotope()

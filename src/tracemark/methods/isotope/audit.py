@@ -19,7 +19,7 @@ import numpy as np
 from ...errors import TracemarkError
 from ...keys import Key
 from ...options import resolve
-from ...stats import gaussian_p_value, rank_p_value, standardised_gap
+from ...stats import SequentialRank, gaussian_p_value, rank_p_value, standardised_gap
 from ...verdict import Verdict
 from ..base import Progress, build_verdict, check_key, check_reachable
 from .mark import NAME, external_marks, key_mark
@@ -60,7 +60,8 @@ def audit(
     ``aux``: images of the same domain; class y is excluded by label (object with
     ``.images``/``.labels``) or by the model's prediction (plain array). ``options`` (or
     its fields as keywords): :class:`IsotopeOptions`; "calibrated" ranks the mark among
-    ``externals`` fresh bank marks on ``aux_per_mark`` aux images, "paper" runs the
+    fresh bank marks (sequentially, or exactly ``fixed``) on ``aux_per_mark`` aux images each;
+    "paper" runs the
     published Q-round t-test vote (not calibrated). ``null``/``pool``: precomputed and
     shared between audits of one model and class (the verdict says so).
     """
@@ -72,8 +73,7 @@ def audit(
         return paper_audit(oracle, key, aux, choice, options, start)
     if options.procedure != "calibrated":
         raise TracemarkError("physical mode compares two folders: use physical_audit()")
-    if null is None:
-        check_reachable(options.externals, options.alpha, "external marks", "raise --externals")
+    check_reachable(options.cap, options.alpha, "external marks", "raise --externals or --fixed")
     y = choice.label
     if pool is None:
         pool = build_aux_pool(oracle, aux, y, options.aux_per_mark, key.seed, options.access)
@@ -83,9 +83,12 @@ def audit(
     mark_ = key_mark(key)
     user_shift, per_image = mark_shift(oracle, pool, mark_, params.visibility, y)
     notes = list(choice.notes)
+    sequential = None
+    if options.sequential:
+        h = min(options.stop_after, options.cap)
+        sequential = SequentialRank(user_shift, h, options.cap, alternative="greater")
     if null is None:
-        marks = external_marks(key, options.externals)
-        null = external_null(oracle, pool, marks, params.visibility, y, progress)
+        null = _external_shifts(oracle, pool, key, options.cap, y, progress, sequential)
     elif (null.label, null.aux_size, null.mode) != (y, len(pool.images), pool.mode):
         raise TracemarkError(
             f"the precomputed null was measured for label {null.label} on {null.aux_size} aux "
@@ -93,6 +96,10 @@ def audit(
         )
     else:
         notes.append("external marks were shared with other audits (precomputed null)")
+        if sequential is not None:  # read the shared draws in order, up to the cap
+            n = min(options.cap, len(null.shifts))
+            sequential = SequentialRank(user_shift, min(sequential.h, n), n, "greater")
+            sequential.add(null.shifts)
     if params.mark == "image":
         notes.append(
             "your mark is your own file, not a bank draw: the rank p-value assumes it behaves "
@@ -100,8 +107,36 @@ def audit(
         )
     if len(pool.images) < options.aux_per_mark:
         notes.append(f"only {len(pool.images)} aux images outside class {y} were available")
-    shifts = Shifts(user_shift, per_image, null, pool, mark_.describe())
+    used = sequential.draws if sequential is not None else len(null.shifts)
+    shifts = Shifts(user_shift, per_image, null, pool, mark_.describe(), used, sequential)
     return _verdict(key, options, choice, shifts, notes, oracle.queries - start)
+
+
+def _external_shifts(
+    oracle,
+    pool: AuxPool,
+    key: Key,
+    cap: int,
+    label: int,
+    progress: Progress | None,
+    sequential: SequentialRank | None,
+) -> ShiftNull:
+    """Shifts of up to ``cap`` external marks, drawn a batch at a time and stopped as
+    soon as ``sequential`` stops (external e is the same draw whatever the batches)."""
+    params: IsotopeParams = key.typed_params()
+    start, drawn, size = oracle.queries, 0, 1 if sequential is None else sequential.h
+    parts = []
+    while drawn < cap and not (sequential is not None and sequential.done):
+        marks = external_marks(key, min(size, cap - drawn), start=drawn)
+        for m in marks:
+            null = external_null(oracle, pool, [m], params.visibility, label, progress)
+            parts.append(null.shifts)
+            drawn += 1
+            if sequential is not None and sequential.add(null.shifts):
+                break
+        size = min(2 * size, 64)
+    shifts = np.concatenate(parts)
+    return ShiftNull(shifts, label, len(pool.images), pool.mode, oracle.queries - start)
 
 
 @dataclass
@@ -113,6 +148,8 @@ class Shifts:
     null: ShiftNull
     pool: AuxPool
     mark: str  # what the key's mark is
+    used: int  # the external marks the p-value ranks the key's among
+    sequential: SequentialRank | None = None
 
     @property
     def sign(self) -> float:
@@ -122,16 +159,36 @@ class Shifts:
 
 def _verdict(key, options, choice: LabelChoice, s: Shifts, notes, queries: int) -> Verdict:
     params: IsotopeParams = key.typed_params()
-    null, pool = s.null, s.pool
-    p_gauss, z = gaussian_p_value(s.user, null.shifts, "greater")
+    pool, shifts = s.pool, s.null.shifts[: s.used]
+    p_gauss, z = gaussian_p_value(s.user, shifts, "greater")
+    if s.sequential is None:
+        p_value = rank_p_value(s.user, shifts, "greater")
+        rule = {"rule": "fixed"}
+        how = f"{len(shifts)} never-published bank marks"
+    else:
+        q = s.sequential
+        p_value = q.p_value()
+        stopped = "stopped early" if q.extreme >= q.h else "reached its cap"
+        rule = {
+            "rule": "sequential (Besag-Clifford)",
+            "stop_after": q.h,
+            "cap": q.n_max,
+            "at_least_as_large": q.extreme,
+            "trace": [list(t) for t in q.trace],
+        }
+        how = (
+            f"never-published bank marks, sequential (Besag-Clifford, h = {q.h}, cap "
+            f"{q.n_max}): {stopped} after {q.draws}"
+        )
     statistics = {
         "procedure": "calibrated",
+        **rule,
         "score": describe_mode(pool.mode),
         "shift": s.sign * s.user,
-        "external_shift_mean": s.sign * float(null.shifts.mean()),
-        "external_shift_sd": float(null.shifts.std(ddof=1)) if len(null.shifts) > 1 else 0.0,
-        "externals": len(null.shifts),
-        "rank_among_marks": 1 + int(np.count_nonzero(null.shifts > s.user)),
+        "external_shift_mean": s.sign * float(shifts.mean()),
+        "external_shift_sd": float(shifts.std(ddof=1)) if len(shifts) > 1 else 0.0,
+        "externals": len(shifts),
+        "rank_among_marks": 1 + int(np.count_nonzero(shifts > s.user)),
         "approx_gaussian_p_value": p_gauss,
         "approx_gaussian_z": z,
         "aux_images": len(pool.images),
@@ -147,22 +204,22 @@ def _verdict(key, options, choice: LabelChoice, s: Shifts, notes, queries: int) 
         NAME,
         key,
         options,
-        p_value=rank_p_value(s.user, null.shifts, "greater"),
+        p_value=p_value,
         queries=queries,
         evidence={
             "user_per_image_shift": (s.sign * s.per_image).tolist(),
-            "external_shifts": (s.sign * null.shifts).tolist(),
+            "external_shifts": (s.sign * s.null.shifts).tolist(),
         },
         label=choice.label,
         label_source=choice.source,
-        effect=standardised_gap(s.user, null.shifts),
+        effect=standardised_gap(s.user, shifts),
         effect_description=f"how much more your mark {direction} class {choice.label} than "
         "external marks do, in their standard deviations",
         access=pool.mode if pool.mode == "probability" else "top-K ranks",
         test=(
-            f"calibrated isotope test: rank of your mark's shift S among {len(null.shifts)} "
-            f"never-published bank marks on {len(pool.images)} aux images (exact); "
-            f"Gaussian p = {p_gauss:.3g} is an approximation"
+            f"calibrated isotope test: rank of your mark's shift S among {how}, on "
+            f"{len(pool.images)} aux images (exact); Gaussian p = {p_gauss:.3g} is an "
+            "approximation"
         ),
         statistics=statistics,
         notes=notes,

@@ -42,10 +42,13 @@ def key_mark(key: Key) -> Mark:
     return draw_mark(key.rng(PURPOSE_MARK), params)
 
 
-def external_marks(key: Key, count: int, purpose: str = PURPOSE_EXTERNAL) -> list[Mark]:
-    """``count`` never-published marks from the same bank as the key's (fresh draws)."""
+def external_marks(
+    key: Key, count: int, purpose: str = PURPOSE_EXTERNAL, start: int = 0
+) -> list[Mark]:
+    """``count`` never-published marks from the same bank as the key's (fresh draws):
+    externals ``start`` to ``start + count - 1``, each the same whatever the others."""
     params: IsotopeParams = check_key(key, NAME)
-    return [draw_mark(derive(key.seed, purpose, e), params) for e in range(count)]
+    return [draw_mark(derive(key.seed, purpose, e), params) for e in range(start, start + count)]
 
 
 def select_marked(key: Key, ids: Sequence[int | str]) -> np.ndarray:

@@ -127,7 +127,7 @@ class Tracker:
         return read_audit_data(key, sources, model)
 
     def progress_steps(self, options: TrackerOptions) -> int:
-        return options.n_pseudo
+        return options.cap  # a sequential audit may stop well before
 
 
 METHOD = Tracker()

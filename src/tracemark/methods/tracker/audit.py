@@ -23,7 +23,7 @@ from ...errors import TracemarkError
 from ...keys import Key
 from ...options import resolve
 from ...rng import derive, derive_keys
-from ...stats import rank_p_value, standardised_gap
+from ...stats import SequentialRank, rank_p_value, standardised_gap
 from ...verdict import Verdict
 from ..base import (
     Progress,
@@ -142,6 +142,16 @@ def set_score(response, label: int | None, kind: ScoreKind) -> tuple[float, int]
     return float(image_losses(response, label, kind).mean()), label
 
 
+def _batches(cap: int, first: int, largest: int) -> list[tuple[int, int]]:
+    """(start, stop) of the pseudo-user batches: doubling from ``first`` to ``largest``,
+    so an audit that stops early spends little past its stopping point."""
+    out, start, size = [], 0, max(1, min(first, largest))
+    while start < cap:
+        out.append((start, min(cap, start + size)))
+        start, size = start + size, min(largest, 2 * size)
+    return out
+
+
 def calibrate(
     oracle,
     key: Key,
@@ -151,30 +161,39 @@ def calibrate(
     n_pseudo: int = 1000,
     kind: ScoreKind = "cross-entropy",
     progress: Progress | None = None,
+    sequential: SequentialRank | None = None,
 ) -> NullDistribution:
-    """Query the model with ``n_pseudo`` pseudo-users drawn from ``pool``.
+    """Query the model with up to ``n_pseudo`` pseudo-users drawn from ``pool``.
 
     ``pool`` is the owner's collection (randomised publication) or their published
     images (mark randomisation): the same images the owner's published set was drawn
     from, which is what makes the owner's score exchangeable with the pseudo-users'
     when the model never saw the marked images. Each set is scored under ``label``, or
     under its own majority-vote label when ``label`` is None, as the owner's set is.
+    With ``sequential``, batches (doubling in size) stop as soon as that test stops;
+    pseudo-user u is the same draw whatever the batches, so the p-value does not depend
+    on them.
     """
     if not 1 <= set_size <= len(pool):
         raise TracemarkError(f"cannot draw sets of {set_size} from {len(pool)} images")
     start = oracle.queries
-    users_per_batch = max(1, 2048 // set_size)
-    scores = np.empty(n_pseudo)
-    for s in range(0, n_pseudo, users_per_batch):
-        users = list(range(s, min(n_pseudo, s + users_per_batch)))
+    largest = max(1, 2048 // set_size)
+    first = largest if sequential is None else sequential.h
+    scores: list[float] = []
+    for s, e in _batches(n_pseudo, first, largest):
+        users = list(range(s, e))
         response = oracle.query(pseudo_user_batch(key, pool, users, set_size))
-        for i in range(len(users)):
-            part = response.take(np.arange(i * set_size, (i + 1) * set_size))
-            scores[s + i] = set_score(part, label, kind)[0]
+        batch = [
+            set_score(response.take(np.arange(i * set_size, (i + 1) * set_size)), label, kind)[0]
+            for i in range(len(users))
+        ]
+        scores += batch
         if progress:
             progress(len(users))
+        if sequential is not None and sequential.add(np.array(batch)):
+            break
     return NullDistribution(
-        scores=scores,
+        scores=np.array(scores),
         label=label,
         set_size=set_size,
         kind=kind,
@@ -252,19 +271,20 @@ def audit(
     mask of the published ones, or None when all were published (see
     :func:`resolve_design`). ``label``: the class the images were labelled as; when
     None, every set (the owner's and each pseudo-user's) is scored under its own
-    majority-vote label. ``options`` (or its fields as keywords, e.g. ``n_pseudo=99``):
+    majority-vote label. ``options`` (or its fields as keywords, e.g. ``fixed=999``):
     :class:`TrackerOptions`.
 
     The owner's published set is regenerated from the key and the originals, and
-    ranked among ``n_pseudo`` pseudo-users: sets drawn from the same images by the
-    same random mechanism with fresh marks. If the model never saw the marked images
+    ranked among pseudo-users: sets drawn from the same images by the same random
+    mechanism with fresh marks, drawn until the sequential test stops (or exactly
+    ``fixed`` of them). If the model never saw the marked images
     it is independent of the key, so the owner's score and the pseudo-users' are i.i.d.
     given the model and the collection, and the rank p-value is exact for any
     collection size (docs/methods/tracker.md has the argument).
     """
     options = resolve(TrackerOptions, options, changes)
     check_key(key, NAME)
-    check_reachable(options.n_pseudo, options.alpha, "pseudo-users", "raise --n-pseudo")
+    check_reachable(options.cap, options.alpha, "pseudo-users", "raise --n-pseudo or --fixed")
     collection = np.asarray(collection, dtype=np.float32)
     ids = _check_collection(collection, ids)
     mask, design, notes = resolve_design(key, ids, published)
@@ -272,15 +292,52 @@ def audit(
     start = oracle.queries
     owner = owner_score(oracle, mark_selected(collection, key, ids, mask), label, options.access)
     set_size = int(mask.sum())
-    null = calibrate(oracle, key, pool, label, set_size, options.n_pseudo, owner.kind, progress)
+    sequential = None
+    if options.sequential:
+        h = min(options.stop_after, options.cap)
+        sequential = SequentialRank(owner.score, h, options.cap, alternative="less")
+    null = calibrate(
+        oracle, key, pool, label, set_size, options.cap, owner.kind, progress, sequential
+    )
     if design == "mark randomisation":
         notes.append(
             "every pseudo-user holds your published images with a fresh mark: this detects "
             "training on the marked copies, not on your unmarked originals"
         )
+    rule = Rule.of(options, sequential, len(null.scores))
     return _verdict(
-        key, options, owner, null, design, len(collection), notes, oracle.queries - start
+        key, options, owner, null, design, len(collection), notes, oracle.queries - start, rule
     )
+
+
+@dataclass
+class Rule:
+    """How many pseudo-users were drawn and why, and the p-value that rule gives."""
+
+    p_value: float | None  # None: the fixed test's rank p-value over all ``used``
+    used: int  # the pseudo-users the p-value ranks the owner among
+    description: str
+    statistics: dict[str, Any]
+
+    @classmethod
+    def of(cls, options: TrackerOptions, sequential: SequentialRank | None, drawn: int) -> Rule:
+        if sequential is None:
+            return cls(None, drawn, f"fixed: {drawn} pseudo-users", {"rule": "fixed"})
+        stopped = "stopped early" if sequential.extreme >= sequential.h else "reached its cap"
+        return cls(
+            sequential.p_value(),
+            sequential.draws,
+            f"sequential (Besag-Clifford, h = {sequential.h}, cap {sequential.n_max}): "
+            f"{stopped} after {sequential.draws} pseudo-users",
+            {
+                "rule": "sequential (Besag-Clifford)",
+                "stop_after": sequential.h,
+                "cap": sequential.n_max,
+                "pseudo_users_drawn": drawn,
+                "at_least_as_good": sequential.extreme,
+                "trace": [list(t) for t in sequential.trace],
+            },
+        )
 
 
 def _verdict(
@@ -292,12 +349,18 @@ def _verdict(
     collection_size: int,
     notes: list[str],
     queries: int,
+    rule: Rule,
 ) -> Verdict:
+    used = null.scores[: rule.used]
+    p_value = rule.p_value
+    if p_value is None:
+        p_value = rank_p_value(owner.score, used, alternative="less")
     statistics = {
         "user_mean_loss": owner.score,
-        "null_mean_loss": float(null.scores.mean()),
-        "null_sd_loss": float(null.scores.std(ddof=1)) if len(null.scores) > 1 else 0.0,
-        "n_pseudo_users": len(null.scores),
+        "null_mean_loss": float(used.mean()),
+        "null_sd_loss": float(used.std(ddof=1)) if len(used) > 1 else 0.0,
+        "n_pseudo_users": rule.used,
+        **rule.statistics,
         "set_size": null.set_size,
         "collection_size": collection_size,
         "pool_size": null.pool_size,
@@ -311,18 +374,18 @@ def _verdict(
         NAME,
         key,
         options,
-        p_value=rank_p_value(owner.score, null.scores, alternative="less"),
+        p_value=p_value,
         queries=queries,
         evidence={"user_losses": owner.losses.tolist(), "null_scores": null.scores.tolist()},
         label=owner.label,
         label_source=owner.label_source,
-        effect=-standardised_gap(owner.score, null.scores),
+        effect=-standardised_gap(owner.score, used),
         effect_description="owner's mean loss below pseudo-users', in their standard deviations",
         access=access,
         test=(
             f"set-based membership inference, {design}: rank of the owner's mean {owner.kind} "
-            f"loss among {len(null.scores)} pseudo-users drawn from {null.pool_size} images "
-            "(exact)"
+            f"loss among pseudo-users drawn from {null.pool_size} images, "
+            f"{rule.description} (exact)"
         ),
         statistics=statistics,
         notes=notes,
