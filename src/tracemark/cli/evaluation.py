@@ -191,7 +191,7 @@ def report(
 
 def print_summary(summary: dict) -> None:
     """The pooled rates (k/n; the intervals are in the report files) and the null."""
-    table = Table(title="TPR and FPR pooled over seeds (k/n flagged; 95% intervals: --out)")
+    table = Table(title="TPR and FPR pooled over seeds (k/n flagged, exact 95% interval)")
     for name in (
         "method / recipe / countermeasure",
         "access",
@@ -231,7 +231,10 @@ def _count(entry: dict, name: str) -> str:
             name
         ]
     ]
-    return "-" if not n else f"{round(entry[name] * n)}/{n}"
+    if not n:
+        return "-"
+    low, high = entry[f"{name}_ci"]
+    return f"{round(entry[name] * n)}/{n} [{low:.2f}, {high:.2f}]"
 
 
 def print_details(summary: dict) -> None:

@@ -75,8 +75,7 @@ class Store:
             return
         check_output(self.path, force=True, what="results store")
         if self.path.exists() and self.path.stat().st_size > 0:
-            _connect_read_only(self.path).close()  # a tracemark store, or refused untouched
-            self._recognise()
+            self._recognise()  # a tracemark store, or refused untouched
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _hold_lock(self.path)
         try:
