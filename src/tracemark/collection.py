@@ -46,6 +46,18 @@ def _listed(names: list[str]) -> str:
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
 
+def _differences(expected: dict[str, str], found: dict[str, str], wording: tuple) -> list[str]:
+    """What differs between two {name: sha256} maps, in words: changed, missing, extra."""
+    changed = sorted(n for n, sha in found.items() if n in expected and expected[n] != sha)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    return [
+        f"{len(names)} {words}: {_listed(names)}"
+        for names, words in zip((changed, missing, extra), wording, strict=True)
+        if names
+    ]
+
+
 class Manifest:
     """A marking manifest, validated: the originals' hashes and what was published."""
 
@@ -101,19 +113,9 @@ class Manifest:
         pseudo-users' material, the published ones are what the owner's set is made of.
         """
         on_disk = {rel: sha256_file(Path(originals) / rel) for rel in list_images(originals)}
-        missing = sorted(set(self.by_source) - set(on_disk))
-        extra = sorted(set(on_disk) - set(self.by_source))
-        changed = sorted(
-            rel for rel, sha in on_disk.items()
-            if rel in self.by_source and self.by_source[rel]["source_sha256"] != sha
-        )  # fmt: skip
-        problems = []
-        if changed:
-            problems.append(f"{len(changed)} changed since marking: {_listed(changed)}")
-        if missing:
-            problems.append(f"{len(missing)} missing: {_listed(missing)}")
-        if extra:
-            problems.append(f"{len(extra)} not in the manifest: {_listed(extra)}")
+        expected = {rel: e["source_sha256"] for rel, e in self.by_source.items()}
+        wording = ("changed since marking", "missing", "not in the manifest")
+        problems = _differences(expected, on_disk, wording)
         if problems:
             raise TracemarkError(
                 f"--originals {originals} is not the collection you marked (manifest "
@@ -124,32 +126,16 @@ class Manifest:
 
     def check_published(self, marked: str | os.PathLike) -> None:
         """The published folder holds exactly the files marking wrote, byte for byte."""
-        expected = {e["marked"]: e for e in self.files if e["published"]}
-        on_disk = list_images(marked)
-        missing = sorted(set(expected) - set(on_disk))
-        extra = sorted(set(on_disk) - set(expected))
-        changed = sorted(
-            rel for rel in on_disk
-            if rel in expected
-            and expected[rel].get("marked_sha256") != sha256_file(Path(marked) / rel)
-        )  # fmt: skip
-        problems = []
-        if changed:
-            problems.append(f"{len(changed)} differ from what mark wrote: {_listed(changed)}")
-        if missing:
-            problems.append(f"{len(missing)} missing: {_listed(missing)}")
-        if extra:
-            problems.append(f"{len(extra)} were not published by this marking: {_listed(extra)}")
+        expected = {e["marked"]: e.get("marked_sha256") for e in self.files if e["published"]}
+        on_disk = {rel: sha256_file(Path(marked) / rel) for rel in list_images(marked)}
+        wording = ("differ from what mark wrote", "missing", "were not published by this marking")
+        problems = _differences(expected, on_disk, wording)
         if problems:
             raise TracemarkError(
                 f"--marked {marked} does not hold the files this marking published (manifest "
                 f"{self.path}): " + "; ".join(problems) + ". Give the folder `tracemark mark` "
                 "wrote; running mark again with the same key and originals regenerates it"
             )
-
-    def published_sources(self) -> list[str]:
-        """The originals that were published, by relative path."""
-        return [e["source"] for e in self.files if e["published"]]
 
 
 def find_manifest(marked: str | os.PathLike | None, given: str | os.PathLike | None) -> Path | None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
 from ..errors import TracemarkError
 from ..options import option
-from ..stats import smallest_p_value
+from ..stats import sequential_cap, smallest_p_value
 from ..verdict import Verdict
 
 if TYPE_CHECKING:
@@ -60,6 +60,56 @@ class AuditOptions:
             raise TracemarkError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.access not in ACCESSES:
             raise TracemarkError(f"access must be one of {', '.join(ACCESSES)}, got {self.access}")
+
+
+@dataclass(frozen=True)
+class SequentialOptions(AuditOptions):
+    """The rank audits' rule: sequential (Besag and Clifford) by default, or fixed-size.
+
+    Null draws (the tracker's pseudo-users, isotope's external marks) are read in order
+    until ``stop_after`` of them score at least as well as the owner, or until the cap (the
+    subclass's ``cap_option`` field; default 10/alpha, so p can fall ten times below
+    alpha). ``fixed`` = N ranks among exactly N instead, as earlier versions did.
+    """
+
+    stop_after: int = option(
+        10,
+        "tracker, isotope: the sequential test stops once this many null draws (pseudo-users, "
+        "external marks) score at least as well as yours (Besag-Clifford h).",
+        min=1,
+        max=10_000,
+    )
+    fixed: int | None = option(
+        None,
+        "tracker, isotope: rank among exactly this many null draws instead (the fixed-size "
+        "test of earlier versions).",
+        min=1,
+        max=1_000_000,
+    )
+    cap_option: ClassVar[str] = ""  # the subclass's field holding the sequential cap
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        limit = getattr(self, self.cap_option)
+        for name, value in ((self.cap_option, limit), ("fixed", self.fixed)):
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise TracemarkError(f"{name} must be a positive integer, got {value!r}")
+        if self.stop_after < 1:
+            raise TracemarkError("stop_after must be positive")
+        if self.fixed is not None and limit is not None:
+            raise TracemarkError(
+                f"give either {self.cap_option} (the sequential test's cap) or fixed (the "
+                "fixed-size test's draws), not both"
+            )
+
+    @property
+    def cap(self) -> int:
+        """The most null draws the audit reads."""
+        return self.fixed or getattr(self, self.cap_option) or sequential_cap(self.alpha)
+
+    @property
+    def sequential(self) -> bool:
+        return self.fixed is None
 
 
 @dataclass

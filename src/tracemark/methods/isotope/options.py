@@ -7,14 +7,13 @@ from typing import Literal
 
 from ...errors import TracemarkError
 from ...options import option
-from ...stats import sequential_cap
-from ..base import AuditOptions
+from ..base import SequentialOptions
 
 Procedure = Literal["calibrated", "paper", "physical"]
 
 
 @dataclass(frozen=True)
-class IsotopeOptions(AuditOptions):
+class IsotopeOptions(SequentialOptions):
     """Which test, and its sizes.
 
     "calibrated" (the default) ranks the mark's shift among fresh bank marks on
@@ -37,19 +36,7 @@ class IsotopeOptions(AuditOptions):
         min=1,
         max=1_000_000,
     )
-    stop_after: int = option(
-        10,
-        "isotope: the sequential test stops once this many external marks shift your class "
-        "at least as much as yours (Besag-Clifford h).",
-        min=1,
-        max=10_000,
-    )
-    fixed: int | None = option(
-        None,
-        "isotope: rank among exactly this many external marks instead (the fixed-size test).",
-        min=1,
-        max=1_000_000,
-    )
+    cap_option = "externals"
     aux_per_mark: int = option(
         100, "isotope: aux images each mark is blended into.", min=2, max=100_000
     )
@@ -64,15 +51,8 @@ class IsotopeOptions(AuditOptions):
             raise TracemarkError(
                 f"unknown procedure {self.procedure!r}; use 'calibrated', 'paper' or 'physical'"
             )
-        if any(v is not None and v < 1 for v in (self.externals, self.fixed)):
-            raise TracemarkError("externals and fixed must be positive")
-        if self.aux_per_mark < 1 or self.stop_after < 1:
-            raise TracemarkError("aux_per_mark and stop_after must be positive")
-        if self.fixed is not None and self.externals is not None:
-            raise TracemarkError(
-                "give either externals (the sequential test's cap) or fixed (the fixed-size "
-                "test's external marks), not both"
-            )
+        if self.aux_per_mark < 1:
+            raise TracemarkError("aux_per_mark must be positive")
         if (
             self.rounds < 1
             or self.round_size < 2
@@ -82,12 +62,3 @@ class IsotopeOptions(AuditOptions):
             raise TracemarkError(
                 "need rounds >= 1, round size >= 2, 0 < lambda < 1, 0 <= delta < 1"
             )
-
-    @property
-    def cap(self) -> int:
-        """The most external marks the calibrated audit draws."""
-        return self.fixed or self.externals or sequential_cap(self.alpha)
-
-    @property
-    def sequential(self) -> bool:
-        return self.fixed is None
