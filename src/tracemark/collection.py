@@ -41,7 +41,8 @@ def collection_digest(key_commitment: str, files: list[dict[str, Any]]) -> str:
     return hashlib.sha256(COLLECTION_DOMAIN + canonical).hexdigest()
 
 
-def _listed(names: list[str]) -> str:
+def listed(names: list[str]) -> str:
+    """File names for a message: the first few, and how many more."""
     shown = ", ".join(names[:_SHOWN])
     return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
 
@@ -52,7 +53,7 @@ def _differences(expected: dict[str, str], found: dict[str, str], wording: tuple
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     return [
-        f"{len(names)} {words}: {_listed(names)}"
+        f"{len(names)} {words}: {listed(names)}"
         for names, words in zip((changed, missing, extra), wording, strict=True)
         if names
     ]

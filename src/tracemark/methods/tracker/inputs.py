@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...collection import Manifest, find_manifest
+from ...collection import Manifest, find_manifest, listed
 from ...errors import TracemarkError
 from ...fsutil import sha256_file
 from ...images import (
@@ -131,10 +131,9 @@ def check_marks(key: Key, originals: Any, marked: Any, manifest: Manifest | None
         if found.shape != expected.shape or float(np.abs(found - expected).max()) > tolerance:
             wrong.append(pairs[rel])
     if wrong:
-        shown = ", ".join(wrong[:8]) + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "")
         raise TracemarkError(
             f"{len(wrong)} file(s) in --marked {marked} do not carry this key's mark of their "
-            f"original: {shown}. Give the key you marked with and the folder mark wrote "
+            f"original: {listed(wrong)}. Give the key you marked with and the folder mark wrote "
             "(running mark again with the same key and originals regenerates it)"
         )
     return len(sources)
