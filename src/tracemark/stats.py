@@ -33,6 +33,9 @@ def rank_p_value(
     return float((1 + extreme) / (null.size + 1))
 
 
+SEQUENTIAL_STOP = 10  # Besag-Clifford h: stop once this many null draws are as extreme
+
+
 class SequentialRank:
     """Besag and Clifford's sequential Monte Carlo p-value (Biometrika 78, 1991).
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import TracemarkError
 from ..options import option
-from ..stats import sequential_cap, smallest_p_value
+from ..stats import SEQUENTIAL_STOP, sequential_cap, smallest_p_value
 from ..verdict import Verdict
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class SequentialOptions(AuditOptions):
     """
 
     stop_after: int = option(
-        10,
+        SEQUENTIAL_STOP,
         "tracker, isotope: the sequential test stops once this many null draws (pseudo-users, "
         "external marks) score at least as well as yours (Besag-Clifford h).",
         min=1,

@@ -26,9 +26,9 @@ class UbwOptions(AuditOptions):
     )
     null_triggers: int = option(
         0,
-        "ubw: also rank your trigger among this many never-published ones (e.g. 99); guards "
-        "against models that react to any patch. Costs m queries each. Blended triggers are "
-        "always ranked (99 at alpha 0.01 unless given).",
+        "ubw: also rank your trigger among up to this many never-published ones, read "
+        "sequentially (e.g. 1000); guards against models that react to any patch. Costs m "
+        "queries each. Blended triggers are always ranked (up to 10/alpha unless given).",
         min=0,
         max=1_000_000,
     )

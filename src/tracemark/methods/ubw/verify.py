@@ -23,10 +23,11 @@ from ...keys import Key
 from ...options import resolve
 from ...oracle.response import Response
 from ...stats import (
-    calibration_size,
+    SEQUENTIAL_STOP,
+    SequentialRank,
     margin_flip_test,
     margin_paired_ttest,
-    rank_p_value,
+    sequential_cap,
 )
 from ...verdict import Verdict
 from ..base import build_verdict, check_key, check_reachable, resolve_access
@@ -164,25 +165,30 @@ def flip_test(
 def calibrate(
     oracle, key: Key, images: np.ndarray, own: Response, outcome: Outcome, null_triggers: int
 ) -> None:
-    """Rank the key's trigger among ``null_triggers`` never-published ones (same statistic);
-    the outcome's p-value becomes the larger of the two tests'."""
+    """Rank the key's trigger among up to ``null_triggers`` never-published ones (same
+    statistic), read one at a time with the sequential rank test (Besag and Clifford: a
+    model that reacts to any such patch stops after a few dozen); the outcome's p-value
+    becomes the larger of the two tests'."""
     mine = outcome.statistic(own)
-    null = [
-        outcome.statistic(oracle.query(triggered(key, images, j))) for j in range(null_triggers)
-    ]
-    rank_p = rank_p_value(mine, np.array(null), "greater")
+    test = SequentialRank(mine, min(SEQUENTIAL_STOP, null_triggers), null_triggers, "greater")
+    null: list[float] = []
+    while not test.done:
+        null.append(outcome.statistic(oracle.query(triggered(key, images, len(null)))))
+        test.add(np.array(null[-1:]))
+    rank_p = test.p_value()
     outcome.statistics |= {
         "margin_test_p_value": outcome.p_value,
         "calibrated_p_value": rank_p,
         "null_triggers": null_triggers,
+        "null_triggers_used": test.draws,
         "null_statistic_mean": float(np.mean(null)),
         "null_statistic_max": float(np.max(null)),
     }
     outcome.evidence["null_statistics"] = null
     outcome.p_value = max(outcome.p_value, rank_p)
     outcome.test += (
-        f"; calibrated against {null_triggers} never-published triggers of the same kind "
-        "(rank test); p = the larger of the two"
+        f"; calibrated against up to {null_triggers} never-published triggers of the same kind "
+        f"(sequential rank test, h = {test.h}: {test.draws} read); p = the larger of the two"
     )
 
 
@@ -206,16 +212,17 @@ def verify(
     rate) for J never-published triggers of the same kind at the same places, and the
     rank p-value of the key's trigger among them; the verdict's p-value is then the larger
     of the two (both tests must reject). It guards against models that react to *any*
-    such patch (occlusion), at J * m more queries. Blended keys are always calibrated
-    (J = ``calibration_size(alpha)`` unless given): a noise blend alone fails the margin
-    test on clean models.
+    such patch (occlusion), at up to J * m more queries (the triggers are read sequentially:
+    a model that does not single the key's trigger out stops after a few dozen). Blended
+    keys are always calibrated (J = 10/alpha unless given): a noise blend alone fails the
+    margin test on clean models.
     """
     options = resolve(UbwOptions, options, changes)
     params: UbwParams = check_key(key, NAME)
     null_triggers = options.null_triggers
     calibrate_by_default = params.trigger == "blended" and not null_triggers
     if calibrate_by_default:
-        null_triggers = calibration_size(options.alpha)
+        null_triggers = sequential_cap(options.alpha)
     if null_triggers:
         check_reachable(null_triggers, options.alpha, "null triggers", "use more")
     if params.image_shape is not None and tuple(test.images.shape[1:]) != params.image_shape:
