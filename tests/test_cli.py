@@ -218,7 +218,7 @@ def test_demo_quick_json(capsys):
         assert e["fpr_clean"] <= 0.125  # at most 1 of 8
         # a stand-alone audit's queries: the owner's 30 images, and 30 for each pseudo-user:
         # at least h = 10 (the sequential test's stopping count), at most the cap 10/alpha
-        assert 30 * 11 <= e["queries_per_audit"] <= 30 * 201
+        assert 30 * 11 <= e["queries_per_audit"] <= 30 * 1001
     full = cells["probabilities"]
     assert full["research"]["set_based"]["auc"] >= 0.8
     assert full["research"]["instance_based"]["auc"] >= 0.9  # members' images were memorised

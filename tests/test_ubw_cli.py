@@ -255,8 +255,9 @@ def test_each_method_trains_on_its_own_recipe_beside_that_recipes_clean_model(tm
         assert all(c["timings"]["clean_model_trained"] == 1.0 for c in cells.values())
         assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 2
         blended = store.audits(cells["blended"]["cell_id"])
-    # A blended key calibrates against never-published blends (19 at alpha 0.05, m each).
-    assert all(a["queries"] >= 20 * 20 for a in blended)
+    # A blended key calibrates against never-published blends, read sequentially: at least
+    # h = 10 of them (up to 10/alpha = 200), m = 20 queries each, besides its own trigger's.
+    assert all(a["queries"] >= 20 * 11 for a in blended)
 
 
 @pytest.mark.parametrize("restrict", [{"top_k": 5}, {"label_only": True}])

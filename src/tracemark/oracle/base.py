@@ -9,6 +9,7 @@ loudly instead of producing a meaningless verdict.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from typing import Literal, get_args
 
@@ -22,6 +23,20 @@ OutputKind = Literal["auto", "probabilities", "logits"]
 PROB_ATOL = 1e-6  # how far outside [0, 1] a probability may stray (float32 rounding)
 ROW_SUM_ATOL = 1e-3  # how far from 1 a row of probabilities may sum
 RENORM_ATOL = 1e-12  # rows closer than this to summing to 1 are left as they are
+
+
+def balanced_batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of ceil(n / batch_size) batches of near-equal size covering n items.
+
+    A model's float results can depend on the batch size (CPU kernels differ below about
+    16 images), so a query is never split into full batches and a tiny tail: in-process
+    and over HTTP, with other batch sizes, the batches stay large and the answers equal.
+    """
+    if n <= 0:
+        return []
+    count = -(-n // batch_size)
+    edges = [round(i * n / count) for i in range(count + 1)]
+    return list(itertools.pairwise(edges))
 
 
 class Oracle(ABC):
@@ -174,8 +189,8 @@ class ModelOracle(Oracle):
                 "raise the budget or query fewer images"
             )
         parts = []
-        for start in range(0, n, self.batch_size):
-            batch = images[start : start + self.batch_size]
+        for start, end in balanced_batches(n, self.batch_size):
+            batch = images[start:end]
             self._queries += batch.shape[0]  # the model has seen them, whatever happens next
             try:
                 raw = self._predict(batch)

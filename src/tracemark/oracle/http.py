@@ -32,6 +32,7 @@ from ..errors import TracemarkError
 from ..rng import derive
 from ..text import printable, redact
 from .auth import AuthHeaders
+from .base import balanced_batches
 from .deadline import DeadlineBackend, deadline_transport
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .logged import LoggedOracle
@@ -234,7 +235,7 @@ class HttpOracle(LoggedOracle):
         if not self._configured:
             self._configure()
         stop = threading.Event()
-        bs = self.batch_size
+        batches = dict(balanced_batches(len(hashes), self.batch_size))  # start -> end
         # Each worker files its batch's answer here itself (keyed by the batch's start);
         # whatever ends the fetch, every answer filed is logged before it returns: the
         # server answered it, so a re-run must never send it again.
@@ -242,13 +243,13 @@ class HttpOracle(LoggedOracle):
         recorded: set[int] = set()
 
         def send(start: int) -> int:
-            answered[start] = self._send(images[start : start + bs], stop)
+            answered[start] = self._send(images[start : batches[start]], stop)
             return start
 
         def record(start: int) -> None:
             if start not in recorded:
                 when, answers = answered[start]
-                self._record(hashes[start : start + bs], when, answers)
+                self._record(hashes[start : batches[start]], when, answers)
                 recorded.add(start)
 
         abort = None if self._backend is None else self._backend.abort
@@ -257,7 +258,7 @@ class HttpOracle(LoggedOracle):
                 max_workers=self.concurrency, thread_name_prefix="tracemark-http"
             )
             try:
-                pending = {pool.submit(send, start) for start in range(0, len(hashes), bs)}
+                pending = {pool.submit(send, start) for start in batches}
                 while pending:
                     # Wake up now and then, so that a Ctrl-C is seen while batches run.
                     done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
