@@ -203,3 +203,21 @@ def test_isotope_with_top5_answers_uses_rank_shifts(marked_world, fmnist_test, t
     assert v["label"] == marked_world.isotope_classes[0]
     assert v["decision"] is True
     assert v["p_value"] <= 0.05 and v["queries"] > 0
+
+
+def test_a_budget_too_small_is_refused_before_the_server_sees_anything(
+    marked_world, world, tmp_path, capsys
+):
+    """docs/http.md: an audit that would exceed --budget stops before sending anything. The
+    worst case here is the owner's 30 images and up to 100 pseudo-users of 30."""
+    access = tmp_path / "served.jsonl"
+    app = create_app(world / "clean.pt", ServeOptions(name="cnn"), access_log=access)
+    with serving(app) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/cnn")
+        capsys.readouterr()
+        assert run_cli([*args, "--budget", str(30 + 100 * 30 - 1)]) != 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert "may send up to 3,030 images" in err and "Nothing was sent" in err
+        assert _lines(access) == []  # the server saw nothing
+        verdict = _audit([*args, "--budget", str(30 + 100 * 30)], capsys)
+        assert verdict["queries"] == len(_lines(access)) <= 3030

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from tracemark.datasets import LabelledImages
-from tracemark.errors import TracemarkError
+from tracemark.errors import BudgetExceededError, TracemarkError
 from tracemark.keys import Key
 from tracemark.methods.base import AuditData, MarkedData
 from tracemark.oracle import CallableOracle
@@ -106,6 +106,7 @@ def check_contract(method, world: World, other_keys: list[Key]) -> Verdict:
     assert verdict.test and verdict.access and verdict.effect_description
     assert verdict.evidence, "include_evidence is on by default"
     assert method.progress_steps(options) >= 1 and method.progress_unit
+    check_budget_is_kept(method, world, marked.key, data, options, verdict.queries)
     for other in other_keys:
         try:
             method.audit(oracle_for(world), other, data, options)
@@ -113,3 +114,21 @@ def check_contract(method, world: World, other_keys: list[Key]) -> Verdict:
             continue
         raise AssertionError(f"{method.name} audited a {other.method} key")
     return verdict
+
+
+def check_budget_is_kept(method, world: World, key: Key, data, options, spent: int) -> None:
+    """A budget too small for the audit is refused before the first query, never midway:
+    with a budget of 1, and of one less than the audit just spent, the audit either
+    refuses with nothing sent or finishes within the budget (UBW looks at fewer clean
+    images), and never sends an image past it."""
+    for budget in (1, spent - 1):
+        oracle = oracle_for(world)
+        oracle.budget = budget
+        try:
+            verdict = method.audit(oracle, key, data, options)
+        except BudgetExceededError as e:
+            assert oracle.queries == 0, f"{method.name} sent {oracle.queries} before refusing"
+            assert "Nothing was sent" in str(e) and f"leaves {budget:,}" in str(e)
+        else:
+            assert budget > 1, f"{method.name} audited with a budget of one query"
+            assert verdict.queries == oracle.queries <= budget

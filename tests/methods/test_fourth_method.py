@@ -25,6 +25,7 @@ from tracemark.methods.base import (
     AuditOptions,
     MarkedData,
     build_verdict,
+    check_budget,
     check_key,
 )
 from tracemark.options import option, resolve
@@ -79,6 +80,8 @@ class Toy:
         params = check_key(key, "toy")
         options = resolve(ToyOptions, options, {})
         images, label = data.need("images", "toy: --marked"), data.need("label", "toy: --label")
+        n = len(images)
+        check_budget(oracle, n * (1 + options.draws), f"{options.draws + 1} sets of {n}", "fewer")
         start = oracle.queries
         mine = float(oracle.query(images).prob_of(label).mean())
         null = np.array(

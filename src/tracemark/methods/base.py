@@ -267,6 +267,25 @@ def check_reachable(draws: int, alpha: float, what: str, remedy: str) -> None:
         )
 
 
+def check_budget(oracle: Oracle, most: int, plan: str, remedy: str) -> None:
+    """Refuse before the first query an audit that may send more images than the budget
+    leaves (``most``: its worst case, known from the options and inputs; ``plan``: how it
+    adds up). Answers already on hand (a query log being resumed) cost nothing, so they
+    are counted as free; the oracle still checks every call."""
+    left = getattr(oracle, "remaining", None)
+    if left is None:
+        return
+    free = int(getattr(oracle, "answers_on_hand", 0))
+    if most - free > left:
+        from ..errors import BudgetExceededError
+
+        on_hand = f", {free:,} answers already on hand" if free else ""
+        raise BudgetExceededError(
+            f"this audit may send up to {most:,} images ({plan}); the query budget leaves "
+            f"{left:,}{on_hand}. Nothing was sent: raise --budget, or {remedy}"
+        )
+
+
 def resolve_access(requested: str, response: Response) -> Literal["full", "restricted"]:
     """Whether an audit scores full probabilities or only the labels it was shown.
 

@@ -62,6 +62,11 @@ class LoggedOracle(ModelOracle):
         if self.log is not None:
             self.log.append((sha, when, a) for sha, a in zip(hashes, answers, strict=True))
 
+    @property
+    def answers_on_hand(self) -> int:
+        """Distinct images already answered (this run or the query log): free to ask again."""
+        return len(self._cache)
+
     def query(self, images: np.ndarray) -> Response:
         """Answer from the cache where possible; send only images never answered before."""
         images = check_images(images)

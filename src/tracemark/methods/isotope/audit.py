@@ -21,7 +21,7 @@ from ...keys import Key
 from ...options import resolve
 from ...stats import SequentialRank, gaussian_p_value, rank_p_value, standardised_gap
 from ...verdict import Verdict
-from ..base import Progress, build_verdict, check_key, check_reachable
+from ..base import Progress, build_verdict, check_budget, check_key, check_reachable
 from .mark import NAME, external_marks, key_mark
 from .options import IsotopeOptions
 from .paper import paper_audit
@@ -67,13 +67,16 @@ def audit(
     """
     options = resolve(IsotopeOptions, options, changes)
     check_key(key, NAME)
+    if options.procedure == "calibrated":
+        remedy = "raise --externals or --fixed"
+        check_reachable(options.cap, options.alpha, "external marks", remedy)
+    check_budget(oracle, *most_queries(options, images, aux, label, carries_mark, null, pool))
     start = oracle.queries
     choice = resolve_label(oracle, images, label, carries_mark)
     if options.procedure == "paper":
         return paper_audit(oracle, key, aux, choice, options, start)
     if options.procedure != "calibrated":
         raise TracemarkError("physical mode compares two folders: use physical_audit()")
-    check_reachable(options.cap, options.alpha, "external marks", "raise --externals or --fixed")
     y = choice.label
     if pool is None:
         pool = build_aux_pool(oracle, aux, y, options.aux_per_mark, key.seed, options.access)
@@ -110,6 +113,43 @@ def audit(
     used = sequential.draws if sequential is not None else len(null.shifts)
     shifts = Shifts(user_shift, per_image, null, pool, mark_.describe(), used, sequential)
     return _verdict(key, options, choice, shifts, notes, oracle.queries - start)
+
+
+def most_queries(
+    options: IsotopeOptions,
+    images: np.ndarray | None,
+    aux,
+    label: int | None,
+    carries_mark: np.ndarray | None,
+    null: ShiftNull | None = None,
+    pool: AuxPool | None = None,
+) -> tuple[int, str, str]:
+    """The most images an audit with these options and inputs sends, before it sends any:
+    (count, how it adds up, what lowers it)."""
+    parts: list[str] = []
+    most = 0
+    if label is None and images is not None:
+        vote = len(images) - (0 if carries_mark is None else int(np.sum(carries_mark)))
+        most += vote
+        parts.append(f"{vote} to find your class")
+    aux_n = len(getattr(aux, "images", aux)) if aux is not None else 0
+    labelled = getattr(aux, "labels", None) is not None
+    if options.procedure == "paper":
+        size, rounds = 2 * options.round_size, options.rounds
+        pooled = 0 if pool is not None else (min(size, aux_n) if labelled else aux_n)
+        n = min(options.round_size, size)
+        most += pooled + 2 * rounds * n
+        parts.append(f"{pooled} aux images, then {rounds} rounds of 2 x {n}")
+        return most, ", ".join(parts), "lower --rounds"
+    per_mark = options.aux_per_mark if pool is None else len(pool.images)
+    pooled = 0 if pool is not None else (min(per_mark, aux_n) if labelled else aux_n)
+    externals = 0 if null is not None else options.cap
+    most += pooled + (1 + externals) * per_mark
+    parts.append(
+        f"{pooled} aux images, then your mark and up to {externals:,} external marks on "
+        f"{per_mark} of them each"
+    )
+    return most, ", ".join(parts), "lower --externals (or --fixed) or --aux-per-mark"
 
 
 def _external_shifts(

@@ -5,7 +5,7 @@ covers). :func:`blend` computes ``x ⊕ (t, m, α) = α·t[m] + (1 − α)·x[m]
 array: inputs are never modified, so every image an audit queries is a fresh copy.
 
 Kinds (methods spec §2): a crop of a real photo from the bank (the paper's best mark),
-a checkerboard square in a corner, random white pixels, or a user-supplied image.
+a square of random black and white cells in a corner, random white pixels, or a user-supplied image.
 """
 
 from __future__ import annotations
@@ -93,20 +93,27 @@ class NaturalMark:
 
 @dataclass(frozen=True)
 class PixelSquareMark:
-    """A black-and-white checkerboard square in one corner (the paper's pixel-square mark)."""
+    """A square of black and white pixel cells in one corner (the paper's pixel-square mark).
+
+    The paper's square is a checkerboard; a checkerboard in one of four corners with one of
+    two phases makes only 8 distinct marks, so about one external mark in eight *is* the
+    owner's and the audit could never reach p below ~0.13. Here each cell's colour is drawn
+    from the key (a 7 x 7 square on 28-pixel images: 2^49 squares per corner), so the key's
+    square and the externals are distinct, as the rank test needs.
+    """
 
     corner: int  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
     size: float  # side, as a fraction of the shorter image side
-    phase: int  # 0 or 1: which colour the square's first cell has
+    stream: int  # uint64 key of the cells' colours
 
     @classmethod
     def draw(cls, rng: np.random.Generator, size: float = 0.25) -> PixelSquareMark:
-        return cls(int(rng.integers(0, 4)), size, int(rng.integers(0, 2)))
+        return cls(int(rng.integers(0, 4)), size, int(rng.integers(0, 2**63)))
 
     def render(self, height: int, width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
         side = max(2, round(self.size * min(height, width)))
-        yy, xx = np.indices((side, side))
-        board = ((yy + xx + self.phase) % 2).astype(np.float32)
+        u = hash_uniform(np.uint64(self.stream), np.arange(side * side, dtype=np.uint64))
+        board = (u < 0.5).astype(np.float32).reshape(side, side)
         t = np.zeros((height, width, channels), dtype=np.float32)
         mask = np.zeros((height, width, 1), dtype=np.float32)
         y0 = 0 if self.corner in (0, 1) else height - side
@@ -116,7 +123,7 @@ class PixelSquareMark:
         return t, mask
 
     def describe(self) -> str:
-        return f"checkerboard square in corner {self.corner}, side {self.size:g}"
+        return f"random black-and-white square in corner {self.corner}, side {self.size:g}"
 
 
 @dataclass(frozen=True)

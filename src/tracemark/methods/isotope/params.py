@@ -13,7 +13,7 @@ class IsotopeParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mark: Literal["natural", "pixel-square", "random-pixels", "image"] = Field(
-        "natural", description="bank photo crop, corner checkerboard, white pixels, or your file"
+        "natural", description="bank photo crop, corner pixel square, white pixels, or your file"
     )
     visibility: float = Field(0.4, gt=0, le=1, description="alpha: the mark's weight in the blend")
     fraction: float = Field(0.1, gt=0, le=1, description="p: share of the images that are marked")

@@ -16,7 +16,7 @@ from ...keys import Key
 from ...options import resolve
 from ...stats import welch_greater
 from ...verdict import Verdict
-from ..base import build_verdict
+from ..base import build_verdict, check_budget
 from .mark import NAME
 from .options import IsotopeOptions
 from .scores import describe_mode, query_scores
@@ -38,6 +38,13 @@ def physical_audit(
     without it. ``options`` (or ``alpha=``, ``access=``): :class:`IsotopeOptions`.
     """
     options = resolve(IsotopeOptions, options, changes)
+    n_with, n_without = len(with_mark), len(without_mark)
+    check_budget(
+        oracle,
+        n_with + n_without,
+        f"{n_with} photos with the object and {n_without} without",
+        "give fewer photos",
+    )
     start = oracle.queries
     access = options.access
     a, mode = query_scores(oracle, np.asarray(with_mark, np.float32), label, None, access)

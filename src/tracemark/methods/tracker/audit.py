@@ -28,6 +28,7 @@ from ...verdict import Verdict
 from ..base import (
     Progress,
     build_verdict,
+    check_budget,
     check_key,
     check_reachable,
     majority_vote,
@@ -289,9 +290,15 @@ def audit(
     ids = _check_collection(collection, ids)
     mask, design, notes = resolve_design(key, ids, published)
     pool = collection[mask] if design == "mark randomisation" else collection
+    set_size = int(mask.sum())
+    check_budget(
+        oracle,
+        set_size * (1 + options.cap),
+        f"your {set_size} published images, then up to {options.cap:,} pseudo-users of {set_size}",
+        "lower --n-pseudo (or --fixed)",
+    )
     start = oracle.queries
     owner = owner_score(oracle, mark_selected(collection, key, ids, mask), label, options.access)
-    set_size = int(mask.sum())
     sequential = None
     if options.sequential:
         h = min(options.stop_after, options.cap)

@@ -30,7 +30,7 @@ from ...stats import (
     sequential_cap,
 )
 from ...verdict import Verdict
-from ..base import build_verdict, check_key, check_reachable, resolve_access
+from ..base import build_verdict, check_budget, check_key, check_reachable, resolve_access
 from .key_trigger import NAME, TriggerChoice, Which, make_trigger
 from .metrics import watermark_metrics
 from .options import UbwOptions
@@ -66,11 +66,17 @@ def triggered(key: Key, images: np.ndarray, which: Which) -> np.ndarray:
 
 
 def select_correct(
-    oracle, key: Key, test: LabelledImages, m: int, exclude: int | None
+    oracle,
+    key: Key,
+    test: LabelledImages,
+    m: int,
+    exclude: int | None,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, Response, int]:
     """Up to ``m`` test images the model classifies correctly, in a key-derived order.
 
-    Queries in batches of ``m`` until enough are found. Returns (indices, their clean
+    Queries in batches of ``m`` until enough are found, looking at no more than ``limit``
+    images (what the query budget leaves for the search). Returns (indices, their clean
     responses, number of clean images queried).
     """
     order = key.rng(PURPOSE_VERIFY_ORDER, len(test)).permutation(len(test))
@@ -79,6 +85,8 @@ def select_correct(
     chosen: list[np.ndarray] = []
     responses = []
     found, queried = 0, 0
+    if limit is not None:
+        order = order[:limit]
     while found < m and queried < order.size:
         batch = order[queried : queried + m]
         queried += batch.size
@@ -230,9 +238,10 @@ def verify(
             f"test images are {tuple(test.images.shape[1:])} but the release was "
             f"{tuple(params.image_shape)}; give the test split of the watermarked dataset"
         )
+    search = _check_budget(oracle, options, null_triggers)
     start = oracle.queries
     idx, clean, _ = select_correct(
-        oracle, key, test, options.m, params.target if params.targeted else None
+        oracle, key, test, options.m, params.target if params.targeted else None, search
     )
     if idx.size < 2:
         raise TracemarkError(
@@ -269,6 +278,24 @@ def verify(
         statistics=outcome.statistics,
         notes=notes,
     )
+
+
+def _check_budget(oracle, options: UbwOptions, null_triggers: int) -> int | None:
+    """Refuse before any query a verification the budget cannot pay for; return how many
+    clean test images the search for correctly classified ones may look at (None: any)."""
+    m = options.m
+    control = options.access != "probabilities"  # label-only answers need a control trigger
+    rest = m * (1 + control + null_triggers)
+    parts = f"at least {m} clean test images, {m} with the trigger" + (
+        f", {m} with a control trigger" * control
+    )
+    if null_triggers:
+        parts += f", up to {null_triggers:,} never-published triggers of {m}"
+    check_budget(oracle, m + rest, parts, "lower --m or --null-triggers")
+    left = getattr(oracle, "remaining", None)
+    if left is None:
+        return None
+    return max(m, left + int(getattr(oracle, "answers_on_hand", 0)) - rest)
 
 
 def _test(
