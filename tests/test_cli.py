@@ -22,14 +22,19 @@ def test_keygen_writes_private_key_and_prints_commitment(tmp_path, capsys):
     assert run_cli(["keygen", "-o", key]) == 2
     assert "--force" in capsys.readouterr().err
     assert run_cli(["key-info", key, "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
-    assert "seed" not in info and len(info["commitment"]) == 64
+    shown = capsys.readouterr().out
+    info = json.loads(shown)
+    assert data["seed"] not in shown and "seed" not in info and len(info["commitment"]) == 64
+    assert run_cli(["key-info", key]) == 0  # the human-readable form hides it too
+    human = capsys.readouterr()
+    assert data["seed"] not in human.out + human.err and info["commitment"] in human.out
 
 
 def test_keygen_rejects_bad_params_clearly(tmp_path, capsys):
     assert run_cli(["keygen", "-o", tmp_path / "k", "--param", "r=2"]) == 2
-    err = capsys.readouterr().err
-    assert "r" in err and "Traceback" not in err
+    err = " ".join(capsys.readouterr().err.split())
+    assert "invalid tracker parameters" in err and "params.r: Input should be less than 1" in err
+    assert "Traceback" not in err and not (tmp_path / "k").exists()
 
 
 def test_mark_folder_manifest_and_no_overwrite(tmp_path, fmnist_test, capsys):
@@ -47,6 +52,8 @@ def test_mark_folder_manifest_and_no_overwrite(tmp_path, fmnist_test, capsys):
     )
     manifest = read_manifest(tmp_path / "published.manifest.json")
     assert len(manifest["files"]) == 7 and manifest["method"] == "tracker"
+    secret = json.loads((tmp_path / "k.json").read_text())["seed"]
+    assert secret not in (tmp_path / "published.manifest.json").read_text()
     assert "seed" not in json.dumps(manifest)
     import hashlib
 

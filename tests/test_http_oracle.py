@@ -378,4 +378,4 @@ def test_a_second_ctrl_c_exits_at_once():
     server = CtrlCServer(press_at=3, presses=2)
     with pytest.raises(KeyboardInterrupt):
         _oracle(server).query(_images(200))
-    assert len(server.seen) < 200
+    assert len(server.seen) < 200  # (timing and logging: test_serve.py, over real sockets)

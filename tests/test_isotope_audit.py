@@ -15,7 +15,7 @@ from tracemark.methods.isotope.marks import blend
 from tracemark.oracle import LabelOnly, TopK, TorchModuleOracle
 from tracemark.rng import derive
 
-from helpers import run_cli, write_pngs
+from helpers import run_cli, seeded, write_pngs
 
 EXTERNALS = 39  # smallest p = 0.025 < alpha = 0.05: cheap enough for tests
 ALPHA = 0.05
@@ -23,7 +23,9 @@ ALPHA = 0.05
 
 @pytest.fixture(scope="module")
 def aux(fmnist_test) -> LabelledImages:
-    idx = derive("00" * 16, "tests/isotope-aux").choice(len(fmnist_test), 400, replace=False)
+    idx = derive(seeded("00" * 16, "isotope-aux"), "tests/isotope-aux").choice(
+        len(fmnist_test), 400, replace=False
+    )
     return fmnist_test.subset(idx)
 
 

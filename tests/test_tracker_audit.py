@@ -3,7 +3,7 @@ size of its null on cheap models (the false-positive rate is measured, not assum
 
 import numpy as np
 import pytest
-from scipy.stats import binom
+from scipy.stats import binom, chisquare
 
 from conftest import TRACKER_PUBLISHED
 from tracemark.errors import BudgetExceededError, TracemarkError
@@ -11,6 +11,9 @@ from tracemark.keys import Key
 from tracemark.methods import tracker
 from tracemark.oracle import CallableOracle, LabelOnly, TorchModuleOracle
 from tracemark.rng import derive, derive_bytes
+from tracemark.stats import sequential_rank_p_value
+
+from helpers import seeded
 
 N_PSEUDO = 100
 ALPHA = 0.01
@@ -186,7 +189,9 @@ def test_choose_published_is_uniform_and_order_free():
     # Over many keys each image is published with probability 10/40.
     counts = sum(
         tracker.choose_published(
-            Key(method="tracker", seed=derive_bytes("00" * 16, "k", s).hex()), ids, 10
+            Key(method="tracker", seed=derive_bytes(seeded("00" * 16, "keys"), "k", s).hex()),
+            ids,
+            10,
         ).astype(int)
         for s in range(400)
     )
@@ -210,47 +215,82 @@ def centroid_model(fmnist_train):
     return logits
 
 
-def _null_p_values(oracle_for, images, n: int, k: int, m: int, **kw) -> np.ndarray:
-    """p-values of ``n`` never-trained owners, each holding k + m images and a fresh key."""
-    p = []
+def _null_p_values(oracle_for, images, n: int, k: int, m: int, hand_picked=False, **kw):
+    """p-values of ``n`` never-trained owners, each holding k + m images and a fresh key.
+
+    ``hand_picked``: the owner published k images of their own choosing (the first k of
+    the collection, not the key's choice) and kept m back: the mark-randomisation design.
+    With ``fixed`` = N, returns (fixed p-values, the default sequential rule's p-values
+    read off the same N draws: pseudo-user u is the same draw whatever the rule)."""
+    p, sequential = [], []
     for i in range(n):
-        rng = derive("00" * 16, "tests/null-owner", k, m, i)
+        rng = derive(seeded("00" * 16, "null-owner"), "tests/null-owner", k, m, i)
         key = Key(method="tracker", params={"compress": False}, seed=rng.bytes(32).hex())
         collection = images[rng.choice(len(images), size=k + m, replace=False)]
+        published = k
+        if hand_picked:
+            published = np.arange(k + m) < k
+            if np.array_equal(published, tracker.choose_published(key, range(k + m), k)):
+                published = np.roll(published, 1)  # the key's choice would be the other design
+        kw = {"n_pseudo": 19, **kw} if "fixed" not in kw else {"n_pseudo": None, **kw}
         v = tracker.audit(
-            oracle_for(), key, collection, published=k, n_pseudo=19, alpha=0.05,
-            include_evidence=False, **kw,
+            oracle_for(), key, collection, published=published, alpha=0.05,
+            include_evidence="fixed" in kw, **kw,
         )  # fmt: skip
+        assert v.statistics["design"] == (
+            "mark randomisation" if hand_picked else "randomised publication"
+        )
         p.append(v.p_value)
-    return np.array(p)
+        if "fixed" in kw:
+            owner, null = v.statistics["user_mean_loss"], v.evidence["null_scores"]
+            sequential.append(sequential_rank_p_value(owner, null, 10, alternative="less")[0])
+    return (np.array(p), np.array(sequential)) if "fixed" in kw else np.array(p)
 
 
 def _assert_at_level(p: np.ndarray, alpha: float = 0.05) -> None:
     # A valid test flags Binomial(n, <= alpha) of n null audits: more than the 99.9%
-    # quantile is a failure of the null, not bad luck (1 in 1,000 runs).
+    # quantile is a failure of the null, not bad luck (1 in 1,000 runs). With n >= 500 at
+    # alpha = 0.05 this has about 90% power against a false-positive rate of 2 alpha.
+    assert len(p) >= 500
     bound = binom.ppf(0.999, len(p), alpha)
     assert np.sum(p <= alpha) <= bound, (np.sum(p <= alpha), bound)
+
+
+def _assert_uniform_on_the_grid(p: np.ndarray, draws: int) -> None:
+    """A fixed rank test's p-values are uniform on {1, ..., draws + 1} / (draws + 1) under
+    the null when scores do not tie: a chi-square test of the counts (rejects at 0.001)."""
+    cells = np.rint(p * (draws + 1)).astype(int)
+    assert set(cells) <= set(range(1, draws + 2))
+    counts = np.bincount(cells, minlength=draws + 2)[1:]
+    assert chisquare(counts).pvalue > 0.001, counts
 
 
 @pytest.mark.parametrize(
     "mode", [{"label": 3}, {"label": None}, {"label": 3, "access": "label"}],
     ids=["given-label", "majority-vote", "label-only"],
 )  # fmt: skip
+@pytest.mark.parametrize("design", ["randomised", "hand-picked"])
 def test_null_is_at_level_with_a_holdout_as_small_as_the_published_set(
-    fmnist_test, centroid_model, mode
+    fmnist_test, centroid_model, mode, design
 ):
     # The measured failure: K = M (the README's own advice) flagged a third of clean models.
+    # Hand-picked sets (mark randomisation) re-mark the published images alone.
     images = fmnist_test.images[fmnist_test.labels == 3]
     oracle = lambda: CallableOracle(centroid_model, num_classes=10)  # noqa: E731
-    p = _null_p_values(oracle, images, 300, 10, 10, **mode)
-    _assert_at_level(p)
-    assert 0.3 < np.mean(p) < 0.7  # the p-values spread over (0, 1], not pinned at 1
+    hand = design == "hand-picked"
+    fixed, sequential = _null_p_values(
+        oracle, images, 500, 10, 10, hand_picked=hand, fixed=19, **mode
+    )
+    _assert_at_level(fixed)
+    _assert_at_level(sequential)  # the default rule (Besag-Clifford, h = 10, cap 19)
+    if mode.get("access") != "label":  # 0/1 losses tie: only the level is checked there
+        _assert_uniform_on_the_grid(fixed, 19)
 
 
 def test_null_is_at_level_on_a_trained_clean_model(marked_world, fmnist_test):
     images = fmnist_test.images[fmnist_test.labels == 2]
     oracle = TorchModuleOracle(marked_world.clean_model, num_classes=10)
-    p = _null_p_values(lambda: oracle, images, 200, 10, 20, label=2)
+    p = _null_p_values(lambda: oracle, images, 500, 10, 20, label=2)
     _assert_at_level(p)
 
 
