@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import trim_mean
 
-from tracemark.evaluate.cells import cells_of, digest, identity, select
+from tracemark.evaluate.cells import cells_of, digest, select
 from tracemark.evaluate.run import prepare
 from tracemark.methods.tracker.audit import (
     PURPOSE_PSEUDO_NOISE,
@@ -199,7 +199,7 @@ def main() -> None:
 
     run_mod.train_victim = train_marked_cached
     p = prepare(cell, a.cache)
-    print(f"victims ready in {time.time() - t0:.0f} s ({identity(cell.recipe)['arch']})")
+    print(f"victims ready in {time.time() - t0:.0f} s ({cell.recipe.arch})")
     oracles = {n: TorchModuleOracle(m, num_classes=p.num_classes) for n, m in p.models.items()}
     results = []
     members = [o for o in p.world.owners if o.member]

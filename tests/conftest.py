@@ -169,3 +169,19 @@ def marked_world(fmnist_train, tmp_path_factory) -> MarkedWorld:
         [x for x, _ in iso_out],
         [c for _, c in iso_out],
     )
+
+
+@pytest.fixture(scope="session")
+def exported_models(marked_world, tmp_path_factory) -> Path:
+    """The session's two models as the files users audit, exported once for every test:
+    trained.onnx / trained.pt (TorchScript), clean.onnx / clean.pt, clean.ckpt (a
+    tracemark checkpoint)."""
+    from tracemark.training import export_onnx, export_torchscript, save_checkpoint
+
+    d = tmp_path_factory.mktemp("exported-models")
+    example = marked_world.marked[0][:2]
+    for name, model in (("trained", marked_world.model), ("clean", marked_world.clean_model)):
+        export_onnx(model, d / f"{name}.onnx", input_shape=(1, 28, 28))
+        export_torchscript(model, d / f"{name}.pt", example=example)
+    save_checkpoint(marked_world.clean_model, d / "clean.ckpt")
+    return d

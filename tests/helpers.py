@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -60,3 +61,16 @@ def live_processes(where: Callable[[list[str]], bool]) -> list[int]:
         if fields[0] != "Z" and where(fields):
             pids.append(int(stat.parent.name))
     return pids
+
+
+def tree_hashes(path: Path) -> dict[str, str]:
+    """SHA-256 of every regular file under ``path`` (or of ``path`` itself), by relative
+    path: compare two calls to show that a command changed nothing there."""
+    path = Path(path)
+    if path.is_file():
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {
+        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import http.server
 import io
 import json
@@ -31,15 +30,7 @@ from tracemark.errors import TracemarkError
 from tracemark.oracle import HttpOracle, QueryLog
 from tracemark.oracle.wire import JsonCodec, MalformedAnswer, V2Codec
 
-from helpers import run_cli, write_pngs
-
-
-def _tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink()
-    }
+from helpers import run_cli, tree_hashes, write_pngs
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +88,10 @@ def test_02_mark_force_never_writes_through_a_link_into_the_originals(setup, tmp
     out = tmp_path / "out"
     out.mkdir()
     (out / "sub").symlink_to(src / "sub", target_is_directory=True)
-    before = _tree_hashes(src)
+    before = tree_hashes(src)
     assert run_cli(["mark", key, src, out, "--force", "--quiet"]) == 2
     assert "symbolic link" in capsys.readouterr().err
-    assert _tree_hashes(src) == before
+    assert tree_hashes(src) == before
 
 
 # ---------------------------------------------------------------- 3: --evidence
@@ -132,11 +123,11 @@ def test_04_13_manifest_goes_neither_into_src_nor_into_out(setup, tmp_path, caps
     src, key = _fresh(setup, tmp_path)
     out = tmp_path / "out"
     target = src / "img0000.png" if where == "src" else out / "manifest.json"
-    before = _tree_hashes(src)
+    before = tree_hashes(src)
     assert run_cli(["mark", key, src, out, "--manifest", target, "--force", "--quiet"]) == 2
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert ("one of this command's inputs" if where == "src" else "folder you publish") in err
-    assert _tree_hashes(src) == before and not (out / "manifest.json").exists()
+    assert tree_hashes(src) == before and not (out / "manifest.json").exists()
 
 
 # ---------------------------------------------------------------- 5: replay
@@ -605,13 +596,13 @@ def test_14_an_interrupted_mark_resumes_by_running_it_again(setup, tmp_path):
     src, key = _fresh(setup, tmp_path)
     out = tmp_path / "out"
     assert run_cli(["mark", key, src, out, "--quiet"]) == 0
-    done = _tree_hashes(out)
+    done = tree_hashes(out)
     manifest = tmp_path / "out.manifest.json"
     manifest.unlink()  # interrupted: some files written, no manifest yet
     for p in sorted(out.rglob("*.png"))[:5]:
         p.unlink()
     assert run_cli(["mark", key, src, out, "--quiet"]) == 0  # no --force needed
-    assert _tree_hashes(out) == done and manifest.exists()
+    assert tree_hashes(out) == done and manifest.exists()
     # A file that differs is still never replaced without --force.
     first = sorted(out.rglob("*.png"))[0]
     first.write_bytes(b"someone else's file")

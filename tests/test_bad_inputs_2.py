@@ -26,7 +26,7 @@ from PIL import Image
 from tracemark.datasets import load_fashion_mnist
 from tracemark.errors import TracemarkError
 
-from helpers import TEST_SEED, run_cli, write_pngs
+from helpers import TEST_SEED, run_cli, tree_hashes, write_pngs
 
 SMALL = ("--n-pseudo", "9", "--alpha", "0.2", "--quiet")  # a cheap audit
 KEPT_BACK = 16
@@ -35,12 +35,6 @@ KEPT_BACK = 16
 def _err(capsys) -> str:
     """stderr with rich's line wrapping undone."""
     return " ".join(capsys.readouterr().err.split())
-
-
-def _bytes(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -281,20 +275,20 @@ def test_d5_the_guard_refuses_a_device_even_with_force():
 
 def test_w6_a_query_log_inside_the_originals_is_refused(owner, tmp_path, capsys):
     src, pub, _ = _copy(owner, tmp_path)
-    before = _bytes(src)
+    before = tree_hashes(src)
     assert run_cli(_audit(owner, src, pub, "--query-log", src / "q.jsonl")) == 2
     assert "one of this command's inputs" in _err(capsys)
-    assert _bytes(src) == before
+    assert tree_hashes(src) == before
 
 
 def test_w8_train_never_writes_the_model_among_its_training_data(owner, tmp_path, capsys):
     data = tmp_path / "data"
     for label in ("0", "1"):
         shutil.copytree(owner / "photos", data / label)
-    before = _bytes(data)
+    before = tree_hashes(data)
     assert run_cli(["train", data, data / "0" / "m.pt", "--epochs", "1", "--quiet"]) == 2
     assert "one of this command's inputs" in _err(capsys)
-    assert _bytes(data) == before
+    assert tree_hashes(data) == before
 
 
 # ------------------------------------------------------ the harness checks its store

@@ -8,7 +8,7 @@ import pytest
 
 from tracemark.images import read_manifest
 
-from helpers import demo_seed_args, run_cli, write_pngs
+from helpers import demo_seed_args, run_cli, tree_hashes, write_pngs
 
 
 def test_keygen_writes_private_key_and_prints_commitment(tmp_path, capsys):
@@ -42,11 +42,11 @@ def test_mark_folder_manifest_and_no_overwrite(tmp_path, fmnist_test, capsys):
     write_pngs(src / "holiday", fmnist_test.images[:5])
     write_pngs(src, fmnist_test.images[5:7], prefix="top")
     (src / "notes.txt").write_text("not an image")
-    originals = {p: p.read_bytes() for p in src.rglob("*.png")}
+    originals = tree_hashes(src)
     assert run_cli(["keygen", "-o", tmp_path / "k.json"]) == 0
     out = tmp_path / "published"
     assert run_cli(["mark", tmp_path / "k.json", src, out, "--quiet"]) == 0
-    assert {p: p.read_bytes() for p in src.rglob("*.png")} == originals
+    assert tree_hashes(src) == originals
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(
         p.relative_to(src).as_posix() for p in src.rglob("*.png")
     )
@@ -55,22 +55,17 @@ def test_mark_folder_manifest_and_no_overwrite(tmp_path, fmnist_test, capsys):
     secret = json.loads((tmp_path / "k.json").read_text())["seed"]
     assert secret not in (tmp_path / "published.manifest.json").read_text()
     assert "seed" not in json.dumps(manifest)
-    import hashlib
-
-    for entry in manifest["files"]:
-        assert (
-            hashlib.sha256((out / entry["marked"]).read_bytes()).hexdigest()
-            == entry["marked_sha256"]
-        )
+    written = tree_hashes(out)
+    assert {e["marked"]: e["marked_sha256"] for e in manifest["files"]} == written
     capsys.readouterr()
     # Second run refuses and leaves everything as it was.
-    before = {p: p.read_bytes() for p in out.rglob("*.png")}
+    before = tree_hashes(out)
     assert run_cli(["mark", tmp_path / "k.json", src, out, "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
-    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+    assert tree_hashes(out) == before
     # Same key, same ids -> byte-identical files with --force.
     assert run_cli(["mark", tmp_path / "k.json", src, out, "--quiet", "--force"]) == 0
-    assert {p: p.read_bytes() for p in out.rglob("*.png")} == before
+    assert tree_hashes(out) == before
     # Writing into the source folder is refused.
     assert run_cli(["mark", tmp_path / "k.json", src, src / "marked", "--quiet"]) == 2
 
@@ -97,14 +92,8 @@ def test_mark_publishes_the_keys_choice_and_lists_the_collection(tmp_path, fmnis
 
 
 @pytest.fixture(scope="module")
-def exported(marked_world, tmp_path_factory):
-    from tracemark.training import export_onnx, export_torchscript, save_checkpoint
-
-    d = tmp_path_factory.mktemp("models")
-    export_onnx(marked_world.model, d / "trained.onnx", input_shape=(1, 28, 28))
-    export_torchscript(marked_world.model, d / "trained.pt", example=marked_world.marked[0][:2])
-    save_checkpoint(marked_world.clean_model, d / "clean.ckpt")
-    return d
+def exported(exported_models):
+    return exported_models
 
 
 @pytest.mark.parametrize("model_name", ["trained.onnx", "trained.pt"])

@@ -7,7 +7,6 @@ real on-disk formats; every release is read back with ``load_dataset``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import pickle
 import time
 from pathlib import Path
@@ -28,21 +27,12 @@ from tracemark.datasets import (
 from tracemark.errors import TracemarkError
 from tracemark.images import quantize
 
+from helpers import tree_hashes
+
 N_TRAIN, N_TEST = 200, 50
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _hashes(path: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``path`` (or of ``path`` itself), by relative path."""
-    if path.is_file():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
-    return {
-        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _expected_pixels(x: np.ndarray) -> np.ndarray:
@@ -79,7 +69,7 @@ def _assert_files(result: dict, out: Path) -> None:
     """The returned file list names exactly what is on disk, with the right hashes."""
     assert result["out"] == str(out)
     listed = {f["path"]: f["sha256"] for f in result["files"]}
-    assert listed == _hashes(out)
+    assert listed == tree_hashes(out)
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -229,7 +219,7 @@ def test_detect_layout(tmp_path, fm_small):
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
 def test_idx_release(tmp_path, fm_small, gz):
     src = _write_idx_folder(tmp_path / "src", fm_small, gz)
-    before = _hashes(src)
+    before = tree_hashes(src)
     release = _modify(load_dataset(src, "train"))
     out = tmp_path / "release"
     result = write_release(release, src, out)
@@ -244,7 +234,7 @@ def test_idx_release(tmp_path, fm_small, gz):
     _assert_same(load_dataset(out, "test"), load_dataset(src, "test"))
     for name in names[:2]:  # the test split is copied byte for byte
         assert (out / (name + suffix)).read_bytes() == (src / (name + suffix)).read_bytes()
-    assert _hashes(src) == before
+    assert tree_hashes(src) == before
     if gz:  # a real gzip stream, deterministic: the same release gives the same bytes
         again = write_release(release, src, tmp_path / "again")
         assert again["files"] == result["files"]
@@ -270,14 +260,14 @@ def test_fashion_mnist_alias_release(tmp_path, fmnist_train):
     assert np.array_equal(back.labels, labels)  # than np.testing on 47 million values)
     assert back.classes == FASHION_MNIST_CLASSES
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        assert _hashes(out / name)[name] == _hashes(Path(FASHION_MNIST_DIR) / name)[name]
+        assert tree_hashes(out / name)[name] == tree_hashes(Path(FASHION_MNIST_DIR) / name)[name]
 
 
 @pytest.mark.parametrize("given", ["parent", "folder"])
 def test_cifar10_release(tmp_path, fm_small, given):
     folder = _write_cifar10(tmp_path / "src" / "cifar-10-batches-py", fm_small)
     src = folder.parent if given == "parent" else folder
-    before = _hashes(src)
+    before = tree_hashes(src)
     source = load_dataset(src, "train")
     assert source.images.shape == (120, 32, 32, 3)
     release = _modify(source)
@@ -298,7 +288,7 @@ def test_cifar10_release(tmp_path, fm_small, given):
     _assert_same(load_dataset(out, "test"), load_dataset(src, "test"))
     for name in ("test_batch", "batches.meta", "readme.html"):
         assert (written / name).read_bytes() == (folder / name).read_bytes()
-    assert _hashes(src) == before
+    assert tree_hashes(src) == before
 
     # Each batch keeps its size and bookkeeping, and reads like an original CIFAR pickle:
     # bytes keys for encoding="bytes" readers, str keys for encoding="latin1" ones.
@@ -320,7 +310,7 @@ def test_cifar10_release(tmp_path, fm_small, given):
 
 def test_cifar100_release(tmp_path, fm_small):
     src = _write_cifar100(tmp_path / "cifar-100-python", fm_small)
-    before = _hashes(src)
+    before = tree_hashes(src)
     source = load_dataset(src, "train")
     assert len(source.classes) == 100
     release = _modify(source, seed=3)
@@ -337,32 +327,32 @@ def test_cifar100_release(tmp_path, fm_small):
         original = pickle.load(fh, encoding="bytes")
     assert batch[b"coarse_labels"] == original[b"coarse_labels"]
     assert batch[b"fine_labels"] == release.labels.tolist()
-    assert _hashes(src) == before
+    assert tree_hashes(src) == before
 
 
 def test_npz_release(tmp_path, fm_small):
     train, _ = fm_small
     src = tmp_path / "fm.npz"
     np.savez(src, x=_u8(train.images[..., 0]), y=train.labels, classes=FASHION_MNIST_CLASSES)
-    before = _hashes(src)
+    before = tree_hashes(src)
     release = _modify(load_dataset(src))
     out = tmp_path / "release.npz"
     result = write_release(release, src, out)
     assert result["layout"] == "npz"
-    assert result["files"] == [{"path": "release.npz", "sha256": _hashes(out)["release.npz"]}]
+    assert result["files"] == [{"path": "release.npz", "sha256": tree_hashes(out)["release.npz"]}]
     _assert_release(load_dataset(out), release)
     with np.load(out, allow_pickle=False) as npz:
         assert npz["x"].dtype == np.uint8 and npz["x"].shape == (N_TRAIN, 28, 28, 1)
         assert npz["y"].dtype == np.int64
         assert npz["classes"].tolist() == FASHION_MNIST_CLASSES
-    assert _hashes(src) == before
+    assert tree_hashes(src) == before
     with pytest.raises(TracemarkError, match=r"must end in \.npz"):
         write_release(release, src, tmp_path / "release-folder")
 
 
 def test_folder_release_photos(tmp_path):
     src = _write_photo_folder(tmp_path / "src")
-    before = _hashes(src)
+    before = tree_hashes(src)
     source = load_dataset(src)
     assert source.ids == [
         "cat/c0.png",
@@ -380,7 +370,7 @@ def test_folder_release_photos(tmp_path):
     ids = ["cat/c0.png", "dog/c1.png", "cat/c2.png", "dog/d0.png", "cat/puppies/d1.png"]
     assert result["ids"] == ids
     _assert_files(result, out)
-    assert sorted(result["ids"]) == sorted(_hashes(out))
+    assert sorted(result["ids"]) == sorted(tree_hashes(out))
     back = load_dataset(out)
     assert back.classes == ["cat", "dog"] and back.images.shape == (5, 24, 24, 3)
     order = [back.ids.index(i) for i in ids]  # the loader sorts by class and path
@@ -388,7 +378,7 @@ def test_folder_release_photos(tmp_path):
     for rel in ids:
         with Image.open(out / rel) as im:
             assert im.format == "PNG" and im.mode == "RGB"
-    assert _hashes(src) == before
+    assert tree_hashes(src) == before
 
 
 def test_folder_release_grey_without_ids(tmp_path, fm_small):
@@ -537,7 +527,7 @@ def test_failure_midway_leaves_nothing(tmp_path, fm_small, monkeypatch, layout):
     # A forced replacement that fails keeps the previous release intact.
     monkeypatch.setattr(dataset_writers, "_write_file", real_write)
     write_release(release, src, out)
-    previous = _hashes(out)
+    previous = tree_hashes(out)
     calls.clear()
 
     def interrupted(path: Path, data: bytes) -> None:
@@ -547,5 +537,5 @@ def test_failure_midway_leaves_nothing(tmp_path, fm_small, monkeypatch, layout):
     monkeypatch.setattr(dataset_writers, "_write_file", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_release(_modify(release, seed=5), src, out, force=True)
-    assert _hashes(out) == previous
+    assert tree_hashes(out) == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["release", "src"]

@@ -15,11 +15,12 @@ import sqlite3
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binom
 
 from tracemark.errors import TracemarkError
 from tracemark.evaluate import cells_of, evaluate, load_spec, open_store, parse_spec, summarise
 from tracemark.evaluate.report import null_entries
+from tracemark.evaluate.run import evidence_of
 
 from helpers import TEST_SEED, live_processes, run_cli
 
@@ -182,29 +183,60 @@ def test_the_store_is_sqlite_in_wal_mode_and_keeps_each_audits_evidence(tiny_run
     assert rank_p_value(own, np.array(evidence["null_scores"]), "less") == audit["p_value"]
 
 
+def test_rates_carry_the_textbook_clopper_pearson_intervals():
+    """Pinned against published exact 95% intervals (not recomputed with the call the
+    report makes): 0/10 is (0, 0.3085), 3/10 (0.0667, 0.6525), 10/10 (0.6915, 1)."""
+    from tracemark.evaluate.report import Rate
+
+    known = {
+        (0, 10): (0.0, 0.308497),
+        (3, 10): (0.066740, 0.652453),
+        (10, 10): (0.691503, 1.0),
+        (1, 13): (0.001946, 0.360297),
+        (2, 20): (0.012349, 0.316983),
+    }
+    for (k, n), interval in known.items():
+        assert Rate(k, n).ci == pytest.approx(interval, abs=1e-6), (k, n)
+    assert Rate(0, 0).ci is None and Rate(0, 0).value is None
+
+
 def test_report_json_has_every_field_and_exact_intervals(tiny_run, capsys):
+    from tracemark.evaluate.report import Rate
+    from tracemark.evaluate.store import open_store
+
     root, _ = tiny_run
     assert run_cli(["report", root / "results.db", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["cells"]) == 3 * 2  # cells x access modes
+    with open_store(root / "results.db") as store:
+        stored = {c["cell_id"]: store.audits(c["cell_id"]) for c in store.cells()}
     for entry in report["cells"]:
         assert set(entry) >= REPORT_CELL_FIELDS
-        for name in ("tpr", "fpr_never_published", "fpr_clean"):
+        audits = [a for a in stored[entry["cell_id"]] if a["access"] == entry["access"]]
+        groups = {
+            "tpr": [a for a in audits if a["model"] == "marked" and a["member"]],
+            "fpr_never_published": [
+                a for a in audits if a["model"] == "marked" and not a["member"]
+            ],
+            "fpr_clean": [a for a in audits if a["model"] == "clean"],
+        }
+        for name, rows in groups.items():
             n = entry[{"tpr": "n_members", "fpr_never_published": "n_never_published",
                        "fpr_clean": "n_clean"}[name]]  # fmt: skip
-            k = round(entry[name] * n)
-            ci = binomtest(k, n).proportion_ci(0.95, method="exact")
-            assert entry[f"{name}_ci"] == pytest.approx([ci.low, ci.high])
-        assert entry["queries_per_audit"] > 0 and 0 < entry["clean_accuracy"] <= 1
+            k = sum(a["decision"] for a in rows)
+            assert n == len(rows) and entry[name] == pytest.approx(k / n)
+            assert entry[f"{name}_ci"] == pytest.approx(Rate(k, n).ci)  # pinned above
+        assert entry["queries_per_audit"] == pytest.approx(np.mean([a["queries"] for a in audits]))
+        assert 0 < entry["clean_accuracy"] <= 1
     nulls = {(e["method"], e["access"]): e for e in report["null"]}
     assert set(nulls) == {
         (m, a) for m in ("tracker", "isotope", "ubw") for a in ("probabilities", "label")
     }
     for e in nulls.values():
         assert {"n", "fpr", "fpr_ci", "alpha"} <= set(e) and e["alpha"] == 0.05
-        # 13 null audits per method at alpha 0.05: more than 4 flags would reject the
-        # test's level at 0.01 (a valid test flags 5 or more with probability < 0.005).
-        assert e["fpr"] * e["n"] <= 4
+        # A valid test flags Binomial(n, 0.05) of its n null audits (6 to 8 here): more
+        # than the 0.999 quantile would be a failure of the null, not bad luck.
+        assert round(e["fpr"] * e["n"]) <= binom.ppf(0.999, e["n"], 0.05)
     assert "share nothing" in report["sharing"]
 
 
@@ -417,3 +449,17 @@ def test_a_countermeasure_cell_runs_and_is_its_own_cell(tmp_path):
         null = null_entries(store)
     assert {e["countermeasure"] for e in summary["pooled"]} == {"none", "output-noise(0.05)"}
     assert all(len(e["p_values"]) == e["n"] for e in null)
+    # The noise reached the audits: the same victim (one seed, same data: equal accuracy)
+    # answered the same images differently in the two cells.
+    with open_store(tmp_path / "cm.db") as store:
+        by_label = {c["countermeasure"]: c for c in store.cells()}
+        plain, noisy = (by_label[k] for k in ("none", "output-noise(0.05)"))
+        assert plain["marked_accuracy"] == noisy["marked_accuracy"]
+
+        def losses(cell):
+            rows = [a for a in store.audits(cell["cell_id"]) if a["model"] == "marked"]
+            first = min(rows, key=lambda a: a["owner"])
+            return np.array(evidence_of(first["evidence"])["user_losses"])
+
+        a, b = losses(plain), losses(noisy)
+    assert a.shape == b.shape and not np.allclose(a, b)

@@ -24,15 +24,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(marked_world, fmnist_test, tmp_path_factory):
-    """TorchScript files of the trained and clean models, and the tracker user's folders."""
-    from tracemark.training import export_torchscript
-
-    d = tmp_path_factory.mktemp("http-audit")
-    example = marked_world.marked[0][:2]
-    export_torchscript(marked_world.model, d / "trained.pt", example=example)
-    export_torchscript(marked_world.clean_model, d / "clean.pt", example=example)
-    return d
+def world(exported_models):
+    """TorchScript files of the trained and clean models (trained.pt, clean.pt)."""
+    return exported_models
 
 
 def _tracker_args(marked_world, world, model: str) -> list:
@@ -180,16 +174,15 @@ def test_tracker_with_restricted_answers_uses_the_zero_one_proxy(
     _same_verdict(remote, local, fields=("p_value", "effect", "decision", "label"))
 
 
-def test_isotope_with_top5_answers_uses_rank_shifts(marked_world, fmnist_test, tmp_path, capsys):
-    from tracemark.training import export_onnx
-
+def test_isotope_with_top5_answers_uses_rank_shifts(
+    marked_world, exported_models, fmnist_test, tmp_path, capsys
+):
     key = tmp_path / "iso.key"
     marked_world.isotope_keys[0].save(key)
     write_pngs(tmp_path / "mine", marked_world.isotope_images[0])
     assert run_cli(["mark", key, tmp_path / "mine", tmp_path / "published", "--quiet"]) == 0
     write_pngs(tmp_path / "aux", fmnist_test.images[-150:])
-    model = tmp_path / "model.onnx"
-    export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
+    model = exported_models / "trained.onnx"
     with serving(create_app(model, ServeOptions(top_k=5))) as url:
         v = _audit(
             [

@@ -162,9 +162,7 @@ def test_distinguisher_separates_two_users_marks(marked_world, aux):
     assert result.p_values[0, 1] < 0.01 and result.p_values[1, 0] < 0.01
 
 
-def test_cli_marks_and_audits_an_isotope_user(marked_world, aux, tmp_path, capsys):
-    from tracemark.training import export_onnx
-
+def test_cli_marks_and_audits_an_isotope_user(marked_world, exported_models, aux, tmp_path, capsys):
     key = tmp_path / "iso.key"
     marked_world.isotope_keys[0].save(key)
     user = marked_world.isotope_images[0]
@@ -173,8 +171,7 @@ def test_cli_marks_and_audits_an_isotope_user(marked_world, aux, tmp_path, capsy
     manifest = json.loads((tmp_path / "published.manifest.json").read_text())
     flags = [e["carries_mark"] for e in manifest["files"]]
     assert sum(flags) == ISOTOPE_IMAGES // 2 == manifest["marked_images"]
-    model = tmp_path / "model.onnx"
-    export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
+    model = exported_models / "trained.onnx"
     y = marked_world.isotope_classes[0]
     write_pngs(tmp_path / "aux", aux.images[:150])
     out = tmp_path / "verdict.json"

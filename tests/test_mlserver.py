@@ -141,12 +141,9 @@ def mlserver_installed():
 
 
 @pytest.fixture(scope="module")
-def mlserver(mlserver_installed, marked_world, tmp_path_factory):
-    from tracemark.training import export_onnx
-
+def mlserver(mlserver_installed, marked_world, exported_models, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mlserver")
-    onnx = tmp / "model.onnx"
-    export_onnx(marked_world.model, onnx, input_shape=(1, 28, 28))
+    onnx = exported_models / "trained.onnx"
     repo = tmp / "repo"
     (repo / MODEL).mkdir(parents=True)
     shutil.copy(RUNTIME, repo / RUNTIME.name)  # `mlserver start` puts its folder on sys.path

@@ -157,11 +157,8 @@ def test_refuses_non_loopback_hosts_unless_allowed():
         pass
 
 
-def test_cli_serve_runs_until_sigint(tmp_path, marked_world):
-    from tracemark.training import export_onnx
-
-    model = tmp_path / "m.onnx"
-    export_onnx(marked_world.model, model, input_shape=(1, 28, 28))
+def test_cli_serve_runs_until_sigint(tmp_path, marked_world, exported_models):
+    model = exported_models / "trained.onnx"
     url_file = tmp_path / "url"
     proc = subprocess.Popen(
         [
@@ -242,7 +239,7 @@ def test_ctrl_c_awaits_requests_in_flight_and_a_second_one_cuts_them_off(tmp_pat
 
     def press():
         time.sleep(1.0)
-        for i in range(presses):
+        for _ in range(presses):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
 
