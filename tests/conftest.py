@@ -185,3 +185,34 @@ def exported_models(marked_world, tmp_path_factory) -> Path:
         export_torchscript(model, d / f"{name}.pt", example=example)
     save_checkpoint(marked_world.clean_model, d / "clean.ckpt")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _report_size_checks(request):
+    """Hand each test's size checks to its report (so they reach the summary from any
+    pytest-xdist worker too)."""
+    from helpers import SIZE_CHECKS
+
+    start = len(SIZE_CHECKS)
+    yield
+    for check in SIZE_CHECKS[start:]:
+        request.node.user_properties.append(("size_check", check))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The size tests' figures: trials, audits flagged, the bound, power against 2 alpha."""
+    checks = {
+        tuple(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", "") == "teardown"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "size_check"
+    }
+    if not checks:
+        return
+    terminalreporter.section("size tests (flags of null audits)")
+    for name, n, flags, bound, power in sorted(checks):
+        terminalreporter.write_line(
+            f"{name}: {flags} of {n} flagged, bound {bound}, power against 2 alpha {power:.2f}"
+        )

@@ -74,3 +74,22 @@ def tree_hashes(path: Path) -> dict[str, str]:
         for p in sorted(path.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
+
+
+SIZE_CHECKS: list[tuple[str, int, int, int, float]] = []  # printed by conftest at the end
+
+
+def assert_at_level(p, alpha: float, name: str) -> None:
+    """A size test: of n >= 500 null audits a valid test flags Binomial(n, <= alpha); more
+    than the 0.999 quantile fails (1 run in 1,000 by bad luck). Records (name, n, flags,
+    bound, power against 2 alpha) for the suite's closing summary."""
+    from scipy.stats import binom
+
+    p = np.asarray(p, dtype=np.float64)
+    n = len(p)
+    assert n >= 500, f"{name}: {n} trials cannot see a rate of 2 alpha"
+    bound = int(binom.ppf(0.999, n, alpha))
+    flags = int(np.sum(p <= alpha))
+    power = float(binom.sf(bound, n, 2 * alpha))
+    SIZE_CHECKS.append((name, n, flags, bound, power))
+    assert flags <= bound, (name, flags, bound)

@@ -1,8 +1,9 @@
 """Size tests with the power to see a false-positive rate of 2 alpha, for the isotope and
 UBW audits (the tracker's are in test_tracker_audit.py).
 
-Each draws at least 500 null audits at alpha = 0.05 on models that never saw the marks
-(a nearest-centroid classifier, which no one trained, and the suite's clean CNN): a valid
+Each draws at least 500 null audits at alpha = 0.05 on a model that never saw the marks (a
+nearest-centroid classifier, which no one trained; the never-published triggers run on
+the suite's clean CNN): a valid
 test flags at most the binomial 0.999 quantile of them (41 of 500), and against a true
 rate of 0.10 that bound is exceeded with probability about 0.9. The fixed rank test's
 p-values, uniform on {1, ..., N + 1} / (N + 1) when scores do not tie, also pass a
@@ -23,18 +24,11 @@ from tracemark.oracle.memo import AnswerCache, restrict
 from tracemark.rng import derive, derive_bytes
 from tracemark.stats import margin_paired_ttest, sequential_rank_p_value
 
-from helpers import seeded
+from helpers import assert_at_level, seeded
 
 ALPHA = 0.05
 TRIALS = 500
 EXTERNALS = 19  # the fixed test's grid: p in {1, ..., 20} / 20
-
-
-def assert_at_level(p, alpha: float = ALPHA) -> None:
-    p = np.asarray(p)
-    assert len(p) >= 500
-    bound = binom.ppf(0.999, len(p), alpha)
-    assert np.sum(p <= alpha) <= bound, (int(np.sum(p <= alpha)), bound)
 
 
 def assert_uniform_on_the_grid(p, draws: int) -> None:
@@ -95,17 +89,9 @@ def test_calibrated_isotope_audits_are_at_level_with_every_access(centroid, aux)
     oracle = CallableOracle(centroid, num_classes=10)
     fixed, sequential = _isotope_nulls(oracle, aux, TRIALS, accesses, aux_per_mark=20)
     for access in accesses:
-        assert_at_level(fixed[access])
-        assert_at_level(sequential[access])
+        assert_at_level(fixed[access], ALPHA, f"isotope calibrated {access}, fixed 19")
+        assert_at_level(sequential[access], ALPHA, f"isotope calibrated {access}, sequential")
     assert_uniform_on_the_grid(fixed["probabilities"], EXTERNALS)  # continuous scores
-
-
-def test_calibrated_isotope_audits_are_at_level_on_the_trained_clean_model(marked_world, aux):
-    oracle = TorchModuleOracle(marked_world.clean_model, num_classes=10)
-    fixed, sequential = _isotope_nulls(oracle, aux, TRIALS, ["probabilities"], aux_per_mark=20)
-    assert_at_level(fixed["probabilities"])
-    assert_at_level(sequential["probabilities"])
-    assert_uniform_on_the_grid(fixed["probabilities"], EXTERNALS)
 
 
 # ----------------------------------------------------------------------------- UBW
@@ -124,8 +110,7 @@ def test_the_margin_test_is_at_level_on_its_boundary():
         at.append(margin_paired_ttest(benign, benign - drop, tau)[0])
         below.append(margin_paired_ttest(benign, benign - (drop - 0.05), tau)[0])
     at, below = np.array(at), np.array(below)
-    bound = binom.ppf(0.999, n, ALPHA)
-    assert np.sum(at <= ALPHA) <= bound
+    assert_at_level(at, ALPHA, "ubw margin t-test at its boundary (simulated)")
     assert np.sum(at <= ALPHA) >= binom.ppf(0.001, n, ALPHA)  # exact there, not conservative
     assert np.sum(below <= ALPHA) < np.sum(at <= ALPHA)
     # At the boundary the t statistic is t-distributed: its p-values are uniform.
@@ -139,13 +124,15 @@ def ubw_clean(marked_world, fmnist_test):
 
 @pytest.mark.parametrize("calibrated", [False, True], ids=["margin", "calibrated"])
 def test_never_published_ubw_triggers_are_not_verified_on_the_clean_model(ubw_clean, calibrated):
-    """100 never-published keys (each its own trigger) on the suite's clean model: the
-    margin test alone, and with the rank calibration against 19 null triggers."""
+    """100 never-published keys, each its own patch trigger (UBW-C's), on the suite's clean
+    model: the margin test alone, and with the rank calibration against 19 null triggers.
+    (A binomial bound on 100 audits sees only gross failures; the margin test's level is
+    checked with 2,000 simulations above.)"""
     oracle, test = ubw_clean
     p = []
     for i in range(100):
         seed = derive_bytes(seeded("00" * 16, "size-ubw"), "tests/size-ubw", i).hex()
-        key = Key(method="ubw", seed=seed, params={"num_classes": 10, "trigger": "patch"})
+        key = Key(method="ubw", seed=seed, params={"num_classes": 10, "variant": "ubw-c"})
         v = verify(oracle, key, test, alpha=ALPHA, m=50, null_triggers=19 if calibrated else 0)
         p.append(v.p_value)
     p = np.array(p)

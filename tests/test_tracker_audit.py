@@ -13,7 +13,7 @@ from tracemark.oracle import CallableOracle, LabelOnly, TorchModuleOracle
 from tracemark.rng import derive, derive_bytes
 from tracemark.stats import sequential_rank_p_value
 
-from helpers import seeded
+from helpers import assert_at_level, seeded
 
 N_PSEUDO = 100
 ALPHA = 0.01
@@ -247,15 +247,6 @@ def _null_p_values(oracle_for, images, n: int, k: int, m: int, hand_picked=False
     return (np.array(p), np.array(sequential)) if "fixed" in kw else np.array(p)
 
 
-def _assert_at_level(p: np.ndarray, alpha: float = 0.05) -> None:
-    # A valid test flags Binomial(n, <= alpha) of n null audits: more than the 99.9%
-    # quantile is a failure of the null, not bad luck (1 in 1,000 runs). With n >= 500 at
-    # alpha = 0.05 this has about 90% power against a false-positive rate of 2 alpha.
-    assert len(p) >= 500
-    bound = binom.ppf(0.999, len(p), alpha)
-    assert np.sum(p <= alpha) <= bound, (np.sum(p <= alpha), bound)
-
-
 def _assert_uniform_on_the_grid(p: np.ndarray, draws: int) -> None:
     """A fixed rank test's p-values are uniform on {1, ..., draws + 1} / (draws + 1) under
     the null when scores do not tie: a chi-square test of the counts (rejects at 0.001)."""
@@ -281,8 +272,16 @@ def test_null_is_at_level_with_a_holdout_as_small_as_the_published_set(
     fixed, sequential = _null_p_values(
         oracle, images, 500, 10, 10, hand_picked=hand, fixed=19, **mode
     )
-    _assert_at_level(fixed)
-    _assert_at_level(sequential)  # the default rule (Besag-Clifford, h = 10, cap 19)
+    how = (
+        "label-only"
+        if mode.get("access")
+        else "majority vote"
+        if mode["label"] is None
+        else "probs"
+    )
+    name = f"tracker {design}, {how}"
+    assert_at_level(fixed, 0.05, f"{name}, fixed 19")
+    assert_at_level(sequential, 0.05, f"{name}, sequential")  # Besag-Clifford, h 10, cap 19
     if mode.get("access") != "label":  # 0/1 losses tie: only the level is checked there
         _assert_uniform_on_the_grid(fixed, 19)
 
@@ -291,7 +290,7 @@ def test_null_is_at_level_on_a_trained_clean_model(marked_world, fmnist_test):
     images = fmnist_test.images[fmnist_test.labels == 2]
     oracle = TorchModuleOracle(marked_world.clean_model, num_classes=10)
     p = _null_p_values(lambda: oracle, images, 500, 10, 20, label=2)
-    _assert_at_level(p)
+    assert_at_level(p, 0.05, "tracker randomised, trained clean CNN, sequential")
 
 
 def test_instance_baseline_scores_each_published_image(marked_world):

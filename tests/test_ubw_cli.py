@@ -64,7 +64,10 @@ def test_watermark_writes_release_and_private_key(ubw_world, capsys):
     assert info["method"] == "ubw" and len(info["params"]["poisoned"]) == 200
     original, release = load_dataset(ubw_world["src"]), load_dataset(ubw_world["release"])
     changed = np.flatnonzero(np.any(original.images != release.images, axis=(1, 2, 3)))
-    assert set(changed) <= set(info["params"]["poisoned"])
+    poisoned = set(info["params"]["poisoned"])
+    # Only the poisoned images changed, and (nearly) all of them did: the corner pattern has
+    # white cells, which change any image whose corner is not already white there.
+    assert set(changed) <= poisoned and len(changed) >= 0.95 * len(poisoned)
     # Refuses to overwrite either the release or the key.
     code = run_cli(["watermark", ubw_world["src"], ubw_world["release"], "--quiet"])
     assert code == 2 and "already exists" in capsys.readouterr().err
@@ -76,7 +79,9 @@ def test_verify_flags_the_model_trained_on_the_release(ubw_world, capsys):
     v = _verify(ubw_world, "marked.pt", capsys=capsys)
     assert v["decision"] and v["p_value"] < 1e-3
     assert v["statistics"]["delta_p"] > 0.25 and v["statistics"]["m"] == 100
-    assert v["access"] == "probabilities" and v["queries"] >= 200
+    # m = 100 clean images (searched in batches of m until 100 are classified right) and
+    # the same 100 with the trigger
+    assert v["access"] == "probabilities" and v["queries"] >= 200 and v["queries"] % 100 == 0
     # The corner pattern is public: the verdict says what a flag does and does not show.
     assert any("public pattern" in n for n in v["notes"])
     labels = _verify(ubw_world, "marked.pt", *LABEL_FLIPS, capsys=capsys)
@@ -127,6 +132,8 @@ def test_blended_keys_are_always_calibrated(ubw_world, capsys):
     assert v["queries"] >= 100 * (1 + st["null_triggers_used"])
     assert v["p_value"] == max(st["margin_test_p_value"], st["calibrated_p_value"])
     assert any("always calibrated" in n for n in v["notes"])
+    # The point of the calibration: the clean model is not accused (p from the rank test).
+    assert not v["decision"] and v["p_value"] > 0.05
 
 
 def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
@@ -140,7 +147,7 @@ def test_audit_with_a_ubw_key_and_watermark_report(ubw_world, capsys):
         assert run_cli([*args, "--json"]) == 0
         reports[name] = json.loads(capsys.readouterr().out)
     r, clean = reports["marked.pt"], reports["clean.pt"]
-    assert r["BA"] > 0.7 and r["D_s"] <= r["D_c"] + 1e-9 and r["images"] == 1000
+    assert r["BA"] > 0.7 and r["images"] == 1000
     # ASR-C counts only images classified correctly when clean, so the two models' different
     # clean errors do not enter: the trigger flips what the clean model keeps.
     assert r["ASR-C"] > clean["ASR-C"] + 0.2
@@ -193,8 +200,6 @@ def test_ubw_demo_quick_json(capsys):
         assert (e["n_members"], e["n_never_published"], e["n_clean"]) == (1, 3, 4)
         nulls = e["fpr_never_published"] * 3 + e["fpr_clean"] * 4
         assert nulls <= 1  # of 7 null audits at alpha 0.01: two or more has p < 0.003
-        m = e["watermark_metrics"]
-        assert m["D_s"] <= m["D_c"] + 1e-9 and 0 <= m["D_p"] <= m["max_dispersibility"] + 1e-9
         assert e["clean_accuracy"] > 0.3  # 10 classes: chance is 0.1
     for w in watermarks:
         # top-K verification reads the top-1 label: the same test on the same answers
