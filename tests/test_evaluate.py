@@ -463,3 +463,25 @@ def test_a_countermeasure_cell_runs_and_is_its_own_cell(tmp_path):
 
         a, b = losses(plain), losses(noisy)
     assert a.shape == b.shape and not np.allclose(a, b)
+
+
+def test_report_prints_for_a_person_what_the_json_holds(tiny_run, capsys):
+    """`tracemark report DB` without --json: the pooled table's k/n counts, row by row, are
+    the JSON's, and the null table is there."""
+    import re
+
+    root, _ = tiny_run
+    assert run_cli(["report", root / "results.db", "--json"]) == 0
+    pooled = json.loads(capsys.readouterr().out)
+    assert run_cli(["report", root / "results.db"]) == 0
+    shown = capsys.readouterr().out
+    expected = []
+    for e in pooled["pooled"]:
+        for name, n in (("tpr", "n_members"), ("fpr_never_published", "n_never_published"),
+                        ("fpr_clean", "n_clean")):  # fmt: skip
+            if e[n]:
+                expected.append(f"{round(e[name] * e[n])}/{e[n]}")
+    assert re.findall(r"\b\d+/\d+\b", shown) == expected
+    assert "TPR and FPR pooled over seeds" in shown and "Null audits" in shown
+    for e in pooled["null"]:
+        assert f"{e['fpr']:.3f} of {e['n']}" in " ".join(shown.split())

@@ -260,3 +260,71 @@ def test_ctrl_c_awaits_requests_in_flight_and_a_second_one_cuts_them_off(tmp_pat
         assert took >= 3.0 and logged == 4 * 4  # awaited, and every answer logged
     else:
         assert took < 2.0 and logged == 2 * 4  # at once; the hanging answers are not logged
+
+
+def _recording(app, seen: list, fail_first: int = 0):
+    """``app`` behind a wrapper that records each request's path and headers and answers
+    the first ``fail_first`` POSTs with 503 (to be retried)."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http":
+            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+            seen.append((scope["method"], scope["path"], headers))
+            posts = sum(1 for m, _, _ in seen if m == "POST")
+            if scope["method"] == "POST" and posts <= fail_first:
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b"busy"})
+                return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+@pytest.mark.parametrize("protocol", ["v2", "json"])
+def test_cli_endpoint_flags_reach_the_wire(tmp_path, fmnist_test, capsys, monkeypatch, protocol):
+    """`verify` over HTTP with --protocol, --auth-env, --auth-file, --timeout, --retries
+    and --budget: the credentials arrive as headers (and never in the output), a 503 is
+    retried, and the verdict equals the in-process one on the same model."""
+    from tracemark.keys import Key
+
+    from helpers import run_cli
+
+    key = tmp_path / "ubw.key"
+    Key.generate("ubw", num_classes=C).save(key)
+    test = tmp_path / "test.npz"
+    np.savez(test, x=np.round(fmnist_test.images[:300] * 255).astype(np.uint8),
+             y=fmnist_test.labels[:300])  # fmt: skip
+    token = "s3cret-token-value"
+    monkeypatch.setenv("SUSPECT_TOKEN", token)
+    auth_file = tmp_path / "headers.txt"
+    auth_file.write_text("X-Api-Key: another-secret\n")
+    auth_file.chmod(0o600)
+    seen: list = []
+    app = _recording(create_app(_oracle(), ServeOptions(name="m")), seen, fail_first=1)
+    common = ["--json", "--m", "20", "--alpha", "0.05"]
+    with serving(app) as url:
+        target = f"{url}/v2/models/m" if protocol == "v2" else f"{url}/predict"
+        args = ["verify", target, key, test, *common, "--protocol", protocol]
+        args += ["--num-classes", str(C)] * (protocol == "json")
+        args += ["--auth-env", "SUSPECT_TOKEN", "--timeout", "5", "--retries", "2"]
+        capsys.readouterr()
+        assert run_cli([*args, "--budget", "400"]) == 0
+        out = capsys.readouterr()
+        remote = json.loads(out.out)
+        assert token not in out.out + out.err
+        assert run_cli([*args[:-6], "--auth-file", auth_file, "--budget", "400"]) == 0
+        capsys.readouterr()
+    posts = [h for m, _, h in seen if m == "POST"]
+    first = [h for h in posts if "authorization" in h]
+    second = [h for h in posts if "x-api-key" in h]
+    assert len(first) + len(second) == len(posts) and second  # each run sent its own
+    assert all(h["authorization"] == f"Bearer {token}" for h in first)
+    assert all(h["x-api-key"] == "another-secret" for h in second)
+    assert len(first) == len(second) + 1  # the first run's 503 was retried once
+    # The same verification in-process on the same model.
+    from tracemark.datasets import load_dataset
+    from tracemark.methods.ubw.verify import verify
+
+    local = verify(_oracle(), Key.model_validate_json(key.read_text()), load_dataset(test),
+                   m=20, alpha=0.05)  # fmt: skip
+    assert remote["p_value"] == pytest.approx(local.p_value) and remote["queries"] <= 400
