@@ -485,3 +485,39 @@ def test_report_prints_for_a_person_what_the_json_holds(tiny_run, capsys):
     assert "TPR and FPR pooled over seeds" in shown and "Null audits" in shown
     for e in pooled["null"]:
         assert f"{e['fpr']:.3f} of {e['n']}" in " ".join(shown.split())
+
+
+def test_the_committed_realistic_store_reproduces_the_published_table(capsys):
+    """docs/results.md's realistic table (and the README's figures from it) is what
+    `tracemark report results/realistic.db` computes from the committed store."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    assert run_cli(["report", root / "results" / "realistic.db", "--json"]) == 0
+    pooled = json.loads(capsys.readouterr().out)["pooled"]
+    names = {"tracker": "tracker", "isotope": "isotope", "ubw-p": "UBW-P", "ubw-c": "UBW-C"}
+    recipes = {"cnn": "CNN", "resnet18": "ResNet-18"}
+    accesses = {"probabilities": "probabilities", "topk": "top-5", "label": "label"}
+    computed = {
+        (names[e["method"]], recipes[e["recipe"]], accesses[e["access"]]): tuple(
+            f"{round(e[r] * e[n])}/{e[n]}"
+            for r, n in (
+                ("tpr", "n_members"),
+                ("fpr_never_published", "n_never_published"),
+                ("fpr_clean", "n_clean"),
+            )
+        )
+        for e in pooled
+    }
+    text = (root / "docs" / "results.md").read_text()
+    section = text[text.index("### Realistic victims") :]
+    rows = re.findall(
+        r"^\| (tracker|isotope|UBW-P|UBW-C) \| (CNN|ResNet-18) \| (probabilities|top-5|label) "
+        r"\| 3 \| (\d+/\d+) [^|]*\| (\d+/\d+) [^|]*\| (\d+/\d+) ",
+        section[: section.index("\n\n", section.index("| method | victim"))],
+        flags=re.M,
+    )
+    published = {r[:3]: r[3:] for r in rows}
+    assert len(published) == 24 and published == computed
+    assert "4/30 CNN, 5/30 ResNet-18" in (root / "README.md").read_text()
