@@ -521,3 +521,41 @@ def test_the_committed_realistic_store_reproduces_the_published_table(capsys):
     published = {r[:3]: r[3:] for r in rows}
     assert len(published) == 24 and published == computed
     assert "4/30 CNN, 5/30 ResNet-18" in (root / "README.md").read_text()
+
+
+def test_concurrent_workers_train_a_cached_model_once(tmp_path):
+    """Two workers asking the cache for the same clean model at once: one trains it (the
+    other waits on the lock and loads the file), and one file is written."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    cache = tmp_path / "cache"
+    log = tmp_path / "trained.log"
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=ctx) as pool:
+        futures = [pool.submit(_cached_in_worker, cache, log) for _ in range(2)]
+        results = [f.result(timeout=120) for f in futures]
+    assert sorted(trained for trained, _ in results) == [False, True]
+    assert log.read_text().count("trained\n") == 1
+    assert [p.name for p in (cache / "models").glob("*.pt")] == ["the-model.pt"]
+    assert results[0][1] == results[1][1]  # both hold the same weights
+
+
+def _cached_in_worker(cache, log):
+    import time
+
+    import torch
+
+    from tracemark.evaluate.victims import cached_model
+    from tracemark.models import build_model
+
+    def train():
+        with open(log, "a") as fh:
+            fh.write("trained\n")
+        time.sleep(1.0)  # long enough for the other worker to reach the lock
+        torch.manual_seed(0)
+        return build_model("small-cnn", num_classes=10, width=4)
+
+    model, trained = cached_model(cache, "the-model", train)
+    weights = float(sum(p.double().sum() for p in model.state_dict().values()))
+    return trained, round(weights, 6)
