@@ -183,19 +183,22 @@ def test_isotope_with_top5_answers_uses_rank_shifts(
     assert run_cli(["mark", key, tmp_path / "mine", tmp_path / "published", "--quiet"]) == 0
     write_pngs(tmp_path / "aux", fmnist_test.images[-150:])
     model = exported_models / "trained.onnx"
+    log = tmp_path / "q.jsonl"
     with serving(create_app(model, ServeOptions(top_k=5))) as url:
-        v = _audit(
-            [
-                "audit", key, f"{url}/v2/models/model", "--marked", tmp_path / "published",
-                "--aux", tmp_path / "aux", "--alpha", "0.05", "--externals", "39",
-                "--aux-per-mark", "100", "--json", "--quiet", "--num-classes", "10",
-            ],
-            capsys,
-        )  # fmt: skip
+        args = [
+            "audit", key, f"{url}/v2/models/model", "--marked", tmp_path / "published",
+            "--aux", tmp_path / "aux", "--alpha", "0.05", "--externals", "39",
+            "--aux-per-mark", "100", "--json", "--quiet", "--num-classes", "10",
+        ]  # fmt: skip
+        v = _audit([*args, "--query-log", log], capsys)
     assert v["method"] == "isotope" and v["access"] == "top-K ranks"
     assert v["label"] == marked_world.isotope_classes[0]
     assert v["decision"] is True
     assert v["p_value"] <= 0.05 and v["queries"] > 0
+    # A third party recomputes the isotope verdict from the log alone (the server is gone).
+    replayed = _audit(["replay", log, key, *args[3:]], capsys)
+    _same_verdict(replayed, v)
+    assert replayed["queries"] == 0 or replayed["queries"] == v["queries"]
 
 
 def test_a_budget_too_small_is_refused_before_the_server_sees_anything(

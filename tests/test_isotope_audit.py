@@ -190,6 +190,28 @@ def test_cli_marks_and_audits_an_isotope_user(marked_world, exported_models, aux
     assert "external_shifts" in json.loads(out.read_text())["evidence"]
     assert run_cli(["audit", key, model, "--quiet"]) == 2
     assert "--aux" in capsys.readouterr().err
+    # The paper's procedure (Q rounds of paired t-tests; a vote, not calibrated) and the
+    # physical-object mode (marked photos against photos without the mark, Welch).
+    common = ["--marked", tmp_path / "published", "--aux", tmp_path / "aux", "--json", "--quiet"]
+    args = ["audit", key, model, *common, "--label", str(y), "--procedure", "paper"]
+    assert run_cli([*args, "--rounds", "5", "--round-size", "50"]) == 0
+    paper = json.loads(capsys.readouterr().out)
+    assert "paper's procedure: 5 rounds" in paper["test"] and "NOT calibrated" in paper["test"]
+    assert paper["decision"] and paper["label"] == y
+    assert paper["queries"] >= 5 * 2 * 50
+    # Photos "with the object": other classes' images carrying the mark; "without": other
+    # images of the same classes as they are.
+    others = aux.images[aux.labels != y][:150]
+    mark = isotope.key_mark(marked_world.isotope_keys[0])
+    vis = marked_world.isotope_keys[0].typed_params().visibility
+    write_pngs(tmp_path / "with", blend(others[:75], mark, vis))
+    write_pngs(tmp_path / "without", others[75:])
+    args = ["audit", key, model, "--marked", tmp_path / "with", "--aux", tmp_path / "without"]
+    args += ["--label", str(y), "--procedure", "physical", "--json", "--quiet"]
+    assert run_cli(args) == 0
+    physical = json.loads(capsys.readouterr().out)
+    assert "Welch" in physical["test"] and physical["queries"] == 150
+    assert physical["decision"] and physical["effect"] > 0
 
 
 def test_cli_distinguish_two_keys(marked_world, aux, tmp_path, capsys):

@@ -328,3 +328,21 @@ def test_cli_endpoint_flags_reach_the_wire(tmp_path, fmnist_test, capsys, monkey
     local = verify(_oracle(), Key.model_validate_json(key.read_text()), load_dataset(test),
                    m=20, alpha=0.05)  # fmt: skip
     assert remote["p_value"] == pytest.approx(local.p_value) and remote["queries"] <= 400
+
+
+def test_serve_noise_perturbs_the_probabilities_it_reveals():
+    """`serve --noise S`: an output-perturbation defence. Answers stay probability vectors,
+    differ from the model's by about S, and the top-1 label mostly survives."""
+    x = _images(200)
+    clean = _model(x)
+    app = create_app(_oracle(), ServeOptions(name="m", noise=0.05))
+    with (
+        serving(app) as url,
+        open_endpoint(f"{url}/v2/models/m", EndpointConfig(num_classes=C)) as oracle,
+    ):
+        noisy = oracle.query(x).probs
+    assert noisy.shape == clean.shape and (noisy >= 0).all()
+    np.testing.assert_allclose(noisy.sum(axis=1), 1.0, atol=1e-5)
+    gap = np.abs(noisy - clean).mean()
+    assert 0.005 < gap < 0.1, gap
+    assert (noisy.argmax(1) == clean.argmax(1)).mean() > 0.5
