@@ -21,6 +21,8 @@ FILES=(
   tests/test_training.py
   tests/test_mlserver.py
   tests/test_evaluate.py
+  tests/test_demos.py
+  tests/test_size.py
 )
 SEEDS=("$@")
 [ ${#SEEDS[@]} -gt 0 ] || SEEDS=(1 2 3)
