@@ -23,9 +23,10 @@ __all__ = ["app", "main"]
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line, ``warning: ...``, not Python's source-line form."""
+    """Warnings as one line, ``warning: ...``, not Python's source-line form (not wrapped
+    by rich: the terminal wraps it, and paths in it stay whole)."""
     text = escape(printable(str(message)))
-    stderr.print(f"[bold yellow]warning:[/bold yellow] {text}", highlight=False)
+    stderr.print(f"[bold yellow]warning:[/bold yellow] {text}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,14 +43,15 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="tracemark")
     except TracemarkError as exc:
         text = escape(printable(str(exc)))
-        stderr.print(f"[bold red]error:[/bold red] {text}", highlight=False)
+        # one logical line (the terminal wraps it): file paths in it stay whole to copy
+        stderr.print(f"[bold red]error:[/bold red] {text}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:
         if exc.name not in ("torch", "onnxruntime", "onnx"):
             raise
         extra = "torch" if exc.name == "torch" else "onnx"
         hint = escape(f"this needs {exc.name}: pip install 'tracemark[{extra}]'")
-        stderr.print(f"[bold red]error:[/bold red] {hint}", highlight=False)
+        stderr.print(f"[bold red]error:[/bold red] {hint}", highlight=False, soft_wrap=True)
         sys.exit(2)
     finally:
         warnings.showwarning = previous
