@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tracemark.evaluate.cells import cells_of, digest, select
-from tracemark.evaluate.run import prepare
+from cell_victims import prepared_cell
 from tracemark.methods.isotope.mark import external_marks, key_mark
 from tracemark.methods.isotope.scores import build_aux_pool, mark_shift
 from tracemark.oracle import TorchModuleOracle
@@ -56,39 +55,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/isotope-aux.json"))
     a = ap.parse_args()
 
-    import torch
-
-    from tracemark.evaluate import run as run_mod
-    from tracemark.evaluate.spec import load_spec
-    from tracemark.evaluate.victims import cached_model
-
-    spec = load_spec(a.spec)
-    cell = next(
-        c
-        for c in select(cells_of(spec), [a.method], [a.seed])
-        if c.recipe_name == a.recipe and c.countermeasure.name == "none"
-    )
-    torch.set_num_threads(spec.torch_threads)
     t0 = time.time()
-    marked_id = digest({"cell": cell.cell_id, "purpose": "bench marked victim"})
-    original = run_mod.train_victim
-    clean_n = len(run_mod.clean_indices(spec.dataset, cell.recipe, cell.seed))
-
-    def train_marked_cached(recipe, images, labels, seed, device, bar):
-        if len(images) == clean_n and np.array_equal(
-            images,
-            run_mod.load_split(spec.dataset, "train").images[
-                run_mod.clean_indices(spec.dataset, recipe, cell.seed)
-            ],
-        ):
-            return original(recipe, images, labels, seed, device, bar)
-        model, _ = cached_model(
-            a.cache, marked_id, lambda: original(recipe, images, labels, seed, device, bar)
-        )
-        return model
-
-    run_mod.train_victim = train_marked_cached
-    p = prepare(cell, a.cache)
+    _, p = prepared_cell(a.spec, a.method, a.recipe, a.seed, a.cache)
     print(f"victims ready in {time.time() - t0:.0f} s", flush=True)
     oracle = TorchModuleOracle(p.models["marked"], num_classes=p.num_classes)
     members = [o for o in p.world.owners if o.member]

@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import trim_mean
 
-from tracemark.evaluate.cells import cells_of, digest, select
-from tracemark.evaluate.run import prepare
+from cell_victims import prepared_cell
 from tracemark.methods.tracker.audit import (
     PURPOSE_PSEUDO_NOISE,
     PURPOSE_PSEUDO_PATTERN,
@@ -170,35 +169,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/tracker-statistics.json"))
     a = ap.parse_args()
 
-    import torch
-
-    from tracemark.evaluate.spec import load_spec
-    from tracemark.evaluate.victims import cached_model
-
-    spec = load_spec(a.spec)
-    cell = next(
-        c
-        for c in select(cells_of(spec), [a.method], [a.seed])
-        if c.recipe_name == a.recipe and c.countermeasure.name == "none"
-    )
-    torch.set_num_threads(spec.torch_threads)
     t0 = time.time()
-    # the marked victim is cached too (the harness retrains it per cell)
-    marked_id = digest({"cell": cell.cell_id, "purpose": "bench marked victim"})
-    from tracemark.evaluate import run as run_mod
-
-    original = run_mod.train_victim
-
-    def train_marked_cached(recipe, images, labels, seed, device, bar):
-        if len(images) == len(run_mod.clean_indices(spec.dataset, recipe, cell.seed)):
-            return original(recipe, images, labels, seed, device, bar)
-        model, _ = cached_model(
-            a.cache, marked_id, lambda: original(recipe, images, labels, seed, device, bar)
-        )
-        return model
-
-    run_mod.train_victim = train_marked_cached
-    p = prepare(cell, a.cache)
+    cell, p = prepared_cell(a.spec, a.method, a.recipe, a.seed, a.cache)
     print(f"victims ready in {time.time() - t0:.0f} s ({cell.recipe.arch})")
     oracles = {n: TorchModuleOracle(m, num_classes=p.num_classes) for n, m in p.models.items()}
     results = []

@@ -172,6 +172,20 @@ def marked_world(fmnist_train, tmp_path_factory) -> MarkedWorld:
 
 
 @pytest.fixture(scope="session")
+def centroid_model(fmnist_train):
+    """A nearest-centroid classifier on the training split (logits): nobody trained it on
+    any mark, and its per-image losses vary, so null audits on it are cheap and real."""
+    x = fmnist_train.images.reshape(len(fmnist_train), -1)
+    centroids = np.stack([x[fmnist_train.labels == c].mean(axis=0) for c in range(10)])
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        flat = batch.reshape(len(batch), -1)
+        return -0.05 * ((flat[:, None, :] - centroids[None]) ** 2).sum(axis=-1)
+
+    return logits
+
+
+@pytest.fixture(scope="session")
 def exported_models(marked_world, tmp_path_factory) -> Path:
     """The session's two models as the files users audit, exported once for every test:
     trained.onnx / trained.pt (TorchScript), clean.onnx / clean.pt, clean.ckpt (a

@@ -93,3 +93,14 @@ def assert_at_level(p, alpha: float, name: str) -> None:
     power = float(binom.sf(bound, n, 2 * alpha))
     SIZE_CHECKS.append((name, n, flags, bound, power))
     assert flags <= bound, (name, flags, bound)
+
+
+def assert_uniform_on_the_grid(p, draws: int) -> None:
+    """A fixed rank test's p-values are uniform on {1, ..., draws + 1} / (draws + 1) under
+    the null when scores do not tie: a chi-square test of the counts (rejects at 0.001)."""
+    from scipy.stats import chisquare
+
+    cells = np.rint(np.asarray(p) * (draws + 1)).astype(int)
+    assert set(cells) <= set(range(1, draws + 2)), "p-values off the grid"
+    counts = np.bincount(cells, minlength=draws + 2)[1:]
+    assert chisquare(counts).pvalue > 0.001, counts

@@ -24,31 +24,11 @@ from tracemark.oracle.memo import AnswerCache, restrict
 from tracemark.rng import derive, derive_bytes
 from tracemark.stats import margin_paired_ttest, sequential_rank_p_value
 
-from helpers import assert_at_level, seeded
+from helpers import assert_at_level, assert_uniform_on_the_grid, seeded
 
 ALPHA = 0.05
 TRIALS = 500
 EXTERNALS = 19  # the fixed test's grid: p in {1, ..., 20} / 20
-
-
-def assert_uniform_on_the_grid(p, draws: int) -> None:
-    cells = np.rint(np.asarray(p) * (draws + 1)).astype(int)
-    counts = np.bincount(cells, minlength=draws + 2)[1:]
-    assert counts.sum() == len(p), "p-values off the grid"
-    assert chisquare(counts).pvalue > 0.001, counts
-
-
-@pytest.fixture(scope="module")
-def centroid(fmnist_train):
-    """A nearest-centroid classifier on the training split: no one trained it on any mark."""
-    x = fmnist_train.images.reshape(len(fmnist_train), -1)
-    centroids = np.stack([x[fmnist_train.labels == c].mean(axis=0) for c in range(10)])
-
-    def logits(batch: np.ndarray) -> np.ndarray:
-        flat = batch.reshape(len(batch), -1)
-        return -0.05 * ((flat[:, None, :] - centroids[None]) ** 2).sum(axis=-1)
-
-    return logits
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +64,9 @@ def _isotope_nulls(base, aux, trials: int, accesses, aux_per_mark: int):
     return fixed, sequential
 
 
-def test_calibrated_isotope_audits_are_at_level_with_every_access(centroid, aux):
+def test_calibrated_isotope_audits_are_at_level_with_every_access(centroid_model, aux):
     accesses = ["probabilities", "topk", "label"]
-    oracle = CallableOracle(centroid, num_classes=10)
+    oracle = CallableOracle(centroid_model, num_classes=10)
     fixed, sequential = _isotope_nulls(oracle, aux, TRIALS, accesses, aux_per_mark=20)
     for access in accesses:
         assert_at_level(fixed[access], ALPHA, f"isotope calibrated {access}, fixed 19")

@@ -3,7 +3,7 @@ size of its null on cheap models (the false-positive rate is measured, not assum
 
 import numpy as np
 import pytest
-from scipy.stats import binom, chisquare
+from scipy.stats import binom
 
 from conftest import TRACKER_PUBLISHED
 from tracemark.errors import BudgetExceededError, TracemarkError
@@ -13,7 +13,7 @@ from tracemark.oracle import CallableOracle, LabelOnly, TorchModuleOracle
 from tracemark.rng import derive, derive_bytes
 from tracemark.stats import sequential_rank_p_value
 
-from helpers import assert_at_level, seeded
+from helpers import assert_at_level, assert_uniform_on_the_grid, seeded
 
 N_PSEUDO = 100
 ALPHA = 0.01
@@ -202,19 +202,6 @@ def test_choose_published_is_uniform_and_order_free():
 # ---------------------------------------------------------------------- size of the null
 
 
-@pytest.fixture(scope="module")
-def centroid_model(fmnist_train):
-    """A nearest-centroid classifier: no training, per-image losses that vary."""
-    x = fmnist_train.images.reshape(len(fmnist_train), -1)
-    centroids = np.stack([x[fmnist_train.labels == c].mean(axis=0) for c in range(10)])
-
-    def logits(batch: np.ndarray) -> np.ndarray:
-        flat = batch.reshape(len(batch), -1)
-        return -0.05 * ((flat[:, None, :] - centroids[None]) ** 2).sum(axis=-1)
-
-    return logits
-
-
 def _null_p_values(oracle_for, images, n: int, k: int, m: int, hand_picked=False, **kw):
     """p-values of ``n`` never-trained owners, each holding k + m images and a fresh key.
 
@@ -247,15 +234,6 @@ def _null_p_values(oracle_for, images, n: int, k: int, m: int, hand_picked=False
     return (np.array(p), np.array(sequential)) if "fixed" in kw else np.array(p)
 
 
-def _assert_uniform_on_the_grid(p: np.ndarray, draws: int) -> None:
-    """A fixed rank test's p-values are uniform on {1, ..., draws + 1} / (draws + 1) under
-    the null when scores do not tie: a chi-square test of the counts (rejects at 0.001)."""
-    cells = np.rint(p * (draws + 1)).astype(int)
-    assert set(cells) <= set(range(1, draws + 2))
-    counts = np.bincount(cells, minlength=draws + 2)[1:]
-    assert chisquare(counts).pvalue > 0.001, counts
-
-
 @pytest.mark.parametrize(
     "mode", [{"label": 3}, {"label": None}, {"label": 3, "access": "label"}],
     ids=["given-label", "majority-vote", "label-only"],
@@ -283,7 +261,7 @@ def test_null_is_at_level_with_a_holdout_as_small_as_the_published_set(
     assert_at_level(fixed, 0.05, f"{name}, fixed 19")
     assert_at_level(sequential, 0.05, f"{name}, sequential")  # Besag-Clifford, h 10, cap 19
     if mode.get("access") != "label":  # 0/1 losses tie: only the level is checked there
-        _assert_uniform_on_the_grid(fixed, 19)
+        assert_uniform_on_the_grid(fixed, 19)
 
 
 def test_null_is_at_level_on_a_trained_clean_model(marked_world, fmnist_test):
