@@ -36,8 +36,10 @@ for seed in "${SEEDS[@]}"; do
   log=.seed-sweep/seed-$seed.log
   echo "seed $seed: ${#FILES[@]} files (log: $log)"
   start=$SECONDS
-  # One pytest run per seed: the trained session models are shared by every file.
-  TRACEMARK_TEST_SEED=$seed "$PYTHON" -m pytest -q -p no:cacheprovider -rA "${FILES[@]}" \
+  # One pytest run per seed: the trained session models are shared by every file; the
+  # `long` tests (size tests, demos) are part of the sweep.
+  TRACEMARK_TEST_SEED=$seed "$PYTHON" -m pytest -q -p no:cacheprovider -rA \
+    -m "long or not long" "${FILES[@]}" \
     > "$log" 2>&1
   for f in "${FILES[@]}"; do
     if grep -qE "^(FAILED|ERROR) $f" "$log"; then

@@ -16,6 +16,8 @@ import pytest
 
 from helpers import demo_seed_args, run_cli
 
+pytestmark = pytest.mark.long
+
 ACCESSES = ["probabilities", "topk", "label"]
 
 

@@ -403,6 +403,7 @@ def test_worker_processes_give_the_same_rows(tiny_run, tmp_path):
         assert sorted(a.rows()) == sorted(b.rows(mine))
 
 
+@pytest.mark.long
 def test_ray_tasks_give_the_same_rows_as_the_local_executor(tiny_run, tmp_path):
     import ray  # the dev extra installs it (tracemark[ray])
 
@@ -441,19 +442,19 @@ def test_a_countermeasure_cell_runs_and_is_its_own_cell(tmp_path):
         )
     )
     cells = cells_of(spec)
-    assert [c.countermeasure.label for c in cells] == ["none", "output-noise(0.05)"]
+    assert [c.countermeasure.label for c in cells] == ["none", "output-noise(sigma=0.05)"]
     done = evaluate(spec, tmp_path / "cm.db", cache=tmp_path / "cache")
     assert done.computed == 2
     with open_store(tmp_path / "cm.db") as store:
         summary = summarise(store)
         null = null_entries(store)
-    assert {e["countermeasure"] for e in summary["pooled"]} == {"none", "output-noise(0.05)"}
+    assert {e["countermeasure"] for e in summary["pooled"]} == {"none", "output-noise(sigma=0.05)"}
     assert all(len(e["p_values"]) == e["n"] for e in null)
     # The noise reached the audits: the same victim (one seed, same data: equal accuracy)
     # answered the same images differently in the two cells.
     with open_store(tmp_path / "cm.db") as store:
         by_label = {c["countermeasure"]: c for c in store.cells()}
-        plain, noisy = (by_label[k] for k in ("none", "output-noise(0.05)"))
+        plain, noisy = (by_label[k] for k in ("none", "output-noise(sigma=0.05)"))
         assert plain["marked_accuracy"] == noisy["marked_accuracy"]
 
         def losses(cell):
@@ -559,3 +560,58 @@ def _cached_in_worker(cache, log):
     model, trained = cached_model(cache, "the-model", train)
     weights = float(sum(p.double().sum() for p in model.state_dict().values()))
     return trained, round(weights, 6)
+
+
+def test_countermeasures_of_every_stage_reach_the_victims_and_report_their_cost(tmp_path):
+    """One cell per stage: the post-training and output ones reuse the cached plain
+    victims, the filter reports what it removed, the training change trains both
+    models anew; every cell records the accuracy it cost."""
+    spec = parse_spec(
+        tiny(
+            methods={"tracker": TINY["methods"]["tracker"]},
+            accesses=["probabilities"],
+            countermeasures=[
+                {"name": "none"},
+                {"name": "prune", "amount": 0.9},
+                {"name": "rounding", "decimals": 1},
+                {"name": "filter-knn", "budget": 0.2},
+                {"name": "label-smoothing", "epsilon": 0.2},
+            ],
+        )
+    )
+    done = evaluate(spec, tmp_path / "cm.db", cache=tmp_path / "cache")
+    assert done.computed == 5
+    with open_store(tmp_path / "cm.db") as store:
+        cells = {c["countermeasure"].split("(")[0]: c for c in store.cells()}
+        losses = {}
+        for name, c in cells.items():
+            rows = [a for a in store.audits(c["cell_id"]) if a["model"] == "marked"]
+            first = min(rows, key=lambda a: a["owner"])
+            losses[name] = np.array(evidence_of(first["evidence"])["user_losses"])
+    plain = cells["none"]
+    assert "countermeasure" not in plain["metrics"]
+    # one marked victim, trained once: the output and post cells start from it
+    assert cells["rounding"]["marked_accuracy"] == plain["marked_accuracy"]
+    assert not np.allclose(losses["rounding"], losses["none"])
+    assert np.allclose(losses["rounding"], losses["none"], atol=0.2)  # rounded to 0.1
+    for name in ("prune", "rounding", "filter-knn", "label-smoothing"):
+        figures = cells[name]["metrics"]["countermeasure"]
+        assert figures["plain_accuracy"] == plain["clean_accuracy"]
+        assert figures["accuracy_cost"] == pytest.approx(
+            figures["plain_accuracy"] - cells[name]["marked_accuracy"]
+        )
+    # 90% of the weights gone costs accuracy; the training change trains the clean
+    # model too, so its clean accuracy differs from the plain one
+    assert cells["prune"]["metrics"]["countermeasure"]["accuracy_cost"] > 0.05
+    assert cells["label-smoothing"]["clean_accuracy"] != plain["clean_accuracy"]
+    removed = cells["filter-knn"]["metrics"]["countermeasure"]
+    n = 400 + 2 * 20  # clean images and the two members' published images
+    assert removed["removed"] == round(0.2 * n) and removed["marked"] == 40
+    assert 0 <= removed["marked_removed"] <= 40
+    assert removed["recall"] == removed["marked_removed"] / 40
+    # the report's table and plot of TPR against accuracy cost
+    assert run_cli(["report", str(tmp_path / "cm.db"), "-o", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Countermeasures: what each costs the trainer" in text
+    assert "filter-knn(budget=0.2, k=10)" in text and "countermeasures.png" in text
+    assert (tmp_path / "rep" / "countermeasures.png").stat().st_size > 10_000

@@ -26,6 +26,8 @@ from tracemark.stats import margin_paired_ttest, sequential_rank_p_value
 
 from helpers import assert_at_level, assert_uniform_on_the_grid, seeded
 
+pytestmark = pytest.mark.long
+
 ALPHA = 0.05
 TRIALS = 500
 EXTERNALS = 19  # the fixed test's grid: p in {1, ..., 20} / 20

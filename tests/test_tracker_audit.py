@@ -238,6 +238,7 @@ def _null_p_values(oracle_for, images, n: int, k: int, m: int, hand_picked=False
     "mode", [{"label": 3}, {"label": None}, {"label": 3, "access": "label"}],
     ids=["given-label", "majority-vote", "label-only"],
 )  # fmt: skip
+@pytest.mark.long
 @pytest.mark.parametrize("design", ["randomised", "hand-picked"])
 def test_null_is_at_level_with_a_holdout_as_small_as_the_published_set(
     fmnist_test, centroid_model, mode, design
@@ -264,6 +265,7 @@ def test_null_is_at_level_with_a_holdout_as_small_as_the_published_set(
         assert_uniform_on_the_grid(fixed, 19)
 
 
+@pytest.mark.long
 def test_null_is_at_level_on_a_trained_clean_model(marked_world, fmnist_test):
     images = fmnist_test.images[fmnist_test.labels == 2]
     oracle = TorchModuleOracle(marked_world.clean_model, num_classes=10)

@@ -199,6 +199,7 @@ def test_replay_recomputes_a_verification_with_every_setting_it_took(ubw_world, 
     assert run_cli(args) == 2
 
 
+@pytest.mark.long
 def test_each_method_trains_on_its_own_recipe_beside_that_recipes_clean_model(tmp_path):
     # A method can be restricted to some recipes (UBW-C's victims train augmented); its
     # null audits on a clean model use the clean model of the same recipe and seed.

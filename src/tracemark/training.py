@@ -18,6 +18,7 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,18 +214,37 @@ def _fork_devices(device: torch.device) -> list[int]:
     return []
 
 
+@dataclass
+class LoopHooks:
+    """Changes a countermeasure makes to the training loop (each None: the plain loop).
+
+    ``batch(x, y, idx, generator) -> (x, target)``: an NCHW batch, its labels and their
+    indices in the training set, before the step (noise, mixup, stronger augmentation;
+    ``target`` may be class probabilities); ``loss(logits, target)``: the loss instead of
+    cross-entropy (distillation); ``epoch_end(model, epoch) -> bool``: True stops
+    training after that epoch (early stopping). ``generator`` is seeded from the
+    training seed under its own purpose, so a hook's draws are reproducible.
+    """
+
+    batch: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    epoch_end: Callable[[nn.Module, int], bool] | None = None
+
+
 def train_model(
     model: nn.Module,
     images: np.ndarray,
     labels: np.ndarray,
     config: TrainConfig | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    hooks: LoopHooks | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD on NHWC images; returns it in eval mode on CPU.
 
     With ``config.reinit`` (the default) the weights are first re-initialised from
     ``config.seed``, making the result independent of how the model was built.
     ``progress(epoch, epochs, mean_loss)`` is called after each epoch (1-based).
+    ``hooks`` change the loop (countermeasures); without them it is the plain loop.
     """
     config = config or TrainConfig()
     config.validate()
@@ -241,6 +261,8 @@ def train_model(
     y_all = torch.from_numpy(labels).to(device)
     shuffle_gen = torch.Generator(device="cpu").manual_seed(_sub_seed(config.seed, "shuffle"))
     augment_gen = torch.Generator(device="cpu").manual_seed(_sub_seed(config.seed, "augment"))
+    hooks = hooks or LoopHooks()
+    hook_gen = torch.Generator(device="cpu").manual_seed(_sub_seed(config.seed, "hooks"))
 
     with torch.random.fork_rng(devices=_fork_devices(device)):
         # Seeds what has no explicit generator (dropout); fork_rng restores it afterwards.
@@ -266,12 +288,17 @@ def train_model(
                     xb = augment_batch(xb, augment_gen, pad=config.pad, flip=config.flip)
                 if config.cutout:
                     xb = cutout_batch(xb, augment_gen, config.cutout)
+                target = y_all[idx]
+                if hooks.batch is not None:
+                    xb, target = hooks.batch(xb, target, idx, hook_gen)
                 xb = xb.contiguous(memory_format=memory_format)
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * _lr_factor(config.schedule, step, total_steps)
-                loss = F.cross_entropy(
-                    model(xb), y_all[idx], label_smoothing=config.label_smoothing
-                )
+                logits = model(xb)
+                if hooks.loss is not None:
+                    loss = hooks.loss(logits, target)
+                else:
+                    loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -284,6 +311,8 @@ def train_model(
                 )
             if progress is not None:
                 progress(epoch, config.epochs, mean_loss)
+            if hooks.epoch_end is not None and hooks.epoch_end(model, epoch):
+                break
     model.eval()
     return model.to(device="cpu", memory_format=torch.contiguous_format)
 

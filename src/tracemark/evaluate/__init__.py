@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # The phases of a cell that are the methods' and the victims' own work, not the harness's.
-WORK = ("mark", "train_clean", "train_marked", "measure", "audit")
+WORK = ("mark", "train", "measure", "audit")
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A cell trains the victim that the method's members marked, audits every owner on it and
 on the clean model of the same recipe and seed, once per access mode. Its identity is a
 hash of everything that determines its rows (the cell's part of the spec and the
-tracemark version), so a finished cell is never computed twice, even across specs.
+tracemark COMPUTE_VERSION), so a finished cell is never computed twice, even across specs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .._version import __version__
+from .._version import COMPUTE_VERSION
 from ..errors import TracemarkError
 from .spec import CountermeasureSpec, ExperimentSpec, MethodSpec, RecipeSpec
 
@@ -58,7 +58,7 @@ class Cell:
             "accesses": list(s.accesses),
             "top_k": s.top_k,
             "torch_threads": s.torch_threads,
-            "tracemark_version": __version__,
+            "tracemark_version": COMPUTE_VERSION,
         }
 
     @property

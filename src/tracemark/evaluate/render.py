@@ -198,7 +198,28 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ]
         for e in summary["null"]
     ]
+    countered = [
+        [
+            e["method"],
+            e["recipe"],
+            e["countermeasure"],
+            e["access"],
+            _fmt(e["tpr"], e["tpr_ci"]),
+            _fmt(e["fpr_never_published"], e["fpr_never_published_ci"]),
+            _fmt(e["fpr_clean"], e["fpr_clean_ci"]),
+            *(_num(e.get(k)) for k in ("accuracy_cost", "epsilon", "precision", "recall")),
+        ]
+        for e in summary["pooled"]
+        if e.get("stage")
+    ]
+    extra = []
+    if countered:
+        head = ["method", "recipe", "countermeasure", "access", "TPR [95% CI]"]
+        head += ["FPR never published", "FPR clean model", "accuracy cost", "epsilon"]
+        head += ["filter precision", "filter recall"]
+        extra = [("Countermeasures: what each costs the trainer", head, countered)]
     return [
+        *extra,
         (
             "Pooled over seeds",
             ["method", "recipe", "countermeasure", "access", "seeds", *rate_head],
@@ -215,6 +236,53 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             cells,
         ),
     ]
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _kind(entry: dict) -> str:
+    return entry["countermeasure"].split("(")[0]
+
+
+def plot_countermeasures(entries: list[dict], path: Path) -> Path:
+    """TPR against the accuracy a countermeasure cost, one curve per method and kind
+    (its strengths in order of cost): a countermeasure that escapes detection only by
+    ruining the model sits far to the right."""
+    plt = _pyplot()
+    rows = [e for e in entries if e.get("stage") and e.get("accuracy_cost") is not None]
+    rows = [e for e in rows if e["access"] == "probabilities" and e["tpr"] is not None]
+    kinds = sorted({_kind(e) for e in rows})
+    methods = sorted({e["method"] for e in rows})
+    cols = min(4, max(1, len(kinds)))
+    n_rows = max(1, -(-len(kinds) // cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.8 * n_rows), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds, strict=False):
+        for method in methods:
+            mine = [e for e in rows if e["method"] == method and _kind(e) == kind]
+            mine.sort(key=lambda e: e["accuracy_cost"])
+            if mine:
+                ax.plot(
+                    [e["accuracy_cost"] for e in mine],
+                    [e["tpr"] for e in mine],
+                    "o-",
+                    markersize=3,
+                    label=method,
+                )
+        ax.set_title(kind, fontsize=8)
+        ax.set_ylim(-0.05, 1.05)
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_xlabel("accuracy cost", fontsize=7)
+        ax.set_ylabel("TPR", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(kinds) :]:
+        ax.axis("off")
+    if rows:
+        axes.flat[0].legend(fontsize=6)
+    fig.suptitle("TPR (probabilities) against the accuracy each countermeasure costs", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def markdown(summary: dict[str, Any], plots: list[Path]) -> str:
@@ -260,7 +328,8 @@ def html_page(summary: dict[str, Any], plots: list[Path]) -> str:
 
 
 REPORT_FILES = ("report.md", "report.html")
-REPORT_PLOTS = ("rates-*.png", "qq-*.png", "accuracy.png")  # every plot a report names
+# every plot a report names
+REPORT_PLOTS = ("rates-*.png", "qq-*.png", "accuracy.png", "countermeasures.png")
 
 
 def check_report_folder(out: Path, force: bool, protect: list[Path] = ()) -> None:
@@ -288,6 +357,8 @@ def write_report(
     for entry in null:
         plots.append(plot_qq(entry, out / f"qq-{entry['method']}-{entry['access']}.png"))
     plots.append(plot_accuracy(summary["pooled"], out / "accuracy.png"))
+    if any(e.get("stage") for e in summary["pooled"]):
+        plots.append(plot_countermeasures(summary["pooled"], out / "countermeasures.png"))
     atomic_write_text(out / "report.md", markdown(summary, plots), force=force)
     atomic_write_text(out / "report.html", html_page(summary, plots), force=force)
     return [*plots, out / "report.md", out / "report.html"]

@@ -157,8 +157,34 @@ def pooled_entries(cells: list[dict[str, Any]], store: Store) -> list[dict[str, 
                 **_rates_entry(_groups(audits)),
                 "marked_accuracy": float(np.mean(marked)) if marked else None,
                 "clean_accuracy": float(np.mean([c["clean_accuracy"] for c in cs])),
+                **countermeasure_figures(cs),
             }
         )
+    return out
+
+
+COUNTERMEASURE_FIGURES = (
+    "accuracy_cost",
+    "plain_accuracy",
+    "epsilon",
+    "precision",
+    "recall",
+    "removed_share",
+)
+
+
+def countermeasure_figures(cells: list[dict]) -> dict[str, Any]:
+    """What a countermeasure reported, averaged over the seeds' cells: the accuracy it
+    cost the marked victim (against the plain clean model), DP-SGD's epsilon, a filter's
+    precision and recall on marked images. Empty for cells without a countermeasure."""
+    reports = [c["metrics"].get("countermeasure") for c in cells if c["metrics"]]
+    reports = [r for r in reports if r]
+    if not reports:
+        return {}
+    out: dict[str, Any] = {"stage": reports[0].get("stage")}
+    for name in COUNTERMEASURE_FIGURES:
+        values = [r[name] for r in reports if r.get(name) is not None]
+        out[name] = float(np.mean(values)) if values else None
     return out
 
 

@@ -20,14 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .._version import __version__
+from .._version import COMPUTE_VERSION
 from ..datasets import LabelledImages
 from ..keys import Key
 from ..methods import registry
 from ..methods.base import AuditData, MarkedData
-from ..rng import derive_bytes, derive_int
+from ..rng import derive_bytes
 from .cells import Cell, digest, identity
-from .victims import cached_model, clean_model_id, train_victim
 from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -74,6 +73,7 @@ class World:
     owners: list[Owner]
     marked: list[MarkedData | None]
     training: LabelledImages | None
+    carries_mark: np.ndarray | None = None  # which training images carry a mark
 
 
 class Clock:
@@ -126,6 +126,8 @@ class Prepared:
     accuracy_indices: np.ndarray
     aux: LabelledImages
     clean_trained: bool
+    plain_clean: Any = None  # the clean model without the countermeasure
+    countermeasure: dict[str, Any] = field(default_factory=dict)  # what it reported
 
     @property
     def num_classes(self) -> int:
@@ -149,11 +151,14 @@ def prepare(
     clock.lap("data")
     world = mark_world(cell, method, train, clean_idx, device, progress, cache)
     clock.lap("mark")
-    marked, clean, trained = _victims(
-        cell, train.subset(clean_idx), world, cache, device, progress, clock
+    v = _victims(cell, train, clean_idx, world, cache, device, progress)
+    clock.lap("train")
+    models = {"marked": v.marked, "clean": v.clean}
+    trained = float(v.trained["clean"])
+    aux = test.subset(aux_idx)
+    return Prepared(
+        method, world, models, train, test, acc_idx, aux, trained, v.plain_clean, v.info
     )
-    models = {"marked": marked, "clean": clean}
-    return Prepared(method, world, models, train, test, acc_idx, test.subset(aux_idx), trained)
 
 
 def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
@@ -176,6 +181,15 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         result.metrics = p.method.measure(
             _probabilities(marked, p.num_classes, device), p.world.marked[0].key, p.aux
         )
+    if cell.countermeasure.stage != "none":
+        plain = _accuracy(p.plain_clean, p, device)
+        cost = None if result.marked_accuracy is None else plain - result.marked_accuracy
+        result.metrics["countermeasure"] = {
+            **p.countermeasure,
+            "stage": cell.countermeasure.stage,
+            "plain_accuracy": plain,
+            "accuracy_cost": cost,
+        }
     clock.lap("measure")
     oracles = {
         name: TorchModuleOracle(model, num_classes=p.num_classes, device=device)
@@ -217,7 +231,8 @@ def mark_world(
             lambda: method.mark(clean, owners[0].key, progress_factory=progress, device=device),
         )
         data = LabelledImages(release.images, release.labels, clean.classes)
-        return World(owners, [release] + [None] * (len(owners) - 1), data)
+        marks = np.asarray(release.carries_mark, dtype=bool)  # over the released images
+        return World(owners, [release] + [None] * (len(owners) - 1), data, marks)
     owners = owners_of(spec.dataset, cell.method_name, m, cell.seed, clean_idx)
     marked = [
         method.mark(
@@ -231,7 +246,7 @@ def mark_world(
     members = [(o, mk) for o, mk in zip(owners, marked, strict=True) if o.member]
     if not members:
         return World(owners, marked, None)
-    return World(owners, marked, _training_set(m.placement, train, clean_idx, members))
+    return World(owners, marked, *_training_set(m.placement, train, clean_idx, members))
 
 
 def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) -> MarkedData:
@@ -252,7 +267,7 @@ def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) 
             "params": key.params,
             "seed": key.seed,
             "torch_threads": cell.spec.torch_threads,
-            "tracemark_version": __version__,
+            "tracemark_version": COMPUTE_VERSION,
         }
     )
     path = cache / "releases" / f"{release_id}.npz"
@@ -282,21 +297,26 @@ def _training_set(
     train: LabelledImages,
     clean_idx: np.ndarray,
     members: list[tuple[Owner, MarkedData]],
-) -> LabelledImages:
+) -> tuple[LabelledImages, np.ndarray]:
     """The marked victim's data: the clean images with the members' published images added
-    ("add") or put in place of the clean images they are ("replace")."""
+    ("add") or put in place of the clean images they are ("replace"); and which of its
+    images carry a mark."""
     images = train.images[clean_idx].copy()
     labels = train.labels[clean_idx].copy()
+    marks = np.zeros(len(labels), dtype=bool)
     if placement == "replace":
         for o, mk in members:
             at = np.searchsorted(clean_idx, o.indices[mk.published])
             images[at] = np.stack(mk.images)
-        return LabelledImages(images, labels, train.classes)
+            marks[at] = np.asarray(mk.carries_mark, dtype=bool)
+        return LabelledImages(images, labels, train.classes), marks
     extra = [np.stack(mk.images) for _, mk in members]
     extra_labels = [np.full(len(x), o.label) for x, (o, _) in zip(extra, members, strict=True)]
-    return LabelledImages(
+    extra_marks = [np.asarray(mk.carries_mark, dtype=bool) for _, mk in members]
+    data = LabelledImages(
         np.concatenate([images, *extra]), np.concatenate([labels, *extra_labels]), train.classes
     )
+    return data, np.concatenate([marks, *extra_marks])
 
 
 # ----------------------------------------------------------------------------- training
@@ -304,32 +324,31 @@ def _training_set(
 
 def _victims(
     cell: Cell,
-    clean: LabelledImages,
+    train: LabelledImages,
+    clean_idx: np.ndarray,
     world: World,
     cache: Path | None,
     device: str,
     progress,
-    clock: Clock,
 ):
-    """(marked victim, clean model, whether the clean model was trained now)."""
-    spec, recipe = cell.spec, cell.recipe
-    seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(identity(recipe)))
+    """The cell's victims under its countermeasure (:mod:`.countered`)."""
+    from .countered import train_victims
 
     def bar(name: str):
-        return None if progress is None else progress(f"train {name}", recipe.epochs)
+        return None if progress is None else progress(f"train {name}", cell.recipe.epochs)
 
-    def train_clean():
-        return train_victim(recipe, clean.images, clean.labels, seed, device, bar("clean"))
-
-    model_id = clean_model_id(spec.dataset, recipe, cell.seed, spec.torch_threads)
-    clean_model, trained = cached_model(cache, model_id, train_clean)
-    clock.lap("train_clean")
-    marked = None
-    if world.training is not None:
-        data = world.training
-        marked = train_victim(recipe, data.images, data.labels, seed, device, bar("marked"))
-    clock.lap("train_marked")
-    return marked, clean_model, float(trained)
+    owned = np.concatenate([o.indices for o in world.owners] or [np.zeros(0, dtype=np.int64)])
+    trainer_clean = train.subset(np.setdiff1d(clean_idx, owned))
+    return train_victims(
+        cell,
+        train.subset(clean_idx),
+        world.training,
+        world.carries_mark,
+        trainer_clean,
+        cache,
+        device,
+        bar,
+    )
 
 
 def _accuracy(model, p: Prepared, device: str) -> float:
@@ -400,14 +419,14 @@ def _audit_data(
 
 def _deployment(cell: Cell, view, access: str):
     """The model as the audit reaches it: the countermeasure's answers, then the access."""
-    from ..oracle import ImageSeededNoise
     from ..oracle.memo import restrict
 
     cm = cell.countermeasure
-    if cm.name == "output-noise":
-        seed = derive_bytes(seed_hex(cell.seed), "evaluate/output-noise").hex()
-        view = ImageSeededNoise(view, cm.sigma, seed)
-    return restrict(view, access, cell.spec.top_k)
+    if cm.stage == "output":
+        purpose = "evaluate/output-noise" if cm.name == "output-noise" else "evaluate/output"
+        view = cm.wrap(view, derive_bytes(seed_hex(cell.seed), purpose).hex())
+    revealed, k = cm.reveal(access, cell.spec.top_k)
+    return restrict(view, revealed, k)
 
 
 def _row(verdict, access: str, model: str, owner: Owner) -> AuditRow:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..countermeasures import CountermeasureSpec
+from ..countermeasures.output import NoCountermeasure
 from ..errors import TracemarkError
 
 Access = Literal["probabilities", "topk", "label"]
@@ -132,19 +134,6 @@ class MethodSpec(Strict):
         return self.images_per_user if self.held(member) > self.images_per_user else None
 
 
-class CountermeasureSpec(Strict):
-    """What a model trainer does against provenance checks. ``none``; ``output-noise``:
-    N(0, sigma^2) on every probability the model answers (the same image always gets
-    the same noise). Top-K and label-only answers are access modes."""
-
-    name: Literal["none", "output-noise"] = "none"
-    sigma: float = Field(0.0, ge=0, le=1_000)
-
-    @property
-    def label(self) -> str:
-        return self.name if self.name == "none" else f"{self.name}({self.sigma:g})"
-
-
 class ExperimentSpec(Strict):
     """A whole experiment: every combination of methods, recipes, countermeasures, seeds."""
 
@@ -161,7 +150,7 @@ class ExperimentSpec(Strict):
     recipes: dict[str, RecipeSpec] = Field(min_length=1)
     methods: dict[str, MethodSpec] = Field(min_length=1)
     countermeasures: list[CountermeasureSpec] = Field(
-        default_factory=lambda: [CountermeasureSpec()], min_length=1
+        default_factory=lambda: [NoCountermeasure()], min_length=1
     )
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._version import __version__
+from .._version import COMPUTE_VERSION
 from .cells import digest, identity
 from .spec import DatasetSpec, RecipeSpec
 
@@ -91,7 +91,7 @@ def clean_model_id(dataset: DatasetSpec, recipe: RecipeSpec, seed: int, threads:
             "recipe": identity(recipe),
             "seed": seed,
             "torch_threads": threads,
-            "tracemark_version": __version__,
+            "tracemark_version": COMPUTE_VERSION,
             "purpose": "clean model",
         }
     )

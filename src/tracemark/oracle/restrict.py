@@ -216,3 +216,19 @@ class ImageSeededNoise(OracleWrapper):
 
     def __repr__(self) -> str:
         return f"ImageSeededNoise({self.inner!r}, sigma={self.sigma})"
+
+
+class MapProbabilities(OracleWrapper):
+    """Answer ``transform(probabilities)``: rounding or a temperature a deployment applies
+    (``what`` names it in errors and in ``repr``)."""
+
+    def __init__(self, inner: Oracle, transform, what: str) -> None:
+        super().__init__(inner)
+        self.transform, self.what = transform, what
+
+    def _transform(self, r: Response) -> Response:
+        _need_probabilities(r, self.what)
+        return Response.from_probabilities(self.transform(r.probs), r.num_classes)
+
+    def __repr__(self) -> str:
+        return f"MapProbabilities({self.inner!r}, {self.what})"

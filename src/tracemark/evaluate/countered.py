@@ -1,0 +1,138 @@
+"""A cell's two victims under its countermeasure, and what the countermeasure cost.
+
+The plain victims (no countermeasure) come from the cache where they can: the clean
+model of a (recipe, seed) and the marked victim of a (method, recipe, seed), so the
+output-level and post-training countermeasures of one experiment train nothing again.
+Per stage (:mod:`tracemark.countermeasures.base`):
+
+- ``output``: both plain models; the cell's oracles are wrapped (:mod:`.run`);
+- ``post``: the countermeasure applied to the plain marked victim and to the plain clean
+  model, with the same clean data;
+- ``training``: both trained anew with the countermeasure (never cached);
+- ``data``: the marked victim trained on what the filter keeps of its data (the filter's
+  precision and recall on marked images are recorded); the clean model is the plain one,
+  since filtering clean data gives just another model that never saw a mark.
+
+The accuracy cost is the plain clean model's test accuracy minus the marked victim's
+after the countermeasure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import COMPUTE_VERSION
+from ..countermeasures import Trainer
+from ..datasets import LabelledImages
+from ..rng import derive_int
+from .cells import Cell, digest, identity
+from .victims import build_victim, cached_model, clean_model_id, train_config, train_victim
+from .world import seed_hex
+
+
+@dataclass
+class Victims:
+    """The marked victim (None without members), the clean model, and the figures the
+    countermeasure reported (``info``) with whether the plain models were trained now."""
+
+    marked: Any
+    clean: Any
+    plain_clean: Any
+    info: dict[str, Any] = field(default_factory=dict)
+    trained: dict[str, bool] = field(default_factory=dict)
+
+
+def train_victims(
+    cell: Cell,
+    clean: LabelledImages,
+    training: LabelledImages | None,
+    carries_mark: np.ndarray | None,
+    trainer_clean: LabelledImages,
+    cache: Path | None,
+    device: str,
+    bar: Callable[[str], Callable[[int], None] | None],
+) -> Victims:
+    """The cell's victims: ``clean`` is the clean model's data, ``training`` the marked
+    victim's (``carries_mark`` over it), ``trainer_clean`` the clean images the trainer
+    holds for fine-tuning, distillation and filters."""
+    spec, recipe, cm = cell.spec, cell.recipe, cell.countermeasure
+    seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(identity(recipe)))
+
+    def plain(name: str, data: LabelledImages):
+        return lambda: train_victim(recipe, data.images, data.labels, seed, device, bar(name))
+
+    model_id = clean_model_id(spec.dataset, recipe, cell.seed, spec.torch_threads)
+    plain_clean, clean_trained = cached_model(cache, model_id, plain("clean", clean))
+    v = Victims(None, plain_clean, plain_clean, trained={"clean": clean_trained})
+    if cm.stage in ("none", "output", "post") and training is not None:
+        v.marked, v.trained["marked"] = cached_model(
+            cache, marked_model_id(cell), plain("marked", training)
+        )
+    if cm.stage in ("none", "output"):
+        return v
+    side = clean.images.shape[1]
+    trainer = Trainer(
+        clean=trainer_clean,
+        fresh_model=lambda **change: build_victim(
+            recipe.model_copy(update=change), clean.images.shape[-1], len(clean.classes)
+        ),
+        config=train_config(recipe, seed, side, device),
+        seed=derive_int(seed_hex(cell.seed), "evaluate/countermeasure", digest(identity(cm))),
+        device=device,
+        reference=plain_clean,
+    )
+    if cm.stage == "post":
+        if v.marked is not None:
+            v.marked = cm.apply(v.marked, trainer)
+        v.clean = cm.apply(plain_clean, _fresh(trainer))
+    elif cm.stage == "training":
+        if training is not None:
+            trainer.progress = bar("marked")
+            v.marked = cm.train(training.images, training.labels, trainer)
+        clean_trainer = _fresh(trainer, progress=bar("clean"))
+        v.clean = cm.train(clean.images, clean.labels, clean_trainer)
+        if training is None:
+            trainer.info = clean_trainer.info
+    elif cm.stage == "data" and training is not None:
+        keep = cm.keep(training.images, training.labels, trainer)
+        trainer.info.update(filter_figures(keep, carries_mark))
+        kept = training.subset(np.flatnonzero(keep))
+        v.marked = train_victim(recipe, kept.images, kept.labels, seed, device, bar("marked"))
+    v.info = trainer.info
+    return v
+
+
+def _fresh(trainer: Trainer, **change) -> Trainer:
+    """The same trainer with its own figures (the clean model's run reports apart)."""
+    from dataclasses import replace
+
+    return replace(trainer, info={}, **change)
+
+
+def filter_figures(keep: np.ndarray, carries_mark: np.ndarray | None) -> dict[str, Any]:
+    """How much a filter removed, and how much of it was marked."""
+    removed = ~np.asarray(keep, dtype=bool)
+    marked = (
+        np.zeros_like(removed) if carries_mark is None else np.asarray(carries_mark, dtype=bool)
+    )
+    hits = int((removed & marked).sum())
+    return {
+        "removed": int(removed.sum()),
+        "removed_share": float(removed.mean()),
+        "removed_clean_share": float(removed[~marked].mean()) if (~marked).any() else 0.0,
+        "marked": int(marked.sum()),
+        "marked_removed": hits,
+        "precision": hits / int(removed.sum()) if removed.any() else None,
+        "recall": hits / int(marked.sum()) if marked.any() else None,
+    }
+
+
+def marked_model_id(cell: Cell) -> str:
+    """What the plain marked victim of a cell is a function of (not its countermeasure)."""
+    payload = {k: v for k, v in cell.payload().items() if k != "countermeasure"}
+    return digest({**payload, "purpose": "marked model", "compute": COMPUTE_VERSION})
