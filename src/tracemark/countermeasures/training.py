@@ -205,7 +205,7 @@ class DPSGD(Countermeasure):
 
         config = trainer.config
         device = resolve_device(trainer.device)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             torch.manual_seed(trainer.seed)
             model = trainer.fresh_model()
             initialize(model, trainer.seed)
@@ -232,6 +232,8 @@ class DPSGD(Countermeasure):
                 noise_generator=torch.Generator().manual_seed(trainer.seed ^ 1),
             )
             model.train()
+            # opacus's hooks fire on outputs (the images need no gradient): benign
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for _ in range(config.epochs):
                 for xb, yb in loader:
                     if len(yb) == 0:

@@ -13,8 +13,9 @@ Per stage (:mod:`tracemark.countermeasures.base`):
   precision and recall on marked images are recorded); the clean model is the plain one,
   since filtering clean data gives just another model that never saw a mark.
 
-The accuracy cost is the plain clean model's test accuracy minus the marked victim's
-after the countermeasure.
+The accuracy cost is the plain marked victim's test accuracy minus the marked victim's
+after the countermeasure: what the countermeasure cost the trainer on the same data.
+(Cells without members compare the clean models.)
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ from .world import seed_hex
 
 @dataclass
 class Victims:
-    """The marked victim (None without members), the clean model, and the figures the
-    countermeasure reported (``info``) with whether the plain models were trained now."""
+    """The marked victim (None without members), the clean model, the plain marked victim
+    (the accuracy baseline: the clean model where there are no members), and the figures
+    the countermeasure reported (``info``) with whether the plain models were trained now."""
 
     marked: Any
     clean: Any
-    plain_clean: Any
+    plain: Any
     info: dict[str, Any] = field(default_factory=dict)
     trained: dict[str, bool] = field(default_factory=dict)
 
@@ -69,10 +71,11 @@ def train_victims(
     model_id = clean_model_id(spec.dataset, recipe, cell.seed, spec.torch_threads)
     plain_clean, clean_trained = cached_model(cache, model_id, plain("clean", clean))
     v = Victims(None, plain_clean, plain_clean, trained={"clean": clean_trained})
-    if cm.stage in ("none", "output", "post") and training is not None:
+    if training is not None:
         v.marked, v.trained["marked"] = cached_model(
             cache, marked_model_id(cell), plain("marked", training)
         )
+        v.plain = v.marked
     if cm.stage in ("none", "output"):
         return v
     side = clean.images.shape[1]

@@ -126,7 +126,7 @@ class Prepared:
     accuracy_indices: np.ndarray
     aux: LabelledImages
     clean_trained: bool
-    plain_clean: Any = None  # the clean model without the countermeasure
+    plain: Any = None  # the marked victim without the countermeasure (accuracy baseline)
     countermeasure: dict[str, Any] = field(default_factory=dict)  # what it reported
 
     @property
@@ -156,9 +156,7 @@ def prepare(
     models = {"marked": v.marked, "clean": v.clean}
     trained = float(v.trained["clean"])
     aux = test.subset(aux_idx)
-    return Prepared(
-        method, world, models, train, test, acc_idx, aux, trained, v.plain_clean, v.info
-    )
+    return Prepared(method, world, models, train, test, acc_idx, aux, trained, v.plain, v.info)
 
 
 def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
@@ -182,7 +180,7 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
             _probabilities(marked, p.num_classes, device), p.world.marked[0].key, p.aux
         )
     if cell.countermeasure.stage != "none":
-        plain = _accuracy(p.plain_clean, p, device)
+        plain = _accuracy(p.plain, p, device)
         cost = None if result.marked_accuracy is None else plain - result.marked_accuracy
         result.metrics["countermeasure"] = {
             **p.countermeasure,
