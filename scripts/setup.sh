@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Set up tracemark on a fresh machine: Fashion-MNIST (apt), a virtualenv with the pinned
+# Set up tracemark on a fresh machine: Fashion-MNIST and Chromium (apt), a virtualenv with the pinned
 # CPU torch, and the package with its dev extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+# Debian packages: Fashion-MNIST, and Chromium (the tests render audit report pages in a
+# real browser, headless).
+APT_PACKAGES=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || APT_PACKAGES+=(dataset-fashion-mnist)
+command -v chromium > /dev/null || APT_PACKAGES+=(chromium)
+if [ ${#APT_PACKAGES[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT_PACKAGES[@]}"
 fi
 
 PYTHON="${PYTHON:-python3}"

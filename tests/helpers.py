@@ -104,3 +104,40 @@ def assert_uniform_on_the_grid(p, draws: int) -> None:
     assert set(cells) <= set(range(1, draws + 2)), "p-values off the grid"
     counts = np.bincount(cells, minlength=draws + 2)[1:]
     assert chisquare(counts).pvalue > 0.001, counts
+
+
+def render_in_chromium(page: Path, out: Path) -> tuple[str, np.ndarray]:
+    """Render ``page`` in headless Chromium (Debian's `chromium`, which setup.sh
+    installs): the DOM as the browser built it, and a screenshot as an RGB array."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is not installed: run bash scripts/setup.sh"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--user-data-dir={out.parent / 'chromium-profile'}"]  # fmt: skip
+    url = page.resolve().as_uri()
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    subprocess.run(
+        [*flags, f"--screenshot={out}", "--window-size=1000,2400", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    with Image.open(out) as im:
+        return dom, np.asarray(im.convert("RGB"))
+
+
+def assert_a_plot_is_drawn(shot: np.ndarray) -> None:
+    """The screenshot holds a drawn plot, not a blank page: many pixels that are neither
+    white nor text-black, in several colours (axes, bars, the owner's line)."""
+    pixels = shot.reshape(-1, 3).astype(int)
+    ink = pixels[(pixels.min(axis=1) < 235)]  # not white
+    coloured = ink[(ink.max(axis=1) - ink.min(axis=1)) > 60]  # not grey or black
+    assert len(ink) > 20_000, len(ink)
+    assert len(coloured) > 500, len(coloured)
+    assert len({tuple(c // 32) for c in coloured}) >= 3  # several distinct colours

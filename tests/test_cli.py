@@ -2,13 +2,15 @@
 
 import json
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tracemark.images import read_manifest
+from tracemark.keys import Key
 
-from helpers import run_cli, tree_hashes, write_pngs
+from helpers import assert_a_plot_is_drawn, render_in_chromium, run_cli, tree_hashes, write_pngs
 
 
 def test_keygen_writes_private_key_and_prints_commitment(tmp_path, capsys):
@@ -217,3 +219,29 @@ def test_every_help_text_is_shown_whole():
                 assert expected in normalise(shown), (name, param.name)
                 checked += 1
     assert checked > 50
+
+
+def test_audit_report_page_reads_for_a_person_in_a_real_browser(
+    marked_world, exported, tmp_path, capsys
+):
+    """`audit --report`: one self-contained page (no script, no link out) that headless
+    Chromium renders with the verdict in words and the plots drawn."""
+    page = tmp_path / "audit.html"
+    args = ["audit", marked_world.cli_key, exported / "trained.pt", "--marked"]
+    args += [marked_world.cli_marked, "--originals", marked_world.cli_originals]
+    args += ["--label", str(marked_world.classes[0]), "--quiet", "--json", "--report", page]
+    assert run_cli(args) == 0
+    v = json.loads(capsys.readouterr().out)
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert text.count("data:image/png;base64,") == 2  # null distribution, sequential growth
+    dom, shot = render_in_chromium(page, tmp_path / "audit.png")
+    words = " ".join(dom.split())
+    assert "The model was TRAINED ON your marked data" in words
+    assert f"audits (p = {v['p_value']:.4g})" in words and "would happen in about 1 of" in words
+    assert "What this verdict does not say" in words
+    assert Key.model_validate_json(Path(marked_world.cli_key).read_text()).commitment() in words
+    assert_a_plot_is_drawn(shot)
+    # the page is never written over without --force, and refused before any query
+    assert run_cli(args) == 2
+    assert "report page" in capsys.readouterr().err

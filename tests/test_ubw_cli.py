@@ -11,7 +11,7 @@ import pytest
 from tracemark.datasets import load_dataset, load_fashion_mnist
 from tracemark.rng import derive
 
-from helpers import TEST_SEED, run_cli, seeded
+from helpers import TEST_SEED, assert_a_plot_is_drawn, render_in_chromium, run_cli, seeded
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +304,20 @@ def test_watermark_with_the_other_methods(tmp_path, method, capsys):
         assert not relabelled  # clean-label: the poisons keep their labels
         eps = info["params"]["epsilon"]
         assert np.abs(marked.images - original.images).max() <= eps + 1.5 / 255
+
+
+def test_verify_report_page_shows_the_margin_evidence_in_a_real_browser(
+    ubw_world, tmp_path, capsys
+):
+    page = tmp_path / "verify.html"
+    root = ubw_world["root"]
+    args = ["verify", root / "marked.pt", ubw_world["key"], ubw_world["test"], "--json"]
+    assert run_cli([*args, "--report", page]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["decision"]
+    assert page.read_text().count("data:image/png;base64,") == 1  # P_b against P_p
+    dom, shot = render_in_chromium(page, tmp_path / "verify.png")
+    words = " ".join(dom.split())
+    assert "The model was TRAINED ON your marked data" in words
+    assert "trigger" in words and f"(p = {v['p_value']:.4g})" in words
+    assert_a_plot_is_drawn(shot)

@@ -59,18 +59,26 @@ class Report:
 
     as_json: bool = option(False, "Print the verdict as JSON.", "--json")
     evidence: Path | None = option(None, "Also write the full verdict with raw scores here.")
-    force: bool = option(False, "Overwrite an existing --evidence file.")
+    report: Path | None = option(
+        None, "Also write the verdict as a page a person can read (self-contained HTML)."
+    )
+    force: bool = option(False, "Overwrite an existing --evidence or --report file.")
     quiet: bool = option(False, "No progress bars.")
 
 
-def check_evidence(path: Path | None, force: bool, protect: list) -> None:
-    """Refuse an --evidence path that would replace a file (without --force) or land among
-    the originals, before any query is spent."""
-    if path is not None:
-        from ..fsutil import check_output
+def check_evidence(path: Path | None, force: bool, protect: list, page: Path | None = None) -> None:
+    """Refuse an --evidence or --report path that would replace a file (without --force)
+    or land among the originals, before any query is spent."""
+    from ..fsutil import check_output
 
-        protect = [p for p in protect if p is not None and Path(p).exists()]
-        check_output(path, force=force, protect=protect, what="evidence file")
+    protect = [p for p in protect if p is not None and Path(p).exists()]
+    for where, what in ((path, "evidence file"), (page, "report page")):
+        if where is not None:
+            check_output(where, force=force, protect=protect, what=what)
+    if path is not None and page is not None and Path(path).resolve() == Path(page).resolve():
+        from ..errors import TracemarkError
+
+        raise TracemarkError("--evidence and --report name the same file")
 
 
 def report_verdict(verdict, report: Report, protect: list) -> None:
@@ -82,6 +90,12 @@ def report_verdict(verdict, report: Report, protect: list) -> None:
         protect = [p for p in protect if p is not None and Path(p).exists()]
         text = verdict.model_dump_json(indent=2) + "\n"
         atomic_write_text(report.evidence, text, force=report.force, protect=protect)
+    if report.report is not None:
+        from ..audit_report import write_audit_report
+
+        protect = [p for p in protect if p is not None and Path(p).exists()]
+        command = ["tracemark", *sys.argv[1:]]
+        write_audit_report(verdict, report.report, command, report.force, protect)
     if report.as_json:
         sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
     else:

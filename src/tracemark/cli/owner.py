@@ -186,7 +186,7 @@ def audit(
     method = registry.get(key.method)
     protect = [key_path, inputs.marked, inputs.originals, inputs.holdout, inputs.aux,
                inputs.testset, inputs.manifest]  # fmt: skip
-    check_evidence(report.evidence, report.force, protect)
+    check_evidence(report.evidence, report.force, protect, report.report)
     if model_options.query_log is not None and not model_options.replay:
         from ..fsutil import check_output
 

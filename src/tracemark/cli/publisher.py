@@ -114,7 +114,7 @@ def verify(
     from ..api import verify as run_verify
     from ..oracle.open import open_oracle
 
-    check_evidence(report.evidence, report.force, [key_path, testset])
+    check_evidence(report.evidence, report.force, [key_path, testset], report.report)
     oracle = open_oracle(model, model_options)
     with querying(oracle, model_options.query_log):
         verdict = run_verify(oracle, key_path, testset, options=settings)

@@ -12,26 +12,17 @@ import numpy as np
 
 from ..errors import TracemarkError
 from ..fsutil import atomic_write_bytes, atomic_write_text, check_output
+from ..plots import png_bytes, pyplot
 
 PLOT_DPI = 110
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=PLOT_DPI, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue(), force=True)
-    _pyplot().close(fig)
+    atomic_write_bytes(path, png_bytes(fig, PLOT_DPI), force=True)
     return path
 
 
