@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tracemark.images import read_manifest
 from tracemark.keys import Key
@@ -245,3 +246,39 @@ def test_audit_report_page_reads_for_a_person_in_a_real_browser(
     # the page is never written over without --force, and refused before any query
     assert run_cli(args) == 2
     assert "report page" in capsys.readouterr().err
+
+
+def test_mark_measures_what_marking_does_and_previews_it(tmp_path, fmnist_test, capsys):
+    src = tmp_path / "photos"
+    write_pngs(src, fmnist_test.images[:6])
+    assert run_cli(["keygen", "-o", tmp_path / "k.json", "-p", "compress=false"]) == 0
+    out, preview = tmp_path / "published", tmp_path / "preview.png"
+    # a preview shows the originals: never inside the folder you publish
+    bad = ["mark", tmp_path / "k.json", src, out, "--quiet", "--preview", out / "p.png"]
+    assert run_cli(bad) == 2 and not out.exists()
+    assert "folder you publish" in " ".join(capsys.readouterr().err.split())
+    args = ["mark", tmp_path / "k.json", src, out, "--quiet", "--preview", preview]
+    assert run_cli(args) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    manifest = read_manifest(tmp_path / "published.manifest.json")
+    entries = [e for e in manifest["files"] if e.get("carries_mark")]
+    assert len(entries) == 6
+    for e in entries:  # PSNR of the written 8-bit files, recomputed here from them
+        a = np.asarray(Image.open(src / e["source"]), dtype=np.float64) / 255
+        b = np.asarray(Image.open(out / e["marked"]), dtype=np.float64) / 255
+        assert e["psnr"] == pytest.approx(10 * np.log10(1 / np.mean((a - b) ** 2)), abs=0.01)
+        assert 0 < e["ssim"] < 1
+    summary = manifest["stealth"]
+    assert summary["images"] == 6
+    assert summary["psnr_mean"] == pytest.approx(np.mean([e["psnr"] for e in entries]), abs=1e-3)
+    assert summary["ssim_min"] == min(e["ssim"] for e in entries)
+    assert f"stealth: 6 marked images: PSNR {summary['psnr_mean']:.1f} dB mean" in shown
+    with Image.open(preview) as im:  # 4 rows of original | marked | difference
+        scale = 256 // 28
+        assert im.size == (scale * (3 * 28 + 8), scale * 4 * (28 + 4))
+        assert len(np.unique(np.asarray(im))) > 10
+    # greyscale images with the compressed palette: a key known to carry no signal
+    assert run_cli(["keygen", "-o", tmp_path / "c.json"]) == 0
+    assert run_cli(["mark", tmp_path / "c.json", src, tmp_path / "o2", "--quiet"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: this key's compressed palette carries no signal on greyscale" in err

@@ -68,6 +68,17 @@ def test_watermark_writes_release_and_private_key(ubw_world, capsys):
     # Only the poisoned images changed, and (nearly) all of them did: the corner pattern has
     # white cells, which change any image whose corner is not already white there.
     assert set(changed) <= poisoned and len(changed) >= 0.95 * len(poisoned)
+    # The release record holds the watermarked share's stealth: PSNR recomputed here from
+    # the release's own pixels (8-bit), over every poisoned image.
+    stealth = info["params"]["stealth"]
+    assert stealth["images"] == len(poisoned)
+    psnr = [
+        10 * np.log10(1 / np.mean((np.round(original.images[i] * 255) / 255
+                                   - np.round(release.images[i] * 255) / 255) ** 2))
+        for i in sorted(poisoned) if i in set(changed)
+    ]  # fmt: skip
+    assert stealth["psnr_mean"] == pytest.approx(np.mean(psnr), abs=0.01)
+    assert 0 < stealth["ssim_min"] <= stealth["ssim_mean"] < 1
     # Refuses to overwrite either the release or the key.
     code = run_cli(["watermark", ubw_world["src"], ubw_world["release"], "--quiet"])
     assert code == 2 and "already exists" in capsys.readouterr().err

@@ -80,7 +80,13 @@ class MarkOptions:
         "stay private and make the audit stronger); default: all of them.",
         min=1,
     )
+    preview: Path | None = option(
+        None, "Also write a PNG of original | marked | amplified difference for a few images."
+    )
     force: bool = option(False, "Overwrite existing outputs.")
+
+
+PREVIEW_IMAGES = 4  # rows of a --preview
 
 
 def mark_folder(
@@ -111,6 +117,8 @@ def mark_folder(
         )
     manifest = Path(o.manifest) if o.manifest is not None else default_manifest_path(out)
     check_manifest_path(manifest, src, out, force=o.force)
+    if o.preview is not None:
+        check_private_output(Path(o.preview), src, out, o.force, "preview")
     count = len(list_images(src))
     bar = progress or (lambda _d, _t: None)
     images = read_folder(src, mode=o.mode, progress=bar("reading", count))
@@ -127,6 +135,7 @@ def mark_folder(
         progress=bar("writing", count),
     )
     entries = _manifest_entries(src, images.rel_paths, published, written, marked)
+    stealth_summary = _measure_stealth(images, marked, entries, o, src)
     commitment = key.commitment()
     meta = {
         "method": key.method,
@@ -142,9 +151,41 @@ def mark_folder(
         **({"jpeg_quality": o.quality} if o.fmt == "jpeg" else {}),
         "created": datetime.now(UTC).isoformat(),
         "tracemark_version": __version__,
+        "stealth": stealth_summary,
     }
     write_manifest(manifest, entries, meta, force=o.force, protect=(src,))
     return manifest
+
+
+def _measure_stealth(images, marked: MarkedData, entries: list[dict], o, src) -> dict:
+    """PSNR and SSIM of every marked copy against its original (into its manifest entry),
+    their summary, and the --preview picture; warnings where the key's settings are known
+    to carry no signal for these images."""
+    import warnings
+
+    from .stealth import measure, summarise, warnings_for, write_preview
+
+    where = np.flatnonzero(marked.published)
+    pairs = [
+        (i, images.images[i], np.asarray(m))
+        for i, m, f in zip(where, marked.images, marked.carries_mark, strict=True)
+        if f
+    ]
+    by_source = {e["source"]: e for e in entries}
+    measured = []
+    for i, original, copy in pairs:
+        figures = measure(original, copy)
+        by_source[images.rel_paths[i]].update(figures)
+        measured.append(figures)
+    channels = {np.asarray(x).shape[-1] for x in images.images}
+    if len(channels) == 1:
+        for why in warnings_for(marked.key.method, marked.key.params, channels.pop()):
+            warnings.warn(why, UserWarning, stacklevel=3)
+    if o.preview is not None and pairs:
+        shown = pairs[:PREVIEW_IMAGES]
+        originals, copies = [a for _, a, _ in shown], [b for _, _, b in shown]
+        write_preview(originals, copies, Path(o.preview), force=o.force, protect=(src,))
+    return summarise(measured)
 
 
 def _manifest_entries(
@@ -168,6 +209,18 @@ def _manifest_entries(
             entry["published"] = False
         entries.append(entry)
     return entries
+
+
+def check_private_output(path: Path, src: PathLike, out: PathLike, force: bool, what: str) -> None:
+    """A file that shows originals (a --preview) goes outside SRC and outside OUT, the
+    folder you publish."""
+    check_output(path, force=force, protect=(src,), what=what)
+    target, out_root = path.parent.resolve() / path.name, Path(out).resolve()
+    if target == out_root or target.is_relative_to(out_root):
+        raise TracemarkError(
+            f"{what} {path} is inside {out}, the folder you publish; it shows your originals, "
+            "so it must stay private"
+        )
 
 
 def check_manifest_path(manifest: Path, src: PathLike, out: PathLike, force: bool) -> None:
@@ -308,7 +361,8 @@ def watermark_dataset(
     marked = registry.get(method).mark(data, key, progress_factory=progress_factory, device=device)
     release = LabelledImages(marked.images, marked.labels, list(data.classes), data.ids)
     files = write_release(release, src, out, force=force)
-    key = marked.key
+    stealth = _release_stealth(data.images, release.images, marked.carries_mark)
+    key = marked.key.model_copy(update={"params": {**marked.key.params, "stealth": stealth}})
     key.save(key_out, force=force)
     p = key.typed_params()
     return {
@@ -323,7 +377,16 @@ def watermark_dataset(
         "key": str(key_out),
         "key_commitment": key.commitment(),
         "release_sha256": p.release_sha256,
+        "stealth": stealth,
     }
+
+
+def _release_stealth(originals: np.ndarray, released: np.ndarray, watermarked) -> dict:
+    """PSNR and SSIM of every watermarked image of a release against its original."""
+    from .stealth import measure, summarise
+
+    idx = np.flatnonzero(np.asarray(watermarked, dtype=bool))
+    return summarise([measure(originals[i], released[i]) for i in idx])
 
 
 def watermark_report(

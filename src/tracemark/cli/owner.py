@@ -110,9 +110,14 @@ def mark(
     with progress_bars(not quiet) as bars:
         written = mark_folder(key_path, src, out, options=options, progress=bars)
     from ..images import read_manifest
+    from ..stealth import describe
 
-    digest = read_manifest(written)["collection_digest"]
+    meta = read_manifest(written)
+    digest = meta["collection_digest"]
     stdout.print(f"marked the images of {src} into {out}; manifest: {written}")
+    stdout.print(f"stealth: {describe(meta.get('stealth', {}))}")
+    if options.preview is not None:
+        stdout.print(f"preview (original | marked | difference x10): {options.preview}")
     stdout.print("publish the marked folder only: keep the key and the manifest private")
     stdout.print(
         f"collection digest {digest}\n(publish it with the key's commitment before the images: "

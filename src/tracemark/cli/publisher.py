@@ -95,6 +95,9 @@ def watermark(
         f"{summary['trigger']}; {summary['labels_changed']} labels changed)"
     )
     stdout.print(f"wrote {key_path} (mode 0600; keep it secret: it lists the watermarked samples)")
+    from ..stealth import describe
+
+    stdout.print(f"stealth: {describe(summary['stealth'])}")
     stdout.print(f"commitment {summary['key_commitment']}")
 
 

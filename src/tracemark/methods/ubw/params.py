@@ -44,6 +44,9 @@ class UbwParams(BaseModel):
         json_schema_extra={"secret": True},
     )
     release_sha256: str | None = Field(None, description="SHA-256 of the released pixels")
+    stealth: dict[str, float | int | None] | None = Field(
+        None, description="PSNR/SSIM of the watermarked share against the originals"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> UbwParams:
