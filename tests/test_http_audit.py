@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tracemark.serve import FaultPlan, ServeOptions, create_app, serving
 
@@ -217,3 +219,95 @@ def test_a_budget_too_small_is_refused_before_the_server_sees_anything(
         assert _lines(access) == []  # the server saw nothing
         verdict = _audit([*args, "--budget", str(30 + 100 * 30)], capsys)
         assert verdict["queries"] == len(_lines(access)) <= 3030
+
+
+def _rewrite(bundle, name: str, change, fix_index: bool):
+    """A copy of ``bundle`` with member ``name`` changed (and its index entry recomputed
+    when ``fix_index``: a forger who knows the format)."""
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(bundle) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    files[name] = change(files[name])
+    if fix_index:
+        index = json.loads(files["index.json"])
+        index["files"][name] = hashlib.sha256(files[name]).hexdigest()
+        files["index.json"] = json.dumps(index).encode()
+    out = bundle.with_name(f"tampered-{name}-{fix_index}.zip")
+    with zipfile.ZipFile(out, "w") as z:
+        for n, data in files.items():
+            z.writestr(n, data)
+    return out
+
+
+def test_an_evidence_bundle_is_rechecked_offline_and_tampering_is_named(
+    marked_world, world, tmp_path, capsys
+):
+    import shutil
+
+    from tracemark.keys import Key
+
+    bundle = tmp_path / "evidence.zip"
+    app = create_app(world / "trained.pt", ServeOptions(name="cnn"))
+    with serving(app) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/cnn")
+        verdict = _audit([*args, "--bundle", bundle], capsys)
+    assert verdict["decision"]
+    assert not list(tmp_path.glob(".tracemark-log-*"))  # the temporary query log is gone
+    # the server is gone: the check is offline, and recomputes the verdict bit for bit
+    key = marked_world.cli_key
+    commitment = Key.model_validate_json(key.read_text()).commitment()
+    check = ["check", bundle, "--key", key, "--marked", marked_world.cli_marked]
+    check += ["--originals", marked_world.cli_originals]
+    assert run_cli([*check, "--commitment", commitment, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    for field in ("p_value", "decision", "effect", "key_commitment", "access", "test"):
+        assert again[field] == verdict[field], field
+    for v in (again, verdict):  # every statistic, bit for bit (the manifest's path aside)
+        assert v["statistics"]["inputs_checked"].pop("manifest")
+    assert again["statistics"] == verdict["statistics"]
+    assert run_cli(check) == 0
+    assert "is identical" in " ".join(capsys.readouterr().out.split())
+
+    def refused(args, message):
+        assert run_cli(args) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err, err
+
+    # 1. an edited answer in the log: the index catches it, and a forger who fixes the
+    # index meets the log's hash chain
+    def edit_answer(log: bytes) -> bytes:
+        lines = log.decode().splitlines()
+        record = json.loads(lines[5])
+        record["answer"]["output"][0] = 0.5
+        lines[5] = json.dumps(record)
+        return ("\n".join(lines) + "\n").encode()
+
+    edited = _rewrite(bundle, "query-log.jsonl", edit_answer, fix_index=False)
+    refused([*check[:1], edited, *check[2:]], "query-log.jsonl does not match its SHA-256")
+    edited = _rewrite(bundle, "query-log.jsonl", edit_answer, fix_index=True)
+    refused([*check[:1], edited, *check[2:]], "hash chain is broken")
+    # 2. another key
+    other = tmp_path / "other.key"
+    assert run_cli(["keygen", "-o", other, "-p", "compress=false"]) == 0
+    capsys.readouterr()
+    refused([*check[:3], other, *check[4:]], "another key: its commitment")
+    # 3. one changed image among the published ones
+    copy = tmp_path / "published-copy"
+    shutil.copytree(marked_world.cli_marked, copy)
+    victim = sorted(copy.glob("*.png"))[0]
+    with Image.open(victim) as im:
+        pixels = np.asarray(im).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(victim)
+    refused([*check[:5], copy, *check[6:]], f"changed image: {victim.name}")
+    # 4. a wrong commitment
+    refused([*check, "--commitment", "ab" * 32], "wrong commitment")
+    # and the bundle is never written over without --force, before any query
+    with serving(create_app(world / "trained.pt", ServeOptions(name="cnn"))) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/cnn")
+        refused([*args, "--bundle", bundle], "--force")
+    # a local model has no query log to seal
+    refused([*_tracker_args(marked_world, world, world / "trained.pt"), "--bundle",
+             tmp_path / "x.zip"], "HTTP audits")  # fmt: skip

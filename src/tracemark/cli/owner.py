@@ -181,6 +181,14 @@ def audit(
     settings: dict,
     model_options: ModelOptions,
     report: Report,
+    bundle: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also write a sealed evidence bundle (zip: verdict, query log, marking "
+            "manifest, settings, versions, SHA-256 index) that `tracemark check` re-checks "
+            "offline. HTTP audits only (their answers are logged)."
+        ),
+    ] = None,
 ) -> None:
     """Decide whether MODEL was trained on your marked images. Exit status 0 either way."""
     from ..api import audit as run_audit
@@ -192,6 +200,10 @@ def audit(
     protect = [key_path, inputs.marked, inputs.originals, inputs.holdout, inputs.aux,
                inputs.testset, inputs.manifest]  # fmt: skip
     check_evidence(report.evidence, report.force, protect, report.report)
+    sealing = None
+    if bundle is not None:
+        sealing, model_options = _prepare_bundle(bundle, model, inputs, model_options, report,
+                                                 protect)  # fmt: skip
     if model_options.query_log is not None and not model_options.replay:
         from ..fsutil import check_output
 
@@ -224,7 +236,120 @@ def audit(
         )
     if model_options.replay:
         verdict.notes.append(oracle.provenance())
+    if sealing is not None:
+        _seal(bundle, sealing, verdict, options, label, model, model_options, report, protect)
     report_verdict(verdict, report, protect)
+
+
+def _prepare_bundle(bundle: Path, model, inputs, model_options, report, protect):
+    """Before any query: the bundle path is free, the model is an HTTP endpoint (whose
+    answers are logged), the marking manifest exists; a query log is kept in a temporary
+    file when none is asked for. Returns (manifest, temporary log or None) and the
+    model options with a query log."""
+    import dataclasses
+    import tempfile
+
+    from ..fsutil import check_output
+    from ..images import default_manifest_path
+    from ..oracle import is_url
+
+    check_output(bundle, force=report.force, protect=[p for p in protect if p], what="bundle")
+    if model_options.replay or not is_url(str(model)):
+        raise TracemarkError(
+            "--bundle records the model's answers from its query log, which HTTP audits "
+            "write: serve a local model with `tracemark serve` and audit its URL"
+        )
+    if inputs.marked is None:
+        raise TracemarkError("--bundle needs --marked (the published images it vouches for)")
+    manifest = Path(inputs.manifest or default_manifest_path(inputs.marked))
+    if not manifest.is_file():
+        raise TracemarkError(
+            f"--bundle needs the marking manifest ({manifest} is missing; give --manifest)"
+        )
+    temporary = None
+    if model_options.query_log is None:
+        fd, name = tempfile.mkstemp(prefix=".tracemark-log-", suffix=".jsonl",
+                                    dir=Path(bundle).resolve().parent)  # fmt: skip
+        import os
+
+        os.close(fd)
+        os.unlink(name)
+        temporary = Path(name)
+        model_options = dataclasses.replace(model_options, query_log=temporary)
+    return (manifest, temporary), model_options
+
+
+def _seal(bundle, sealing, verdict, options, label, model, model_options, report, protect):
+    """Write the evidence bundle; remove the temporary query log."""
+    import dataclasses
+
+    from ..bundle import write_bundle
+
+    manifest, temporary = sealing
+    record = {
+        "options": dataclasses.asdict(options),
+        "label": label,
+        "model": str(model),
+        "model_options": {
+            "outputs": model_options.outputs,
+            "size": model_options.size,
+            "mode": model_options.mode,
+            "class_names": model_options.class_names,
+        },
+        "command": ["tracemark", *sys.argv[1:]],
+    }
+    try:
+        write_bundle(bundle, verdict, model_options.query_log, manifest, record,
+                     force=report.force, protect=[p for p in protect if p])  # fmt: skip
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+
+
+@app.command()
+def check(
+    bundle: Annotated[
+        Path, typer.Argument(metavar="BUNDLE", help="Evidence bundle written by `audit --bundle`.")
+    ],
+    key_path: Annotated[Path, typer.Option("--key", help="The key the audit used.")],
+    marked: Annotated[
+        Optional[Path], typer.Option(help="The published (marked) images, as published.")
+    ] = None,
+    originals: Annotated[
+        Optional[Path], typer.Option(help="tracker: the collection the key marked.")
+    ] = None,
+    aux: Annotated[Optional[Path], typer.Option(help="isotope: the audit's aux images.")] = None,
+    commitment: Annotated[
+        Optional[str],
+        typer.Option(help="The key commitment published before the images (hex)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+) -> None:
+    """Re-check an evidence bundle offline: its SHA-256 index, the key's commitment (the one
+    recorded at marking, and --commitment), the manifest's collection digest and the
+    published images' hashes, and the verdict recomputed from the logged answers, bit
+    for bit. Any mismatch is an error (exit 2) naming it. The logged answers are the
+    auditor's record: only the model's operator could confirm them."""
+    import tempfile
+
+    from ..bundle import check_bundle
+    from ..keys import load_key
+
+    key = load_key(key_path)
+    with tempfile.TemporaryDirectory() as work:
+        verdict = check_bundle(
+            bundle, key, marked, originals=originals, aux=aux, commitment=commitment,
+            workdir=Path(work),
+        )  # fmt: skip
+    if as_json:
+        sys.stdout.write(verdict.model_dump_json(exclude={"evidence"}, indent=2) + "\n")
+        return
+    stdout.print(
+        f"bundle checked: index, key commitment {key.commitment()}, manifest and collection "
+        f"digest{', published images' if marked else ''}; the verdict recomputed from "
+        f"{verdict.queries} logged answers is identical"
+    )
+    stdout.print(verdict.summary())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
