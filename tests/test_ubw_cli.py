@@ -256,9 +256,19 @@ def test_each_method_trains_on_its_own_recipe_beside_that_recipes_clean_model(tm
     evaluate(spec, tmp_path / "r.db", cache=tmp_path / "cache")
     with open_store(tmp_path / "r.db") as store:
         cells = {c["method_name"]: c for c in store.cells()}
-        # two recipes, two clean models: each trained for its own cell
+        # two recipes, two clean models: each trained for its own cell (and each cell's
+        # marked victim, cached for the countermeasures of the same method and seed)
         assert all(c["timings"]["clean_model_trained"] == 1.0 for c in cells.values())
-        assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 2
+        from tracemark.evaluate.countered import marked_model_id
+        from tracemark.evaluate.victims import clean_model_id
+
+        cached = {p.stem for p in (tmp_path / "cache" / "models").glob("*.pt")}
+        ids = {
+            clean_model_id(spec.dataset, c.recipe, c.seed, spec.torch_threads)
+            for c in cells_of(spec)
+        }
+        assert len(ids) == 2
+        assert cached == ids | {marked_model_id(c) for c in cells_of(spec)}
         blended = store.audits(cells["blended"]["cell_id"])
     # A blended key calibrates against never-published blends, read sequentially: at least
     # h = 10 of them (up to 10/alpha = 200), m = 20 queries each, besides its own trigger's.
