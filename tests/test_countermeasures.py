@@ -147,7 +147,7 @@ def test_training_changes_train_a_working_model_that_differs_from_the_plain_one(
     if entry["name"] == "dropout":
         assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in model.modules())
     if entry["name"] == "early-stop":
-        assert 1 <= t.info["best_epoch"] <= CONFIG.epochs
+        assert 1 <= t.info["best_epoch"] <= t.info["stopped_at_epoch"] <= CONFIG.epochs
 
 
 def test_randaugment_changes_images_and_keeps_them_in_range():

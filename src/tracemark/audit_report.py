@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import base64
 import html
-import platform
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._version import __version__
+from .bundle import versions
 from .plots import png_bytes, pyplot
 from .verdict import Verdict
 
@@ -139,15 +137,6 @@ def _sequential_figure(v: Verdict) -> tuple[str, bytes] | None:
     return "sequential", png_bytes(fig)
 
 
-def _versions() -> dict[str, str]:
-    out = {"tracemark": __version__, "python": platform.python_version()}
-    for name in ("numpy", "torch", "onnxruntime"):
-        module = sys.modules.get(name)
-        if module is not None:
-            out[name] = getattr(module, "__version__", "?")
-    return out
-
-
 def page(v: Verdict, command: list[str] | None = None, when: str | None = None) -> str:
     """The report as one self-contained HTML page."""
     esc = html.escape
@@ -171,7 +160,7 @@ def page(v: Verdict, command: list[str] | None = None, when: str | None = None) 
         ("label", "-" if v.label is None else f"{v.label} ({v.label_source})"),
         ("key commitment", v.key_commitment),
         ("date", when),
-        ("versions", ", ".join(f"{k} {val}" for k, val in _versions().items())),
+        ("versions", ", ".join(f"{k} {val}" for k, val in versions().items())),
     ]
     if command:
         rows.append(("command", " ".join(command)))

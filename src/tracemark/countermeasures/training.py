@@ -158,9 +158,10 @@ class EarlyStop(_LoopChange):
         order = rng.permutation(len(labels))
         n_val = max(1, round(self.validation * len(labels)))
         val, fit = np.sort(order[:n_val]), np.sort(order[n_val:])
-        best = {"acc": -1.0, "epoch": 0, "state": None}
+        best = {"acc": -1.0, "epoch": 0, "state": None, "last": 0}
 
         def epoch_end(model, epoch):
+            best["last"] = epoch
             acc = accuracy(model, images[val], labels[val], device=trainer.device)
             if acc > best["acc"]:
                 best.update(acc=acc, epoch=epoch, state=copy.deepcopy(model.state_dict()))
@@ -176,7 +177,7 @@ class EarlyStop(_LoopChange):
             hooks=LoopHooks(epoch_end=epoch_end),
         )
         model.load_state_dict(best["state"])
-        trainer.info["stopped_at_epoch"] = best["epoch"] + self.patience
+        trainer.info["stopped_at_epoch"] = best["last"]
         trainer.info["best_epoch"] = best["epoch"]
         return model
 
