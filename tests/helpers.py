@@ -117,6 +117,7 @@ def render_in_chromium(page: Path, out: Path) -> tuple[str, np.ndarray]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "chromium is not installed: run bash scripts/setup.sh"
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--disable-dev-shm-usage",
              f"--user-data-dir={out.parent / 'chromium-profile'}"]  # fmt: skip
     url = page.resolve().as_uri()
     dom = subprocess.run(
