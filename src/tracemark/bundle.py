@@ -186,7 +186,7 @@ def check_bundle(
         aux=aux,
         testset=testset,
         label=settings.get("label"),
-        manifest=manifest_path if marked is not None else None,
+        manifest=manifest_path,
         model_options=model_options,
         **method_options,
     )
