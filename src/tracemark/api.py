@@ -118,7 +118,8 @@ def mark_folder(
     manifest = Path(o.manifest) if o.manifest is not None else default_manifest_path(out)
     check_manifest_path(manifest, src, out, force=o.force)
     if o.preview is not None:
-        check_private_output(Path(o.preview), src, out, o.force, "preview")
+        why = "it shows your originals, so it must stay private"
+        check_private_output(Path(o.preview), src, out, o.force, "preview", why)
     count = len(list_images(src))
     bar = progress or (lambda _d, _t: None)
     images = read_folder(src, mode=o.mode, progress=bar("reading", count))
@@ -211,29 +212,24 @@ def _manifest_entries(
     return entries
 
 
-def check_private_output(path: Path, src: PathLike, out: PathLike, force: bool, what: str) -> None:
-    """A file that shows originals (a --preview) goes outside SRC and outside OUT, the
-    folder you publish."""
+def check_private_output(
+    path: Path, src: PathLike, out: PathLike, force: bool, what: str, why: str
+) -> None:
+    """A private file (the manifest, a --preview) goes outside SRC (the originals) and
+    outside OUT (the folder you publish); ``why`` ends the refusal."""
     check_output(path, force=force, protect=(src,), what=what)
     target, out_root = path.parent.resolve() / path.name, Path(out).resolve()
     if target == out_root or target.is_relative_to(out_root):
-        raise TracemarkError(
-            f"{what} {path} is inside {out}, the folder you publish; it shows your originals, "
-            "so it must stay private"
-        )
+        raise TracemarkError(f"{what} {path} is inside {out}, the folder you publish; {why}")
 
 
 def check_manifest_path(manifest: Path, src: PathLike, out: PathLike, force: bool) -> None:
-    """The manifest goes outside SRC (the originals) and outside OUT (the folder you
-    publish: the manifest links each published file to its original, so it stays private)."""
-    check_output(manifest, force=force, protect=(src,), what="manifest")
-    target, out_root = manifest.parent.resolve() / manifest.name, Path(out).resolve()
-    if target == out_root or target.is_relative_to(out_root):
-        raise TracemarkError(
-            f"manifest {manifest} is inside {out}, the folder you publish; the manifest must "
-            f"stay private (it links each published file to its original). Leave out "
-            f"--manifest to write {default_manifest_path(out)}"
-        )
+    """The manifest stays private: it links each published file to its original."""
+    why = (
+        "the manifest must stay private (it links each published file to its original). "
+        f"Leave out --manifest to write {default_manifest_path(out)}"
+    )
+    check_private_output(manifest, src, out, force, "manifest", why)
 
 
 # ----------------------------------------------------------------------------- auditing

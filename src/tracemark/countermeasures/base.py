@@ -53,6 +53,8 @@ class Countermeasure(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     stage: ClassVar[Stage] = "none"
+    # the purpose an output-level countermeasure's random answers are seeded under
+    seed_purpose: ClassVar[str] = "evaluate/output"
 
     @property
     def label(self) -> str:

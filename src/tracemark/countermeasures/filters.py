@@ -53,14 +53,20 @@ def keep_all_but_top(scores: np.ndarray, budget: float) -> np.ndarray:
     return keep
 
 
+def last_linear(model):
+    """The model's last linear layer: its input is the penultimate features."""
+    from torch import nn
+
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def penultimate(model, images: np.ndarray, device: str = "auto") -> np.ndarray:
     """The input of the model's last linear layer for every image: its features."""
     import torch
-    from torch import nn
 
     from ..training import predict_logits
 
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    last = last_linear(model)
     seen: list[torch.Tensor] = []
     handle = last.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().cpu()))
     try:
@@ -138,12 +144,13 @@ class _ARTFilter(_ScoreFilter):
         from art.estimators.classification import PyTorchClassifier
         from torch import nn
 
-        model = trainer.fresh_model()
         from ..training import train_model
 
         callback = (lambda *_: trainer.progress(1)) if trainer.progress else None
-        model = train_model(model, images, labels, trainer.config, progress=callback)
-        last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        model = train_model(
+            trainer.fresh_model(), images, labels, trainer.config, progress=callback
+        )
+        last = last_linear(model)
 
         class Features(nn.Module):
             def __init__(self) -> None:

@@ -34,6 +34,7 @@ class OutputNoise(Countermeasure):
     name: Literal["output-noise"]
     sigma: float = Field(0.0, ge=0, le=1_000)
     stage: ClassVar[Stage] = "output"
+    seed_purpose: ClassVar[str] = "evaluate/output-noise"  # as before 0.4.0: same rows
 
     def wrap(self, oracle, seed: str):
         from ..oracle import ImageSeededNoise

@@ -421,8 +421,7 @@ def _deployment(cell: Cell, view, access: str):
 
     cm = cell.countermeasure
     if cm.stage == "output":
-        purpose = "evaluate/output-noise" if cm.name == "output-noise" else "evaluate/output"
-        view = cm.wrap(view, derive_bytes(seed_hex(cell.seed), purpose).hex())
+        view = cm.wrap(view, derive_bytes(seed_hex(cell.seed), cm.seed_purpose).hex())
     revealed, k = cm.reveal(access, cell.spec.top_k)
     return restrict(view, revealed, k)
 
