@@ -46,7 +46,7 @@ def _records(path: Path) -> list[str]:
         return []
     out = []
     for line in path.read_text().splitlines()[1:]:
-        with suppress(ValueError):
+        with suppress(ValueError, KeyError):  # KeyError: a batch line (binary answer)
             out.append(json.loads(line)["sha256"])
     return out
 

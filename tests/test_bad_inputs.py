@@ -252,7 +252,13 @@ def test_07_timeout_is_a_deadline_for_the_whole_request():
     server = _SlowLoris()
     try:
         oracle = HttpOracle(
-            server.url, model_name="m", layout="nchw", input_name="x", timeout=2.0, retries=0
+            server.url,
+            model_name="m",
+            layout="nchw",
+            input_name="x",
+            binary="off",
+            timeout=2.0,
+            retries=0,
         )
         start = time.monotonic()
         with pytest.raises(TracemarkError, match="no complete answer within 2 s"):
@@ -266,10 +272,17 @@ def test_07_timeout_is_a_deadline_for_the_whole_request():
 def test_07_a_second_ctrl_c_cuts_requests_in_flight_off():
     import signal
 
+    # binary="off": straight to the infer request (auto first asks GET /v2 which wire).
     server = _SlowLoris()
     try:
         oracle = HttpOracle(
-            server.url, model_name="m", layout="nchw", input_name="x", timeout=60.0, retries=0
+            server.url,
+            model_name="m",
+            layout="nchw",
+            input_name="x",
+            binary="off",
+            timeout=60.0,
+            retries=0,
         )
         main = threading.get_ident()
 

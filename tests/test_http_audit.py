@@ -48,7 +48,10 @@ def _audit(args: list, capsys) -> dict:
 
 
 def _lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """A log's lines, less a query log's batch lines (binary answers kept whole)."""
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "batch" not in r]
 
 
 def _complete_lines(path) -> int:
@@ -90,6 +93,65 @@ def test_http_audit_is_identical_to_in_process_and_replays(marked_world, world, 
     assert header["format"] == "tracemark-query-log" and header["model_name"] == "cnn"
     assert len(records) == len({r["sha256"] for r in records}) == local["queries"]
     assert not local["decision"] and local["p_value"] > 1 / 101
+
+
+def _rechained(lines: list[str]) -> str:
+    """Log lines with every record's "prev" recomputed: a forger who knows the format."""
+    import hashlib
+
+    out = [lines[0]]
+    for line in lines[1:]:
+        record = json.loads(line)
+        record["prev"] = hashlib.sha256(out[-1].encode()).hexdigest()
+        out.append(json.dumps(record))
+    return "\n".join(out) + "\n"
+
+
+def test_a_binary_wire_audit_replays_bit_for_bit_and_a_tampered_payload_is_refused(
+    marked_world, world, tmp_path, capsys
+):
+    import base64
+    import hashlib
+
+    log = tmp_path / "q.jsonl"
+    local = _audit(_tracker_args(marked_world, world, world / "clean.pt"), capsys)
+    with serving(create_app(world / "clean.pt", ServeOptions(name="cnn"))) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/cnn")
+        remote = _audit([*args, "--query-log", log, "--binary", "on"], capsys)
+    _same_verdict(remote, local)
+    lines = log.read_text().splitlines()
+    batches = [json.loads(line)["batch"] for line in lines if '"batch"' in line[:12]]
+    assert batches and sum(len(b["images"]) for b in batches) == remote["queries"]
+    replay = ["replay", log, marked_world.cli_key, *args[3:]]
+    replayed = _audit(replay, capsys)
+    _same_verdict(replayed, remote)
+    assert replayed["statistics"] == remote["statistics"]  # every figure, bit for bit
+
+    def refused(text: str, message: str) -> None:
+        tampered = tmp_path / "tampered.jsonl"
+        tampered.write_text(text)
+        assert run_cli(["replay", tampered, *replay[2:]]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert message in err, err
+
+    at = next(i for i, line in enumerate(lines) if '"batch"' in line[:12])
+    record = json.loads(lines[at])
+    raw = bytearray(base64.b64decode(record["batch"]["response"]))
+    head = record["batch"]["header_length"]
+    raw[head + 3] ^= 0x40  # one byte of the first probability: a changed answer
+    # 1. the payload edited: its hash no longer matches
+    edited = dict(record, batch={**record["batch"], "response": base64.b64encode(raw).decode()})
+    text = "\n".join([*lines[:at], json.dumps(edited), *lines[at + 1 :]]) + "\n"
+    refused(text, "the batch's binary payload does not match its SHA-256")
+    # 2. and its hash fixed: the chain breaks
+    edited["batch"]["response_sha256"] = hashlib.sha256(raw).hexdigest()
+    text = "\n".join([*lines[:at], json.dumps(edited), *lines[at + 1 :]]) + "\n"
+    refused(text, "hash chain is broken")
+    # 3. and the chain recomputed: the bytes no longer give the answers recorded
+    refused(
+        _rechained([*lines[:at], json.dumps(edited), *lines[at + 1 :]]),
+        "is not what the model's bytes say",
+    )
 
 
 def test_faults_and_latency_do_not_change_the_verdict_or_repeat_queries(

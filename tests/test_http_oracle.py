@@ -143,7 +143,7 @@ def test_auth_and_missing_model_are_not_retried(status, match):
     server = Server(fail=[status] * 5)
     with pytest.raises(TracemarkError, match=match):
         _oracle(server).query(_images(2))
-    assert server.requests == 2  # metadata, then one infer: not retried
+    assert server.requests == 3  # model and server metadata, then one infer: not retried
 
 
 def test_malformed_answers_are_named():

@@ -35,6 +35,16 @@ from .errors import TracemarkError
 from .fsutil import open_append
 from .options import option
 from .oracle.base import Oracle
+from .oracle.binary_tensors import (
+    CONTENT_TYPE,
+    EXTENSION,
+    HEADER_LENGTH,
+    BinaryBodyError,
+    frame,
+    read_tensors,
+    split_body,
+    tensor_bytes,
+)
 from .oracle.image_hash import image_hashes
 from .oracle.querylog import now_iso
 from .rng import derive
@@ -331,7 +341,9 @@ class _Handlers:
     async def server_meta(self, request):
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"name": "tracemark-serve", "version": __version__, "extensions": []})
+        return JSONResponse(
+            {"name": "tracemark-serve", "version": __version__, "extensions": [EXTENSION]}
+        )
 
     async def ready(self, request):
         from starlette.responses import JSONResponse
@@ -343,42 +355,96 @@ class _Handlers:
 
         return self.check_name(request) or JSONResponse(_metadata(self.options, self.served.oracle))
 
-    async def answer(self, request, read_images, render):
-        """Inject faults, parse the images, ask the model, render its answer."""
+    async def answer(self, request, read, render):
+        """Inject faults, parse the images, ask the model, render its answer.
+
+        ``read(body, headers)`` gives (images, what the answer must honour);
+        ``render(response, that)`` the HTTP response.
+        """
         from starlette.concurrency import run_in_threadpool
-        from starlette.responses import JSONResponse
 
         if (fault := await self.misbehave()) is not None:
             return fault
         try:
-            images = read_images(await _json(request))
+            images, asked = read(await request.body(), request.headers)
             response = await run_in_threadpool(self.served.predict, images)
         except _BadRequest as exc:
             return self.error(400, str(exc))
         except TracemarkError as exc:
             return self.error(422, str(exc))
-        return JSONResponse(render(response))
+        return render(response, asked)
 
     async def infer(self, request):
         if (bad := self.check_name(request)) is not None:
             return bad
-        return await self.answer(
-            request,
-            _v2_images,
-            lambda r: {"model_name": self.name, "model_version": "1", "outputs": _v2_outputs(r)},
-        )
+        return await self.answer(request, _v2_request, self._v2_answer)
+
+    def _v2_answer(self, response, binary: bool):
+        from starlette.responses import JSONResponse, Response
+
+        head = {"model_name": self.name, "model_version": "1"}
+        outputs = _v2_outputs(response)
+        if not binary:
+            for o in outputs:
+                o["data"] = o["data"].ravel().tolist()
+            return JSONResponse({**head, "outputs": outputs})
+        blobs = [tensor_bytes(o.pop("data"), o["datatype"]) for o in outputs]
+        for o, blob in zip(outputs, blobs, strict=True):
+            o["parameters"] = {"binary_data_size": len(blob)}
+        content, length = frame({**head, "outputs": outputs}, blobs)
+        return Response(content, media_type=CONTENT_TYPE, headers={HEADER_LENGTH: str(length)})
 
     async def predict(self, request):
+        from starlette.responses import JSONResponse
+
         return await self.answer(
-            request, _png_images, lambda r: {"predictions": _json_predictions(r)}
+            request,
+            lambda body, headers: (_png_images(_json(body)), None),
+            lambda r, _: JSONResponse({"predictions": _json_predictions(r)}),
         )
 
 
-async def _json(request) -> Any:
+def _json(body: bytes) -> Any:
     try:
-        return json.loads(await request.body())
+        return json.loads(body)
     except ValueError as exc:
         raise _BadRequest(f"the body is not JSON: {exc}") from None
+
+
+def _v2_request(body: bytes, headers) -> tuple[np.ndarray, bool]:
+    """A v2 request's images, and whether it asks for binary outputs.
+
+    With ``Inference-Header-Content-Length`` the body is a JSON header followed by raw
+    tensor bytes (the binary tensor data extension); without, plain JSON.
+    """
+    length = headers.get(HEADER_LENGTH)
+    if length is None:
+        request = _json(body)
+        return _v2_images(request), _wants_binary(request)
+    try:
+        request, raw = split_body(body, length)
+        if not isinstance(request, dict):
+            raise _BadRequest("a v2 request must be a JSON object")
+        request = {**request, "inputs": read_tensors(request.get("inputs"), raw, "inputs")}
+    except BinaryBodyError as exc:
+        raise _BadRequest(str(exc)) from None
+    return _v2_images(request), _wants_binary(request)
+
+
+def _wants_binary(request: object) -> bool:
+    """Binary outputs asked for: for all (``binary_data_output``) or per output."""
+    if not isinstance(request, dict):
+        return False
+    params = request.get("parameters")
+    if isinstance(params, dict) and params.get("binary_data_output") is True:
+        return True
+    outputs = request.get("outputs")
+    return isinstance(outputs, list) and any(
+        isinstance(o, dict)
+        and isinstance(o.get("parameters"), dict)
+        and o["parameters"].get("binary_data") is True
+        for o in outputs
+    )
 
 
 def _metadata(options: ServeOptions, oracle: Oracle) -> dict[str, Any]:
@@ -423,10 +489,12 @@ def _v2_images(body: Any) -> np.ndarray:
         raise _BadRequest(f"input shape must be [N, C, H, W], got {shape!r}")
     if shape[1] not in (1, 3) or min(shape) < 1:
         raise _BadRequest(f"input must be NCHW with 1 or 3 channels, got shape {shape}")
-    try:
-        data = np.asarray(spec.get("data"), dtype=np.float64)
-    except (TypeError, ValueError):
-        raise _BadRequest("input data must be numbers") from None
+    data = spec.get("data")
+    if not isinstance(data, np.ndarray):  # binary inputs are typed arrays already
+        try:
+            data = np.asarray(data, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise _BadRequest("input data must be numbers") from None
     if data.size != math.prod(shape):
         raise _BadRequest(f"input shape {shape} needs {math.prod(shape)} values, got {data.size}")
     images = data.astype(np.float32).reshape(shape).transpose(0, 2, 3, 1)
@@ -470,12 +538,8 @@ def _v2_outputs(response) -> list[dict[str, Any]]:
 
 
 def _tensor(name: str, datatype: str, values: np.ndarray) -> dict[str, Any]:
-    return {
-        "name": name,
-        "datatype": datatype,
-        "shape": list(values.shape),
-        "data": values.ravel().tolist(),
-    }
+    """An output tensor, its values still an array (made JSON or bytes by the caller)."""
+    return {"name": name, "datatype": datatype, "shape": list(values.shape), "data": values}
 
 
 def _json_predictions(response) -> list[Any]:

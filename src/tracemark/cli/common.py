@@ -134,6 +134,7 @@ def report_traffic(oracle) -> None:
         log = f"; query log {oracle.log.path}" if oracle.log is not None else ""
         stderr.print(
             f"{oracle.url}: {oracle.queries} images sent in {oracle.requests} requests "
+            f"({oracle.wire} tensors) "
             f"({oracle.retried} retried{': ' + failures if failures else ''}), "
             f"{oracle.from_log} answered from the log or earlier in the run; access seen: "
             f"{oracle.access_seen}{log}"

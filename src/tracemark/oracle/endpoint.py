@@ -35,6 +35,11 @@ class EndpointConfig(BaseModel):
     input_name: str | None = Field(None, description="v2 input tensor (default: from metadata)")
     layout: Literal["auto", "nchw", "nhwc"] = "auto"
     output_name: str | None = Field(None, description="v2 output tensor to read")
+    binary: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="v2 tensors as raw bytes (the binary tensor data extension): auto uses "
+        "them when the server's metadata (GET /v2) lists the extension",
+    )
     json_fields: JsonFields = Field(default_factory=JsonFields)
     batch_size: int = Field(64, ge=1, le=100_000)
     concurrency: int = Field(4, ge=1, le=256)

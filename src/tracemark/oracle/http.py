@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import ipaddress
+import json
 import os
 import signal
 import threading
@@ -33,11 +34,20 @@ from ..rng import derive
 from ..text import printable, redact
 from .auth import AuthHeaders
 from .base import balanced_batches
+from .binary_tensors import HEADER_LENGTH
 from .deadline import DeadlineBackend, deadline_transport
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .logged import LoggedOracle
 from .querylog import QueryLog, now_iso
-from .wire import JsonCodec, MalformedAnswer, V2Codec
+from .wire import (
+    JsonCodec,
+    MalformedAnswer,
+    V2Codec,
+    WireAnswer,
+    WireRequest,
+    parse_json,
+    server_offers_binary,
+)
 
 __all__ = ["HttpOracle", "is_url", "open_endpoint"]
 
@@ -107,14 +117,21 @@ class _Stopped(Exception):
 
 
 def _codec(config: EndpointConfig, url: str, class_names: list[str] | None):
-    """The wire codec for the endpoint's protocol, and whether its input is already known
-    (v2 reads the input's name and layout from the model's metadata unless given)."""
+    """The wire codec for the endpoint's protocol, and whether it is configured already
+    (v2 reads the input's name and layout from the model's metadata unless given, and
+    whether the server takes binary tensors from the server's metadata unless told)."""
     if config.protocol == "v2":
         layout = "nchw" if config.layout == "auto" else config.layout
         codec = V2Codec(
-            config.model_name or "", config.version, config.input_name, layout, config.output_name
+            config.model_name or "",
+            config.version,
+            config.input_name,
+            layout,
+            config.output_name,
+            binary=config.binary == "on",
         )
-        return codec, config.input_name is not None and config.layout != "auto"
+        known = config.input_name is not None and config.layout != "auto"
+        return codec, known and config.binary != "auto"
     codec = JsonCodec(config.json_fields, class_names)
     codec.infer_path = url  # the endpoint's full address
     return codec, True
@@ -186,6 +203,7 @@ class HttpOracle(LoggedOracle):
                     "endpoint": self.url,
                     "protocol": config.protocol,
                     "model_name": config.model_name if config.protocol == "v2" else None,
+                    "output_name": config.output_name if config.protocol == "v2" else None,
                     "auth": self.auth_source,
                     "tracemark_version": __version__,
                 },
@@ -239,7 +257,7 @@ class HttpOracle(LoggedOracle):
         # Each worker files its batch's answer here itself (keyed by the batch's start);
         # whatever ends the fetch, every answer filed is logged before it returns: the
         # server answered it, so a re-run must never send it again.
-        answered: dict[int, tuple[str, list[dict]]] = {}
+        answered: dict[int, tuple[str, WireAnswer, str]] = {}
         recorded: set[int] = set()
 
         def send(start: int) -> int:
@@ -248,8 +266,15 @@ class HttpOracle(LoggedOracle):
 
         def record(start: int) -> None:
             if start not in recorded:
-                when, answers = answered[start]
-                self._record(hashes[start : batches[start]], when, answers)
+                when, answer, request_sha = answered[start]
+                batch = None
+                if answer.payload is not None:
+                    batch = {
+                        "request_sha256": request_sha,
+                        "header_length": answer.header_length,
+                        "response": answer.payload,
+                    }
+                self._record(hashes[start : batches[start]], when, answer.answers, batch)
                 recorded.add(start)
 
         abort = None if self._backend is None else self._backend.abort
@@ -282,19 +307,45 @@ class HttpOracle(LoggedOracle):
                 raise KeyboardInterrupt
 
     def _configure(self) -> None:
-        """v2: learn the input name and layout from the model's metadata."""
+        """v2: learn the input name and layout from the model's metadata, and (binary
+        "auto") whether the server takes binary tensors from the server's metadata."""
         if isinstance(self.codec, V2Codec):
-            body = self._request("GET", self.codec.model_path, None, threading.Event())
-            self.codec.configure(body)
+            if self.config.input_name is None or self.config.layout == "auto":
+                r = self._request("GET", self.codec.model_path, None, threading.Event())
+                self.codec.configure(parse_json(r.content))
+            if self.config.binary == "auto":
+                self.codec.binary = self._server_offers_binary()
         self._configured = True
 
-    def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, list[dict]]:
-        when = now_iso()
-        body = self._request("POST", self.codec.infer_path, self.codec.encode(images), stop)
-        return when, self.codec.decode(body, images.shape[0])  # validated by the codec
+    def _server_offers_binary(self) -> bool:
+        """``GET /v2`` lists the binary extension; a server without that route speaks JSON."""
+        try:
+            r = self._request("GET", "/v2", None, threading.Event())
+            return server_offers_binary(parse_json(r.content))
+        except MalformedAnswer:
+            return False
+        except TracemarkError as exc:
+            if "HTTP 404" in str(exc):
+                return False
+            raise
 
-    def _request(self, method: str, path: str, payload: Any, stop: threading.Event) -> Any:
-        """One call with retries; returns the parsed JSON answer."""
+    @property
+    def wire(self) -> str:
+        """How tensors travel: "binary" or "json" (v2 decides on the first query)."""
+        return "binary" if getattr(self.codec, "binary", False) else "json"
+
+    def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, WireAnswer, str]:
+        when = now_iso()
+        request = self.codec.request(images)
+        r = self._request("POST", self.codec.infer_path, request, stop)
+        # validated by the codec; a binary answer keeps its bytes for the query log
+        answer = self.codec.answer(r.content, r.headers.get(HEADER_LENGTH), images.shape[0])
+        return when, answer, request.sha256
+
+    def _request(
+        self, method: str, path: str, request: WireRequest | None, stop: threading.Event
+    ) -> Any:
+        """One call with retries; returns the successful ``httpx.Response``."""
         import httpx
 
         reason = ""
@@ -311,7 +362,12 @@ class HttpOracle(LoggedOracle):
             )
             try:
                 with deadline:
-                    r = self._client.request(method, path, json=payload)
+                    if request is None:
+                        r = self._client.request(method, path)
+                    else:
+                        r = self._client.request(
+                            method, path, content=request.content, headers=request.headers
+                        )
             except httpx.TimeoutException:
                 kind, reason = "timeout", f"no complete answer within {self.timeout:g} s"
             except httpx.TransportError as exc:
@@ -319,13 +375,15 @@ class HttpOracle(LoggedOracle):
                 reason = f"connection failed ({type(exc).__name__}: {exc})"
             else:
                 if r.status_code < 300:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise MalformedAnswer(
-                            f"{self._where(path)} answered HTTP {r.status_code} with a body that "
-                            f"is not JSON: {self._quote(r.text[:200])!r}"
-                        ) from None
+                    if HEADER_LENGTH not in r.headers:
+                        try:
+                            json.loads(r.content)
+                        except (UnicodeDecodeError, ValueError):
+                            raise MalformedAnswer(
+                                f"{self._where(path)} answered HTTP {r.status_code} with a body "
+                                f"that is not JSON: {self._quote(r.text[:200])!r}"
+                            ) from None
+                    return r
                 if r.status_code not in RETRY_STATUSES:
                     raise self._fatal(r, path)
                 kind = f"HTTP {r.status_code}"

@@ -21,6 +21,7 @@ from .base import ModelOracle, check_images
 from .image_hash import image_hashes
 from .querylog import QueryLog, now_iso
 from .response import Response
+from .wire import check_batches
 
 __all__ = ["LoggedOracle", "ReplayOracle", "answers_to_response"]
 
@@ -34,6 +35,8 @@ class LoggedOracle(ModelOracle):
 
     def __init__(self, *, log: QueryLog | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if log is not None:
+            check_batches(log)  # the bytes a binary answer kept must give its answers
         self.log = log
         self._cache: dict[str, dict[str, Any]] = dict(log.answers) if log is not None else {}
         self.from_log = 0
@@ -51,7 +54,15 @@ class LoggedOracle(ModelOracle):
         answers = self._fetch(images)
         self._record(hashes, now_iso(), answers)
 
-    def _record(self, hashes: list[str], when: str, answers: list[dict[str, Any]]) -> None:
+    def _record(
+        self,
+        hashes: list[str],
+        when: str,
+        answers: list[dict[str, Any]],
+        batch: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep a batch's answers (and log them, with ``batch``: the bytes of a binary
+        answer and the request's hash, see :meth:`.querylog.QueryLog.append`)."""
         if len(answers) != len(hashes):
             raise TracemarkError(
                 f"the endpoint answered {len(answers)} images for a batch of {len(hashes)}"
@@ -60,7 +71,9 @@ class LoggedOracle(ModelOracle):
         for sha, answer in zip(hashes, answers, strict=True):
             self._cache[sha] = answer
         if self.log is not None:
-            self.log.append((sha, when, a) for sha, a in zip(hashes, answers, strict=True))
+            self.log.append(
+                ((sha, when, a) for sha, a in zip(hashes, answers, strict=True)), batch=batch
+            )
 
     @property
     def answers_on_hand(self) -> int:
@@ -195,10 +208,15 @@ class ReplayOracle(LoggedOracle):
             if self.log.chained
             else "no hash chain (a version-1 log): edits to it cannot be detected"
         )
+        binary = (
+            f", {len(self.log.batches)} binary answers kept as sent and decoded again"
+            if self.log.batches
+            else ""
+        )
         return (
             f"answers replayed from query log {self.log.path}: recorded from {h['endpoint']}"
             f"{model} ({h.get('protocol')}), created {h.get('created')}; {len(self.log)} "
-            f"answers, {chain}"
+            f"answers, {chain}{binary}"
         )
 
     def _fetch(self, images: np.ndarray) -> list[dict[str, Any]]:
@@ -208,5 +226,5 @@ class ReplayOracle(LoggedOracle):
             "wrote the log"
         )
 
-    def _record(self, hashes, when, answers) -> None:  # pragma: no cover - _fetch raises
+    def _record(self, hashes, when, answers, batch=None) -> None:  # pragma: no cover
         raise AssertionError("a replay never records")

@@ -89,6 +89,12 @@ class ModelOptions:
         min=0,
         rich_help_panel=HTTP_PANEL,
     )
+    binary: Literal["auto", "on", "off"] | None = option(
+        None,
+        "v2 tensors as raw bytes, not JSON text (the binary tensor data extension): auto "
+        "uses them when the server lists the extension (default auto).",
+        rich_help_panel=HTTP_PANEL,
+    )
     num_classes: int | None = option(
         None,
         "Classes of a label-only endpoint (or --class-names).",
@@ -175,6 +181,7 @@ def _endpoint(url: str, options: ModelOptions) -> Oracle:
         timeout=options.timeout,
         retries=options.retries,
         num_classes=options.num_classes,
+        binary=options.binary,
     )
     return open_endpoint(
         url,

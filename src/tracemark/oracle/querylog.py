@@ -20,10 +20,23 @@ an answered image is never sent again.
 Since version 2 every record also carries ``"prev"``, the SHA-256 of the line before
 it, so an edited, deleted, inserted or reordered line breaks the chain and the log is
 refused. The chain detects edits, not a forger who recomputes it: it is no signature.
+
+Since version 3, an answer that came as raw tensor bytes (the v2 binary extension) is
+kept whole, before its images' records, in a batch line::
+
+    {"batch": {"images": [sha256, ...], "request_sha256": "...", "header_length": 97,
+               "response_sha256": "...", "response": "<base64>"}, "time": ..., "prev": ...}
+
+The response's bytes must hash to ``response_sha256`` or the log is refused, and a
+replay decodes them again and checks that they give the answers recorded
+(:func:`tracemark.oracle.wire.check_batches`): what the model sent, byte for byte, is
+part of the evidence.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -42,8 +55,8 @@ from ..limits import MAX_CLASSES
 __all__ = ["LOG_FORMAT", "QueryLog", "check_answer", "check_numbers"]
 
 LOG_FORMAT = "tracemark-query-log"
-LOG_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: the same records, without the hash chain
+LOG_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no hash chain; 2: no batch lines (binary answers)
 MAX_LABEL = MAX_CLASSES  # a bigger label is garbage (see tracemark.limits)
 MAX_SCORE = 1e300  # finite, and far from overflowing when exponentiated as a logit
 
@@ -110,6 +123,32 @@ def _is_label(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_LABEL
 
 
+def _checked_batch(batch: object, where: str) -> dict[str, Any]:
+    """A batch line's binary answer, its bytes decoded and checked against their hash."""
+    if not isinstance(batch, dict):
+        raise TracemarkError(f"{where}: a batch record must be an object")
+    images = batch.get("images")
+    if not (
+        isinstance(images, list)
+        and images
+        and all(isinstance(h, str) and len(h) == 64 for h in images)
+    ):
+        raise TracemarkError(f"{where}: a batch record must list its images' SHA-256s")
+    length = batch.get("header_length")
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+        raise TracemarkError(f"{where}: a batch record needs a positive 'header_length'")
+    try:
+        raw = base64.b64decode(str(batch.get("response", "")), validate=True)
+    except (binascii.Error, ValueError):
+        raise TracemarkError(f"{where}: the batch's binary payload is not valid base64") from None
+    if hashlib.sha256(raw).hexdigest() != batch.get("response_sha256"):
+        raise TracemarkError(
+            f"{where}: the batch's binary payload does not match its SHA-256: the bytes the "
+            "model sent were altered, so the log cannot be trusted as a record of its answers"
+        )
+    return {**batch, "response": raw}
+
+
 def line_hash(line: bytes) -> str:
     """The chain hash of one log line (its bytes without the newline)."""
     return hashlib.sha256(line).hexdigest()
@@ -126,6 +165,7 @@ class QueryLog:
     def __init__(self, path: str | os.PathLike, header: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.answers: dict[str, dict[str, Any]] = {}
+        self.batches: list[dict[str, Any]] = []  # binary answers, their bytes whole
         self.header: dict[str, Any] = {}
         self.chained = True  # False for a version-1 log (no hash chain to check)
         self._lock = threading.Lock()
@@ -169,8 +209,17 @@ class QueryLog:
     def get(self, sha256: str) -> dict[str, Any] | None:
         return self.answers.get(sha256)
 
-    def append(self, records: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
-        """Append (sha256, request time, answer) records and make them durable."""
+    def append(
+        self,
+        records: Iterable[tuple[str, str, dict[str, Any]]],
+        batch: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append (sha256, request time, answer) records and make them durable.
+
+        ``batch``: the binary answer they were decoded from (``response`` bytes,
+        ``header_length``, ``request_sha256``), written first as a batch line (version 3
+        logs; an older log being resumed keeps its format and only the answers).
+        """
         if not self._writable:
             raise TracemarkError(f"query log {self.path} was opened read-only")
         with self._lock:
@@ -187,6 +236,25 @@ class QueryLog:
             # after an earlier write but before its bookkeeping must not break it.
             prev = self._tail_hash()
             lines = []
+            if batch is not None and self.header.get("version", 0) >= 3:
+                raw = bytes(batch["response"])
+                record = {
+                    "batch": {
+                        "images": [sha for sha, _, _ in pending],
+                        "request_sha256": batch.get("request_sha256"),
+                        "header_length": batch.get("header_length"),
+                        "response_sha256": hashlib.sha256(raw).hexdigest(),
+                        "response": base64.b64encode(raw).decode("ascii"),
+                    },
+                    "time": pending[0][1],
+                    "prev": prev,
+                }
+                line = json.dumps(record)
+                prev = line_hash(line.encode("utf-8"))
+                lines.append(line + "\n")
+                new_batch = {**record["batch"], "response": raw}
+            else:
+                new_batch = None
             for sha, when, answer in pending:
                 record = {"sha256": sha, "time": when, "answer": answer, "prev": prev}
                 line = json.dumps(record)
@@ -199,6 +267,8 @@ class QueryLog:
             # Only once they are on disk: a Ctrl-C before this point leaves them unmarked,
             # so the caller's retry writes them (a repeated identical answer loads fine).
             self.answers.update(new)
+            if new_batch is not None:
+                self.batches.append(new_batch)
 
     def _tail_hash(self) -> str:
         """Chain hash of the file's last complete line, read from its end."""
@@ -264,16 +334,19 @@ class QueryLog:
                 record = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise TracemarkError(f"{where} is not valid JSON: {exc}") from None
-            sha = record.get("sha256") if isinstance(record, dict) else None
-            if not isinstance(sha, str) or len(sha) != 64:
-                raise TracemarkError(f"{where} has no valid 'sha256'")
-            if self.chained and record.get("prev") != prev:
+            if self.chained and isinstance(record, dict) and record.get("prev") != prev:
                 raise TracemarkError(
                     f"{where} does not follow line {number - 1}: its hash chain is broken, so "
                     "the log was edited, or lines were removed, inserted or reordered. The "
                     "log cannot be trusted as a record of the model's answers"
                 )
             prev = line_hash(line)
+            if version >= 3 and isinstance(record, dict) and "batch" in record:
+                self.batches.append(_checked_batch(record["batch"], where))
+                continue
+            sha = record.get("sha256") if isinstance(record, dict) else None
+            if not isinstance(sha, str) or len(sha) != 64:
+                raise TracemarkError(f"{where} has no valid 'sha256'")
             answer = check_answer(record.get("answer"), where)
             if sha in self.answers and self.answers[sha] != answer:
                 raise TracemarkError(

@@ -3,6 +3,8 @@
 - ``v2``: the Open Inference Protocol (KServe, NVIDIA Triton, Seldon MLServer,
   TorchServe's KServe mode). Images go as one FP32 tensor; the answer is a score
   tensor (n, C), or an INT64 ``labels`` tensor (n, k) with an optional ``scores``.
+  With ``binary`` the tensors travel as raw bytes both ways (the binary tensor data
+  extension, :mod:`.binary_tensors`); answers may then be FP16, FP32 or FP64.
 - ``json``: a simple endpoint taking base64 PNGs and answering, per image, a list of
   probabilities, a best-first list of ``{label, score}`` objects, or a label.
 
@@ -14,17 +16,38 @@ Parsing is strict: a malformed answer is an error naming what was wrong, never a
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import TracemarkError
+from .binary_tensors import (
+    CONTENT_TYPE,
+    EXTENSION,
+    HEADER_LENGTH,
+    BinaryBodyError,
+    frame,
+    read_tensors,
+    split_body,
+    tensor_bytes,
+)
 from .querylog import MAX_LABEL, check_answer, check_numbers
 
-__all__ = ["JsonCodec", "JsonFields", "V2Codec"]
+__all__ = [
+    "JsonCodec",
+    "JsonFields",
+    "V2Codec",
+    "WireAnswer",
+    "WireRequest",
+    "check_batches",
+    "server_offers_binary",
+]
 
 Layout = Literal["nchw", "nhwc"]
 _V2_FLOATS = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
@@ -34,6 +57,49 @@ LABEL_OUTPUTS = ("labels", "label")
 
 class MalformedAnswer(TracemarkError):
     """The endpoint's answer does not have the shape the protocol promises."""
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    """A request body as sent, with the headers that say how to read it."""
+
+    content: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+@dataclass(frozen=True)
+class WireAnswer:
+    """One batch's answers, and (binary wire) the response's bytes, kept for the log.
+
+    ``payload`` is None for JSON answers: their numbers are logged as JSON already.
+    """
+
+    answers: list[dict[str, Any]]
+    payload: bytes | None = None
+    header_length: int | None = None
+
+
+def json_request(payload: object) -> WireRequest:
+    return WireRequest(json.dumps(payload).encode("utf-8"), {"Content-Type": "application/json"})
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedAnswer(
+            f"the endpoint answered with a body that is not JSON: {body[:200]!r}"
+        ) from None
+
+
+def server_offers_binary(server_metadata: object) -> bool:
+    """Whether ``GET /v2`` lists the binary tensor data extension."""
+    extensions = server_metadata.get("extensions") if isinstance(server_metadata, dict) else None
+    return isinstance(extensions, list) and EXTENSION in extensions
 
 
 class JsonFields(BaseModel):
@@ -59,6 +125,7 @@ class V2Codec:
         input_name: str | None = None,
         layout: Layout = "nchw",
         output_name: str | None = None,
+        binary: bool = False,
     ) -> None:
         if not model_name or "/" in model_name:
             raise TracemarkError(
@@ -71,6 +138,7 @@ class V2Codec:
         self.input_name = input_name
         self.layout: Layout = layout
         self.output_name = output_name
+        self.binary = binary
 
     @property
     def infer_path(self) -> str:
@@ -91,9 +159,13 @@ class V2Codec:
             elif shape[3] in (1, 3) and shape[1] not in (1, 3):
                 self.layout = "nhwc"
 
-    def encode(self, images: np.ndarray) -> dict[str, Any]:
+    def _tensor_input(self, images: np.ndarray) -> np.ndarray:
         x = images.transpose(0, 3, 1, 2) if self.layout == "nchw" else images
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def encode(self, images: np.ndarray) -> dict[str, Any]:
+        """The JSON request body (numbers as text)."""
+        x = self._tensor_input(images)
         return {
             "inputs": [
                 {
@@ -105,8 +177,54 @@ class V2Codec:
             ]
         }
 
+    def request(self, images: np.ndarray) -> WireRequest:
+        """The request as sent: JSON, or (``binary``) a JSON header and the raw FP32 bytes,
+        asking for every output as raw bytes too."""
+        if not self.binary:
+            return json_request(self.encode(images))
+        x = self._tensor_input(images)
+        data = tensor_bytes(x, "FP32")
+        header = {
+            "inputs": [
+                {
+                    "name": self.input_name or "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+        content, length = frame(header, [data])
+        return WireRequest(content, {"Content-Type": CONTENT_TYPE, HEADER_LENGTH: str(length)})
+
     def decode(self, body: object, n: int) -> list[dict[str, Any]]:
+        """Answers from a parsed JSON body (binary tensors already read into arrays)."""
         return _checked(self._decode(body, n))
+
+    def answer(self, content: bytes, header_length: str | int | None, n: int) -> WireAnswer:
+        """Answers from a response's bytes; a binary response's bytes are kept for the log."""
+        if header_length is None:
+            return WireAnswer(self.decode(parse_json(content), n))
+        return WireAnswer(
+            self.decode_binary(content, header_length, n), content, int(header_length)
+        )
+
+    def decode_binary(
+        self, content: bytes, header_length: str | int, n: int
+    ) -> list[dict[str, Any]]:
+        """Answers from a body framed with the binary extension (also a logged payload)."""
+        try:
+            header, raw = split_body(content, header_length)
+            outputs = header.get("outputs") if isinstance(header, dict) else None
+            if not isinstance(outputs, list) or not outputs:
+                raise MalformedAnswer(
+                    f"a v2 answer needs a non-empty 'outputs' list; got {_preview(header)}"
+                )
+            header = {**header, "outputs": read_tensors(outputs, raw, "outputs")}
+        except BinaryBodyError as exc:
+            raise MalformedAnswer(f"the binary answer is malformed: {exc}") from None
+        return self.decode(header, n)
 
     def _decode(self, body: object, n: int) -> list[dict[str, Any]]:
         outputs = body.get("outputs") if isinstance(body, dict) else None
@@ -142,17 +260,22 @@ def _tensor(spec: object, n: int, integer: bool = False) -> np.ndarray:
     if integer and dtype not in _V2_INTS:
         raise MalformedAnswer(f"output {name!r} holds labels but has datatype {dtype!r}")
     if not integer and dtype not in _V2_FLOATS and dtype not in _V2_INTS:
-        raise MalformedAnswer(f"output {name!r} has datatype {dtype!r}; expected FP32 or FP64")
+        raise MalformedAnswer(
+            f"output {name!r} has datatype {dtype!r}; expected FP16, FP32 or FP64"
+        )
     if not isinstance(shape, list) or not all(isinstance(d, int) for d in shape):
         raise MalformedAnswer(f"output {name!r} has no valid 'shape'")
     raw = spec.get("data")
-    if not isinstance(raw, list):
+    if isinstance(raw, np.ndarray):  # read from binary bytes, typed by its datatype
+        data = raw.astype(np.float64)
+    elif not isinstance(raw, list):
         raise MalformedAnswer(f"output {name!r} has no 'data' list")
-    flat = _flatten(raw, str(name))
-    try:
-        data = np.asarray(check_numbers(flat, f"output {name!r}", "data"), dtype=np.float64)
-    except TracemarkError as exc:
-        raise MalformedAnswer(str(exc)) from None
+    else:
+        flat = _flatten(raw, str(name))
+        try:
+            data = np.asarray(check_numbers(flat, f"output {name!r}", "data"), dtype=np.float64)
+        except TracemarkError as exc:
+            raise MalformedAnswer(str(exc)) from None
     if shape and shape[0] == n and len(shape) == 1:
         shape = [n, 1]  # a label per image, as a vector
     if len(shape) != 2 or shape[0] != n:
@@ -221,6 +344,12 @@ class JsonCodec:
         self.fields = fields or JsonFields()
         self.class_names = list(class_names) if class_names else None
         self.infer_path = ""
+
+    def request(self, images: np.ndarray) -> WireRequest:
+        return json_request(self.encode(images))
+
+    def answer(self, content: bytes, header_length: str | int | None, n: int) -> WireAnswer:
+        return WireAnswer(self.decode(parse_json(content), n))
 
     def encode(self, images: np.ndarray) -> dict[str, Any]:
         from PIL import Image
@@ -292,3 +421,28 @@ class JsonCodec:
 def _preview(value: object, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_batches(log: Any) -> None:
+    """Decode every binary answer a query log keeps and check it gives the answers the
+    log records for its images: an edit to either is refused, whichever was edited."""
+    if not log.batches:
+        return
+    header = log.header
+    codec = V2Codec(
+        str(header.get("model_name") or "model"), output_name=header.get("output_name"), binary=True
+    )
+    for number, batch in enumerate(log.batches, start=1):
+        where = f"query log {log.path}, binary answer {number}"
+        images = batch["images"]
+        try:
+            decoded = codec.decode_binary(batch["response"], batch["header_length"], len(images))
+        except MalformedAnswer as exc:
+            raise TracemarkError(f"{where} does not decode: {exc}") from None
+        for sha, answer in zip(images, decoded, strict=True):
+            if log.answers.get(sha) != answer:
+                raise TracemarkError(
+                    f"{where}: the answer recorded for image {sha[:12]}... is not what the "
+                    "model's bytes say; the log was edited, so it cannot be trusted as a "
+                    "record of the model's answers"
+                )
