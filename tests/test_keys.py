@@ -155,3 +155,13 @@ KNOWN_MARK_DIGESTS = [
     "e8344091f3cf177a370cb8ec3c21df1d150a1cf00d806ae97df25e338d77621c",
     "a6531583ebb3cd02b22b47586402299accf6fe4db26cbf33ffb8081abaf117c0",
 ]
+
+
+def test_derive_keys_is_the_first_8_bytes_of_derive_bytes():
+    """The per-id keys (hashed from a copied prefix, for speed) are exactly the digests'."""
+    from tracemark.rng import derive_bytes
+
+    ids = [0, 7, "cat.png", "ünï/cødé.jpg", b"\x00raw", 2**70]
+    got = derive_keys("ab" * 16, "tracker/noise", ids)
+    want = [int.from_bytes(derive_bytes("ab" * 16, "tracker/noise", i)[:8], "big") for i in ids]
+    assert got.dtype == np.uint64 and got.tolist() == want

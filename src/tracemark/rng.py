@@ -60,9 +60,15 @@ def derive_keys(seed: str, purpose: str, ids: Sequence[int | str | bytes]) -> np
     Used with :func:`hash_uniform` where creating a Generator per image would cost
     more than the work itself.
     """
-    return np.array(
-        [int.from_bytes(derive_bytes(seed, purpose, i)[:8], "big") for i in ids], dtype=np.uint64
-    )
+    prefix = hashlib.sha256(_DOMAIN)  # (seed, purpose) hashed once, then copied per id
+    prefix.update(_encode_part(bytes.fromhex(seed)))
+    prefix.update(_encode_part(purpose))
+    out = np.empty(len(ids), dtype=np.uint64)
+    for n, i in enumerate(ids):
+        h = prefix.copy()
+        h.update(_encode_part(i))
+        out[n] = int.from_bytes(h.digest()[:8], "big")
+    return out
 
 
 def hash_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:

@@ -257,7 +257,7 @@ class HttpOracle(LoggedOracle):
         # Each worker files its batch's answer here itself (keyed by the batch's start);
         # whatever ends the fetch, every answer filed is logged before it returns: the
         # server answered it, so a re-run must never send it again.
-        answered: dict[int, tuple[str, WireAnswer, str]] = {}
+        answered: dict[int, tuple[str, WireAnswer]] = {}
         recorded: set[int] = set()
 
         def send(start: int) -> int:
@@ -266,14 +266,10 @@ class HttpOracle(LoggedOracle):
 
         def record(start: int) -> None:
             if start not in recorded:
-                when, answer, request_sha = answered[start]
+                when, answer = answered[start]
                 batch = None
                 if answer.payload is not None:
-                    batch = {
-                        "request_sha256": request_sha,
-                        "header_length": answer.header_length,
-                        "response": answer.payload,
-                    }
+                    batch = {"header_length": answer.header_length, "response": answer.payload}
                 self._record(hashes[start : batches[start]], when, answer.answers, batch)
                 recorded.add(start)
 
@@ -334,13 +330,12 @@ class HttpOracle(LoggedOracle):
         """How tensors travel: "binary" or "json" (v2 decides on the first query)."""
         return "binary" if getattr(self.codec, "binary", False) else "json"
 
-    def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, WireAnswer, str]:
+    def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, WireAnswer]:
         when = now_iso()
         request = self.codec.request(images)
         r = self._request("POST", self.codec.infer_path, request, stop)
         # validated by the codec; a binary answer keeps its bytes for the query log
-        answer = self.codec.answer(r.content, r.headers.get(HEADER_LENGTH), images.shape[0])
-        return when, answer, request.sha256
+        return when, self.codec.answer(r.content, r.headers.get(HEADER_LENGTH), len(images))
 
     def _request(
         self, method: str, path: str, request: WireRequest | None, stop: threading.Event
@@ -365,8 +360,10 @@ class HttpOracle(LoggedOracle):
                     if request is None:
                         r = self._client.request(method, path)
                     else:
+                        # Content-Length given: the parts are sent as they are, not chunked
+                        headers = {**request.headers, "Content-Length": str(request.size)}
                         r = self._client.request(
-                            method, path, content=request.content, headers=request.headers
+                            method, path, content=request.stream(), headers=headers
                         )
             except httpx.TimeoutException:
                 kind, reason = "timeout", f"no complete answer within {self.timeout:g} s"

@@ -18,7 +18,7 @@ def image_sha256(image: np.ndarray) -> str:
     """SHA-256 (hex) of one (H, W, C) image as float32, with its shape."""
     x = np.ascontiguousarray(image, dtype=np.float32)
     digest = hashlib.sha256("x".join(str(d) for d in x.shape).encode() + b"\0")
-    digest.update(x.tobytes())
+    digest.update(memoryview(x).cast("B"))  # the array's own memory, not a copy
     return digest.hexdigest()
 
 

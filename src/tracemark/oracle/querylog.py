@@ -24,8 +24,8 @@ refused. The chain detects edits, not a forger who recomputes it: it is no signa
 Since version 3, an answer that came as raw tensor bytes (the v2 binary extension) is
 kept whole, before its images' records, in a batch line::
 
-    {"batch": {"images": [sha256, ...], "request_sha256": "...", "header_length": 97,
-               "response_sha256": "...", "response": "<base64>"}, "time": ..., "prev": ...}
+    {"batch": {"images": [sha256, ...], "header_length": 97, "response_sha256": "...",
+               "response": "<base64>"}, "time": ..., "prev": ...}
 
 The response's bytes must hash to ``response_sha256`` or the log is refused, and a
 replay decodes them again and checks that they give the answers recorded
@@ -216,9 +216,10 @@ class QueryLog:
     ) -> None:
         """Append (sha256, request time, answer) records and make them durable.
 
-        ``batch``: the binary answer they were decoded from (``response`` bytes,
-        ``header_length``, ``request_sha256``), written first as a batch line (version 3
-        logs; an older log being resumed keeps its format and only the answers).
+        ``batch``: the binary answer they were decoded from (``response`` bytes and its
+        ``header_length``), written first as a batch line (version 3 logs; an older log
+        being resumed keeps its format and only the answers). What was sent is recorded
+        by the images' own hashes: their exact float32 values.
         """
         if not self._writable:
             raise TracemarkError(f"query log {self.path} was opened read-only")
@@ -241,7 +242,6 @@ class QueryLog:
                 record = {
                     "batch": {
                         "images": [sha for sha, _, _ in pending],
-                        "request_sha256": batch.get("request_sha256"),
                         "header_length": batch.get("header_length"),
                         "response_sha256": hashlib.sha256(raw).hexdigest(),
                         "response": base64.b64encode(raw).decode("ascii"),

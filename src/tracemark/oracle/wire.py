@@ -16,10 +16,9 @@ Parsing is strict: a malformed answer is an error naming what was wrong, never a
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +34,6 @@ from .binary_tensors import (
     frame,
     read_tensors,
     split_body,
-    tensor_bytes,
 )
 from .querylog import MAX_LABEL, check_answer, check_numbers
 
@@ -61,14 +59,25 @@ class MalformedAnswer(TracemarkError):
 
 @dataclass(frozen=True)
 class WireRequest:
-    """A request body as sent, with the headers that say how to read it."""
+    """A request body as sent, in parts (a binary tensor is sent from the array's own
+    memory, never copied into one big bytes object), with the headers that say how to
+    read it."""
 
-    content: bytes
+    parts: tuple[bytes | memoryview, ...]
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
+    def size(self) -> int:
+        return sum(memoryview(p).nbytes for p in self.parts)
+
+    @property
+    def content(self) -> bytes:
+        """The whole body as one bytes object (a copy: for tests and benches)."""
+        return b"".join(self.parts)
+
+    def stream(self) -> Iterator[bytes | memoryview]:
+        """The parts, afresh for each try of the request."""
+        yield from self.parts
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class WireAnswer:
 
 
 def json_request(payload: object) -> WireRequest:
-    return WireRequest(json.dumps(payload).encode("utf-8"), {"Content-Type": "application/json"})
+    return WireRequest((json.dumps(payload).encode("utf-8"),), {"Content-Type": "application/json"})
 
 
 def parse_json(body: bytes) -> Any:
@@ -182,21 +191,22 @@ class V2Codec:
         asking for every output as raw bytes too."""
         if not self.binary:
             return json_request(self.encode(images))
-        x = self._tensor_input(images)
-        data = tensor_bytes(x, "FP32")
+        x = self._tensor_input(images)  # C-contiguous little-endian FP32, sent as it is
+        data = memoryview(x.astype("<f4", copy=False)).cast("B")
         header = {
             "inputs": [
                 {
                     "name": self.input_name or "input",
                     "shape": list(x.shape),
                     "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(data)},
+                    "parameters": {"binary_data_size": data.nbytes},
                 }
             ],
             "parameters": {"binary_data_output": True},
         }
-        content, length = frame(header, [data])
-        return WireRequest(content, {"Content-Type": CONTENT_TYPE, HEADER_LENGTH: str(length)})
+        head = frame(header, [])[0]
+        headers = {"Content-Type": CONTENT_TYPE, HEADER_LENGTH: str(len(head))}
+        return WireRequest((head, data), headers)
 
     def decode(self, body: object, n: int) -> list[dict[str, Any]]:
         """Answers from a parsed JSON body (binary tensors already read into arrays)."""

@@ -49,21 +49,23 @@ def _mark_chunk(
 ) -> None:
     """Mark a chunk into ``out`` (a view of the same length); inputs are never modified.
 
-    ``scaled_pattern``: (H, W, C) for all images, or (n, H, W, C), one per image.
+    ``scaled_pattern``: (H, W, C) for all images, or (n, H, W, C), one per image. The
+    noise (one channel) is put back in the images' order, so each image is read once
+    and written once, in place in ``out``: five passes over the pixels in all.
     """
-    _, h, w, _ = images.shape
-    delta, order = sign_noise_sorted(h, w, noise_keys, params.eps)
-    x = images[order]  # a new array, in the noise's order
-    x += delta[..., None]
+    n, h, w, _ = images.shape
+    sorted_noise, order = sign_noise_sorted(h, w, noise_keys, params.eps)
+    delta = np.empty_like(sorted_noise)
+    delta[order] = sorted_noise
+    x = np.add(images, delta[..., None], out=out)
     np.clip(x, 0.0, 1.0, out=x)  # clip x + delta to the valid range (not to 255)
     # 255 * (r * x + (1 - r) * pattern), rounded to the 8-bit values a file stores:
-    # audits must use what was published.
+    # audits must use what was published. Both terms lie in [0, 255 r] and [0, 255 (1 - r)],
+    # so the sum needs no clipping.
     x *= np.float32(255.0 * params.r)
-    x += scaled_pattern if scaled_pattern.ndim == 3 else scaled_pattern[order]
+    x += scaled_pattern
     np.rint(x, out=x)
-    np.clip(x, 0.0, 255.0, out=x)
     x /= np.float32(255.0)
-    out[order] = x
 
 
 def apply_mark(
