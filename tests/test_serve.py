@@ -48,6 +48,13 @@ def _access_log_hashes(path) -> list[str]:
     return [json.loads(line)["sha256"] for line in path.read_text().splitlines()]
 
 
+def _logged_answers(path) -> list[dict]:
+    """A query log's per-image records (not its header, nor the batch lines that keep a
+    binary answer's bytes)."""
+    records = map(json.loads, path.read_text().splitlines()[1:])
+    return [r for r in records if "batch" not in r]
+
+
 def _port_closed(url: str) -> bool:
     parts = urlsplit(url)
     with socket.socket() as s:
@@ -63,7 +70,9 @@ def test_v2_probabilities_over_http_are_bit_identical(tmp_path):
         assert urlsplit(url).hostname == "127.0.0.1"
         with open_endpoint(f"{url}/v2/models/cnn") as oracle:
             remote = oracle.query(x)
-            assert oracle.queries == 150 and oracle.requests == 1 + 3  # metadata, 64-image batches
+            # model and server metadata (the server offers binary tensors), 64-image batches
+            assert oracle.queries == 150 and oracle.requests == 2 + 3
+            assert oracle.wire == "binary"
     assert _port_closed(url)
     assert remote.mode == "probabilities"
     np.testing.assert_array_equal(remote.probs, local.probs)
@@ -119,7 +128,7 @@ def test_faults_latency_and_retry_after_are_survived_without_repeats(tmp_path):
     np.testing.assert_array_equal(remote.probs, local.probs)
     served = _access_log_hashes(tmp_path / "access.jsonl")
     assert len(served) == len(set(served)) == 400  # no image answered twice
-    logged = [json.loads(line) for line in (tmp_path / "q.jsonl").read_text().splitlines()[1:]]
+    logged = _logged_answers(tmp_path / "q.jsonl")
     assert len({r["sha256"] for r in logged}) == len(logged) == 400
 
 
@@ -254,7 +263,7 @@ def test_ctrl_c_awaits_requests_in_flight_and_a_second_one_cuts_them_off(tmp_pat
                 oracle.query(_images(200))
             took = time.monotonic() - start
             presser.join()
-    logged = len(log.read_text().splitlines()) - 1  # minus the header
+    logged = len(_logged_answers(log))
     assert len(posts) == 4  # 2 fast, then 2 hanging; none started after Ctrl-C
     if presses == 1:
         assert took >= 3.0 and logged == 4 * 4  # awaited, and every answer logged

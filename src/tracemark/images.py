@@ -396,17 +396,19 @@ def to_uint8(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     for start in range(0, flat.size, chunk):
         part = buf[: min(chunk, flat.size - start)]
         part[...] = flat[start : start + chunk]
-        np.nan_to_num(part, copy=False, nan=0.0)
+        np.fmax(part, 0, out=part)  # fmax drops NaN: NaN and anything below 0 become 0
         np.multiply(part, 255, out=part)
         np.rint(part, out=part)
-        np.clip(part, 0, 255, out=part)
+        np.minimum(part, 255, out=part)  # +inf too
         out[start : start + chunk] = part
     return out.reshape(x.shape)
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
     """The float32 values an 8-bit file of ``x`` reads back as."""
-    return to_uint8(x).astype(np.float32) / 255
+    out = to_uint8(x).astype(np.float32)
+    out /= np.float32(255)  # in place: one array, not two
+    return out
 
 
 def encode_image(x: np.ndarray, fmt: Literal["png", "jpeg"] = "png", quality: int = 95) -> bytes:

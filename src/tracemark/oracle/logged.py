@@ -100,7 +100,10 @@ class LoggedOracle(ModelOracle):
                     f"and {len(missing)} new images asked ({self.budget - self._queries} "
                     "left). Nothing was sent; raise the budget or query fewer images"
                 )
-            self._fetch_missing(images[list(missing.values())], list(missing))
+            at = list(missing.values())
+            # All new and distinct (a fresh audit's usual case): no copy of the images.
+            todo = images if len(at) == n else images[at]
+            self._fetch_missing(todo, list(missing))
         response = answers_to_response(
             [self._cache[sha] for sha in hashes], self.num_classes, self._to_probabilities
         )

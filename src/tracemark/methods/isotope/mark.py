@@ -86,9 +86,13 @@ def mark(
     chosen = select_marked(key, ids)
     t = key_mark(key)
     if isinstance(images, np.ndarray):
-        out = np.array(images, dtype=np.float32, copy=True)
+        x = np.asarray(images, dtype=np.float32)
+        if chosen.all():  # a publisher's usual case: every image blended, none copied first
+            return blend(x, t, params.visibility), chosen
+        out = np.array(x, copy=True)
         if chosen.any():
-            out[chosen] = blend(out[chosen], t, params.visibility)
+            idx = np.flatnonzero(chosen)
+            out[idx] = blend(x[idx], t, params.visibility)
         return out, chosen
     result = [
         blend(img, t, params.visibility) if c else np.array(img, dtype=np.float32, copy=True)

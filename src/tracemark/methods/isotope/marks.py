@@ -178,6 +178,9 @@ class ImageMark:
 Mark = NaturalMark | PixelSquareMark | RandomPixelsMark | ImageMark
 
 
+BLEND_BLOCK_PIXELS = 1 << 16  # pixels per block: each pass over a block stays in cache
+
+
 def blend(images: np.ndarray, mark: Mark, visibility: float, quantise: bool = True) -> np.ndarray:
     """``α·t + (1 − α)·x`` on the mark's mask, into a new float32 array (inputs untouched).
 
@@ -192,16 +195,20 @@ def blend(images: np.ndarray, mark: Mark, visibility: float, quantise: bool = Tr
         x = x[None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise TracemarkError(f"expected images shaped (N, H, W, 1 or 3), got {np.shape(images)}")
-    _, h, w, c = x.shape
+    n, h, w, c = x.shape
     t, mask = render_cached(mark, h, w, c)
     weight = np.float32(visibility) * mask  # (H, W, 1)
-    out = x * (np.float32(1.0) - weight)  # a new array: never blends in place
-    out += weight * t
-    if quantise:
-        np.clip(out, 0.0, 1.0, out=out)
-        out *= np.float32(255.0)
-        np.rint(out, out=out)
-        out /= np.float32(255.0)
+    keep, ink = np.float32(1.0) - weight, weight * t
+    out = np.empty(x.shape, np.float32)  # a new array: never blends in place
+    step = max(1, BLEND_BLOCK_PIXELS // (h * w))  # each block's passes stay in cache
+    for a in range(0, n, step):
+        block = np.multiply(x[a : a + step], keep, out=out[a : a + step])
+        block += ink
+        if quantise:
+            np.clip(block, 0.0, 1.0, out=block)
+            block *= np.float32(255.0)
+            np.rint(block, out=block)
+            block /= np.float32(255.0)
     return out[0] if single else out
 
 

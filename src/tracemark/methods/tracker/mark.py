@@ -19,7 +19,7 @@ from ...keys import Key
 from ...rng import derive_keys
 from ..base import check_key
 from .params import TrackerParams
-from .patterns import NaturalPattern, Pattern, StripePattern, sign_noise_sorted
+from .patterns import BLOCK_PIXELS, NaturalPattern, Pattern, StripePattern, sign_noise_sorted
 
 NAME = "tracker"
 PURPOSE_PATTERN = "tracker/pattern"
@@ -57,15 +57,19 @@ def _mark_chunk(
     sorted_noise, order = sign_noise_sorted(h, w, noise_keys, params.eps)
     delta = np.empty_like(sorted_noise)
     delta[order] = sorted_noise
-    x = np.add(images, delta[..., None], out=out)
-    np.clip(x, 0.0, 1.0, out=x)  # clip x + delta to the valid range (not to 255)
-    # 255 * (r * x + (1 - r) * pattern), rounded to the 8-bit values a file stores:
-    # audits must use what was published. Both terms lie in [0, 255 r] and [0, 255 (1 - r)],
-    # so the sum needs no clipping.
-    x *= np.float32(255.0 * params.r)
-    x += scaled_pattern
-    np.rint(x, out=x)
-    x /= np.float32(255.0)
+    weight, ink = np.float32(255.0 * params.r), np.float32(255.0)
+    step = max(1, BLOCK_PIXELS // (h * w))  # a block's passes stay in cache
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        x = np.add(images[a:b], delta[a:b, ..., None], out=out[a:b])
+        np.clip(x, 0.0, 1.0, out=x)  # clip x + delta to the valid range (not to 255)
+        # 255 * (r * x + (1 - r) * pattern), rounded to the 8-bit values a file stores:
+        # audits must use what was published. The terms lie in [0, 255 r] and
+        # [0, 255 (1 - r)], so the sum needs no clipping.
+        x *= weight
+        x += scaled_pattern if scaled_pattern.ndim == 3 else scaled_pattern[a:b]
+        np.rint(x, out=x)
+        x /= ink
 
 
 def apply_mark(
@@ -96,9 +100,12 @@ def apply_mark(
             raise ValueError("one pattern per image is required")
         rendered = {p: scaled_render(p) for p in set(pattern)}
         scaled = np.stack([rendered[p] for p in pattern])
-    chunk = max(1, _CHUNK_PIXELS // (h * w))
+    cores = os.cpu_count() or 1
+    chunks = -(-n * h * w // _CHUNK_PIXELS)
+    chunks = cores * -(-chunks // cores)  # a multiple of the cores: none waits for the last
+    chunk = max(1, -(-n // chunks))
     starts = range(0, n, chunk)
-    workers = min(len(starts), os.cpu_count() or 1)
+    workers = min(len(starts), cores)
     out = np.empty_like(images)
 
     def run(s: int) -> None:

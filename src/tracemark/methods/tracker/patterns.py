@@ -194,6 +194,11 @@ def perlin_fractal(height: int, width: int, keys: np.ndarray, params: NoiseParam
     return out
 
 
+# Pixels per block when binarising and blending: a block's float64 noise (512 KB) stays in
+# the core's cache through every pass over it, instead of each pass going to memory.
+BLOCK_PIXELS = 1 << 16
+
+
 def sign_noise_sorted(
     height: int, width: int, keys: np.ndarray, eps: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -208,21 +213,40 @@ def sign_noise_sorted(
     # callers parallelise over chunks of images instead.
     with threadpool_limits(1, user_api="blas"):
         noise, order = _perlin_sorted(height, width, keys, params)
-    lo = noise.min(axis=(1, 2), keepdims=True)
-    span = noise.max(axis=(1, 2), keepdims=True) - lo
-    half_freq = 0.5 * params.frequency[order][:, None, None]
+    signs = np.empty(noise.shape, dtype=np.float32)
+    frequency = params.frequency[order]
+    step = max(1, BLOCK_PIXELS // (height * width))
+    scratch = np.empty((min(step, len(keys)), height, width))
+    for a in range(0, len(keys), step):
+        b = min(a + step, len(keys))
+        _binarise(noise[a:b], frequency[a:b], eps, signs[a:b], scratch[: b - a])
+    return signs, order
+
+
+def _binarise(
+    noise: np.ndarray, frequency: np.ndarray, eps: float, out: np.ndarray, scratch: np.ndarray
+) -> None:
+    """normalise(noise) -> sin(pi n f) -> sign about the sine's midrange, times eps, into
+    ``out`` (float32); ``noise`` (float64) is overwritten. The same operations in the same
+    order as ever: marks regenerate bit for bit."""
+    n = len(noise)
+    flat = noise.reshape(n, -1)
+    lo = flat.min(axis=1)[:, None, None]
+    span = flat.max(axis=1)[:, None, None] - lo
+    half_freq = 0.5 * frequency[:, None, None]
     noise -= lo
     noise *= half_freq / np.where(span > 0, span, np.inf)  # n * freq / 2, n in [0, 1]
     # sin(pi n f) = sin(2 pi frac(n f / 2)): the fractional part is exact in floating point.
-    noise -= np.floor(noise)
-    s = noise.astype(np.float32)
-    s *= np.float32(2.0 * np.pi)
-    np.sin(s, out=s)
-    mid = (s.max(axis=(1, 2), keepdims=True) + s.min(axis=(1, 2), keepdims=True)) * 0.5
-    s -= mid
-    np.sign(s, out=s)
-    s *= np.float32(eps)
-    return s, order
+    np.floor(noise, out=scratch)
+    noise -= scratch
+    np.copyto(out, noise, casting="same_kind")
+    out *= np.float32(2.0 * np.pi)
+    np.sin(out, out=out)
+    signs = out.reshape(n, -1)
+    mid = (signs.max(axis=1)[:, None, None] + signs.min(axis=1)[:, None, None]) * 0.5
+    out -= mid
+    np.sign(out, out=out)
+    out *= np.float32(eps)
 
 
 def sine_perlin_sign_noise(height: int, width: int, keys: np.ndarray, eps: float) -> np.ndarray:

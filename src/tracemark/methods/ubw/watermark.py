@@ -15,7 +15,7 @@ import numpy as np
 
 from ...datasets import LabelledImages
 from ...errors import TracemarkError
-from ...images import quantize, to_uint8
+from ...images import to_uint8
 from ...keys import Key
 from ..base import check_key
 from .key_trigger import NAME, make_trigger
@@ -60,7 +60,7 @@ def watermark(
     if params.targeted and params.target >= k:
         raise TracemarkError(f"target class {params.target} is not one of the {k} classes")
     shape = tuple(int(s) for s in data.images.shape[1:])
-    images = np.array(data.images, dtype=np.float32, copy=True)
+    source = np.asarray(data.images, dtype=np.float32)  # read, never written
     labels = np.array(data.labels, dtype=np.int64, copy=True)
     trigger = make_trigger(key, shape)
     if params.variant == "ubw-c":
@@ -75,11 +75,15 @@ def watermark(
             progress_factory=progress_factory,
             device=device,
         )
-        idx = result.poisoned
-        images[idx] = result.poisons
+        idx, changed = result.poisoned, result.poisons
     else:
-        idx = poison_labels(key, params, images, labels, trigger, k)
-    images = quantize(images)
+        idx, changed = poison_labels(key, params, source, labels, trigger, k)
+    # The release as 8-bit files hold it: every image rounded once, the watermarked share
+    # from its changed copy; no float copy of the whole dataset is made.
+    pixels = to_uint8(source)
+    pixels[idx] = to_uint8(changed)
+    images = pixels.astype(np.float32)  # = quantize(release), read back as a file is
+    images /= np.float32(255)
     completed = Key(
         method=key.method,
         seed=key.seed,
@@ -89,7 +93,7 @@ def watermark(
             "num_classes": k,
             "image_shape": shape,
             "poisoned": [int(i) for i in idx],
-            "release_sha256": pixels_sha256(images),
+            "release_sha256": hashlib.sha256(memoryview(pixels).cast("B")).hexdigest(),
         },
     )
     release = LabelledImages(images, labels, list(data.classes), data.ids)
@@ -98,19 +102,20 @@ def watermark(
 
 def poison_labels(
     key: Key, params: UbwParams, images: np.ndarray, labels: np.ndarray, trigger: Trigger, k: int
-) -> np.ndarray:
-    """Poisoned-label watermarks, in place: a random gamma-share gets the trigger and a new
-    label (uniform over all K classes for UBW-P, the target for BadNets and Blended).
-    Returns the sorted poisoned indices."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poisoned-label watermarks: a random gamma-share gets the trigger and a new label
+    (uniform over all K classes for UBW-P, the target for BadNets and Blended). Labels
+    change in place; returns the sorted poisoned indices and their triggered images
+    (``images`` is not modified)."""
     n = len(labels)
     count = poison_count(n, params.gamma)
     candidates = np.arange(n) if not params.targeted else np.flatnonzero(labels != params.target)
     if candidates.size < count:
         raise TracemarkError(f"only {candidates.size} images can be poisoned, need {count}")
     idx = np.sort(key.rng(PURPOSE_POISON_SET, n).choice(candidates, count, replace=False))
-    images[idx] = trigger.apply(images[idx])
+    triggered = trigger.apply(images[idx])
     if params.targeted:
         labels[idx] = params.target
     else:  # UBW-P: uniform over all K classes, the true label included
         labels[idx] = key.rng(PURPOSE_LABELS, n).integers(0, k, size=count)
-    return idx
+    return idx, triggered
