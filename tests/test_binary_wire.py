@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tracemark.errors import TracemarkError
 from tracemark.oracle import EndpointConfig, TorchModuleOracle, open_endpoint
 from tracemark.oracle.binary_tensors import DTYPES, HEADER_LENGTH, frame, tensor_bytes
 from tracemark.oracle.wire import MalformedAnswer, V2Codec
@@ -65,15 +66,16 @@ def test_a_binary_request_is_the_raw_float32_bytes(served_model):
 class ScriptedServer:
     """A v2 server that lists (or not) the binary extension and answers in kind."""
 
-    def __init__(self, extensions: list[str], output_type: str = "FP32") -> None:
-        self.extensions, self.output_type = extensions, output_type
+    def __init__(self, extensions: list[str], output_type: str = "FP32", v2_status: int = 200):
+        self.extensions, self.output_type, self.v2_status = extensions, output_type, v2_status
         self.content_types: list[str] = []
         self.sent: list[np.ndarray] = []  # the scores as sent, in their datatype
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             if request.url.path == "/v2":
-                return httpx.Response(200, json={"name": "s", "extensions": self.extensions})
+                meta = {"name": "s", "extensions": self.extensions}
+                return httpx.Response(self.v2_status, json=meta)
             meta = {"name": "m", "inputs": [{"name": "x", "shape": [-1, 3, 32, 32]}]}
             return httpx.Response(200, json=meta)
         self.content_types.append(request.headers["content-type"])
@@ -113,6 +115,22 @@ def test_auto_uses_binary_only_where_the_server_lists_it(extensions, wire):
     assert server.content_types == [expected]
     means = _images(3).reshape(3, -1).mean(axis=1)
     assert np.allclose(probs[:, 0], means / 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("status", [404, 405, 400])
+def test_a_server_without_server_metadata_gets_json(status):
+    server = ScriptedServer(["binary_tensor_data"], v2_status=status)
+    oracle = open_endpoint("http://127.0.0.1:9/v2/models/m", transport=httpx.MockTransport(server))
+    oracle.query(_images(2))
+    assert oracle.wire == "json" and server.content_types == ["application/json"]
+
+
+def test_refused_credentials_on_server_metadata_stop_the_audit():
+    server = ScriptedServer(["binary_tensor_data"], v2_status=401)
+    oracle = open_endpoint("http://127.0.0.1:9/v2/models/m", transport=httpx.MockTransport(server))
+    with pytest.raises(TracemarkError, match="refused access"):
+        oracle.query(_images(2))
+    assert server.content_types == []  # nothing was sent
 
 
 @pytest.mark.parametrize("output_type", ["FP16", "FP32", "FP64"])

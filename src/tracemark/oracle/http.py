@@ -116,6 +116,14 @@ class _Stopped(Exception):
     """A worker was told to stop (the audit was interrupted or another batch failed)."""
 
 
+class RefusedRequest(TracemarkError):
+    """The server refused a request with a status that retrying cannot change."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _codec(config: EndpointConfig, url: str, class_names: list[str] | None):
     """The wire codec for the endpoint's protocol, and whether it is configured already
     (v2 reads the input's name and layout from the model's metadata unless given, and
@@ -314,16 +322,18 @@ class HttpOracle(LoggedOracle):
         self._configured = True
 
     def _server_offers_binary(self) -> bool:
-        """``GET /v2`` lists the binary extension; a server without that route speaks JSON."""
+        """``GET /v2`` lists the binary extension. A server that does not answer that route
+        (404, 405, ...) or answers something else gets JSON; refused credentials stop the
+        audit here, as they would at its first query."""
         try:
             r = self._request("GET", "/v2", None, threading.Event())
             return server_offers_binary(parse_json(r.content))
         except MalformedAnswer:
             return False
-        except TracemarkError as exc:
-            if "HTTP 404" in str(exc):
-                return False
-            raise
+        except RefusedRequest as exc:
+            if exc.status in (401, 403):
+                raise
+            return False
 
     @property
     def wire(self) -> str:
@@ -457,27 +467,27 @@ class HttpOracle(LoggedOracle):
             )
         return seconds
 
-    def _fatal(self, r: Any, path: str) -> TracemarkError:
-        where = self._where(path)
-        if r.status_code in (401, 403):
+    def _fatal(self, r: Any, path: str) -> RefusedRequest:
+        where, status = self._where(path), r.status_code
+        if status in (401, 403):
             how = (
                 f"check the credentials from {self.auth_source}"
                 if self.auth_source
                 else "no credentials were sent: use --auth-env VAR or --auth-file FILE"
             )
-            return TracemarkError(
-                f"{where} refused access (HTTP {r.status_code}{self._server_message(r)}): {how}"
+            return RefusedRequest(
+                f"{where} refused access (HTTP {status}{self._server_message(r)}): {how}", status
             )
-        if r.status_code == 404:
+        if status == 404:
             hint = (
                 f"is the model name {self.model_name!r} right (--model-name)?"
                 if self.protocol == "v2"
                 else "is the endpoint URL right?"
             )
             message = self._server_message(r)
-            return TracemarkError(f"{where} was not found (HTTP 404{message}): {hint}")
-        return TracemarkError(
-            f"{where} rejected the request (HTTP {r.status_code}{self._server_message(r)})"
+            return RefusedRequest(f"{where} was not found (HTTP 404{message}): {hint}", status)
+        return RefusedRequest(
+            f"{where} rejected the request (HTTP {status}{self._server_message(r)})", status
         )
 
     def _where(self, path: str) -> str:

@@ -61,8 +61,8 @@ class LoggedOracle(ModelOracle):
         answers: list[dict[str, Any]],
         batch: dict[str, Any] | None = None,
     ) -> None:
-        """Keep a batch's answers (and log them, with ``batch``: the bytes of a binary
-        answer and the request's hash, see :meth:`.querylog.QueryLog.append`)."""
+        """Keep a batch's answers and log them (with ``batch``, the binary answer they
+        were decoded from: see :meth:`.querylog.QueryLog.append`)."""
         if len(answers) != len(hashes):
             raise TracemarkError(
                 f"the endpoint answered {len(answers)} images for a batch of {len(hashes)}"

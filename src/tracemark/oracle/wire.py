@@ -93,10 +93,12 @@ class WireAnswer:
 
 
 def json_request(payload: object) -> WireRequest:
+    """A JSON request body, as sent."""
     return WireRequest((json.dumps(payload).encode("utf-8"),), {"Content-Type": "application/json"})
 
 
 def parse_json(body: bytes) -> Any:
+    """A JSON answer, or an error quoting its start (bytes repr: control codes escaped)."""
     try:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError):
