@@ -138,28 +138,20 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}  (best of {args.repeats} runs, side by side)")
     print("| what | size | tracemark (img/s) | baseline (img/s) | ratio |")
     print("|---|---|---|---|---|")
+    measured = {
+        "tracker": (tracker_row, "tracker marking vs the authors' pnoise2 loop"),
+        "isotope": (isotope_row, "isotope blending vs one image at a time"),
+        "ubw": (ubw_row, "UBW-P release vs the same, one image at a time"),
+    }
     ok = True
     for size in (32, 224):
-        if "tracker" in rows:
-            ours, base = tracker_row(size, args.repeats)
-            ok &= ours / base >= 100
+        for name, (row, label) in measured.items():
+            if name not in rows:
+                continue
+            ours, base = row(size, args.repeats)
+            ok &= name != "tracker" or ours / base >= 100
             print(
-                f"| tracker marking vs the authors' pnoise2 loop | {size}x{size}x3 | "
-                f"{ours:,.0f} | {base:,.1f} | {ours / base:,.0f}x |",
-                flush=True,
-            )
-        if "isotope" in rows:
-            ours, base = isotope_row(size, args.repeats)
-            print(
-                f"| isotope blending vs one image at a time | {size}x{size}x3 | "
-                f"{ours:,.0f} | {base:,.0f} | {ours / base:,.1f}x |",
-                flush=True,
-            )
-        if "ubw" in rows:
-            ours, base = ubw_row(size, args.repeats)
-            print(
-                f"| UBW-P release vs one image at a time | {size}x{size}x3 | "
-                f"{ours:,.0f} | {base:,.0f} | {ours / base:,.1f}x |",
+                f"| {label} | {size}x{size}x3 | {ours:,.0f} | {base:,.1f} | {ours / base:,.1f}x |",
                 flush=True,
             )
     if "tracker" in rows:
