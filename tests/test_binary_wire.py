@@ -221,3 +221,27 @@ def test_serve_refuses_a_binary_request_whose_sizes_do_not_add_up(served_model):
         r = httpx.post(f"{url}/v2/models/m/infer", content=body, headers={HEADER_LENGTH: str(n)})
     assert r.status_code == 400
     assert "needs 24576 bytes at offset 0, but only 12288 follow" in r.json()["error"]
+
+
+def test_a_version_2_log_keeps_its_format_over_binary(served_model, tmp_path):
+    """An older (version-2) log gets the binary answers as numbers only, and replays."""
+    from tracemark.oracle import ReplayOracle
+
+    log = tmp_path / "old.jsonl"
+    x = _images(20)
+    with serving(create_app(served_model, ServeOptions(name="m"))) as url:
+        with open_endpoint(f"{url}/v2/models/m", EndpointConfig(binary="on"), log=log) as o:
+            o.query(x[:10])
+        header, *records = log.read_text().splitlines()
+        assert any('"batch"' in r for r in records)
+        # The same log as a version-2 one (header rewritten before any record is chained).
+        old = json.loads(header) | {"version": 2}
+        log.write_text(json.dumps(old) + "\n")
+        with open_endpoint(f"{url}/v2/models/m", EndpointConfig(binary="on"), log=log) as o:
+            o.query(x)
+            assert o.wire == "binary"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines[0]["version"] == 2 and len(lines) == 21
+    assert not any("batch" in r for r in lines)
+    replayed = ReplayOracle(log).query(x).probs
+    assert np.array_equal(replayed, served_model.query(x).probs)
