@@ -245,3 +245,24 @@ def test_a_version_2_log_keeps_its_format_over_binary(served_model, tmp_path):
     assert not any("batch" in r for r in lines)
     replayed = ReplayOracle(log).query(x).probs
     assert np.array_equal(replayed, served_model.query(x).probs)
+
+
+def test_json_numbers_of_8_bit_images_are_json_dumps_text():
+    """The table-written JSON of 8-bit images parses to exactly what json.dumps wrote;
+    any other value (or NaN) takes json.dumps itself."""
+    from tracemark.oracle.wire import eight_bit_json_numbers
+
+    codec = V2Codec("m", input_name="x")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 5, 5, 3)).astype(np.float32) / np.float32(255)
+    x[0, 0, 0] = [0.0, 1.0, np.float32(128) / np.float32(255)]
+    body = codec.request(x).content
+    assert json.loads(body) == json.loads(json.dumps(codec.encode(x)))
+    assert eight_bit_json_numbers(np.transpose(x, (0, 3, 1, 2))) is not None  # the fast path
+    for odd in (0.1234, np.nan, 1.5, -0.0039):
+        y = x.copy()
+        y[1, 2, 3, 0] = odd
+        assert eight_bit_json_numbers(y) is None
+    y = x.copy()
+    y[1, 2, 3, 0] = 0.1234
+    assert json.loads(codec.request(y).content) == json.loads(json.dumps(codec.encode(y)))

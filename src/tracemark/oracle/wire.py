@@ -92,6 +92,23 @@ class WireAnswer:
     header_length: int | None = None
 
 
+_EIGHT_BIT = np.arange(256, dtype=np.float32) / np.float32(255)
+_EIGHT_BIT_TEXT = np.array([repr(float(v)) for v in _EIGHT_BIT], dtype=object)
+
+
+def eight_bit_json_numbers(x: np.ndarray) -> str | None:
+    """``x``'s values as comma-separated JSON numbers when every one is an 8-bit value
+    k/255 (as read from an image file), else None. The text is ``repr`` of each value as
+    a float, what ``json.dumps`` writes, so the server reads the same float32 values."""
+    codes = np.rint(x * np.float32(255))
+    if not (x.size and codes.min() >= 0 and codes.max() <= 255):  # NaN: None
+        return None
+    codes = codes.astype(np.uint8)
+    if not np.array_equal(_EIGHT_BIT[codes], x):
+        return None
+    return ",".join(_EIGHT_BIT_TEXT[codes.ravel()])
+
+
 def json_request(payload: object) -> WireRequest:
     """A JSON request body, as sent."""
     return WireRequest((json.dumps(payload).encode("utf-8"),), {"Content-Type": "application/json"})
@@ -192,7 +209,7 @@ class V2Codec:
         """The request as sent: JSON, or (``binary``) a JSON header and the raw FP32 bytes,
         asking for every output as raw bytes too."""
         if not self.binary:
-            return json_request(self.encode(images))
+            return self._json_request(images)
         x = self._tensor_input(images)  # C-contiguous little-endian FP32, sent as it is
         data = memoryview(x.astype("<f4", copy=False)).cast("B")
         header = {
@@ -209,6 +226,19 @@ class V2Codec:
         head = frame(header, [])[0]
         headers = {"Content-Type": CONTENT_TYPE, HEADER_LENGTH: str(len(head))}
         return WireRequest((head, data), headers)
+
+    def _json_request(self, images: np.ndarray) -> WireRequest:
+        """The JSON request; images from 8-bit files (every value k/255) have their numbers
+        written from a 256-entry table, the very text ``json.dumps`` writes for them, about
+        ten times faster than formatting each one."""
+        x = self._tensor_input(images)
+        text = eight_bit_json_numbers(x)
+        if text is None:
+            return json_request(self.encode(images))
+        spec = {"name": self.input_name or "input", "shape": list(x.shape), "datatype": "FP32"}
+        head = json.dumps({"inputs": [spec]})
+        body = f'{head[:-3]}, "data": [{text}]}}]}}'
+        return WireRequest((body.encode("ascii"),), {"Content-Type": "application/json"})
 
     def decode(self, body: object, n: int) -> list[dict[str, Any]]:
         """Answers from a parsed JSON body (binary tensors already read into arrays)."""
