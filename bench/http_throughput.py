@@ -229,7 +229,8 @@ def main() -> None:
         script, onnx = tmp / f"m{size}.pt", tmp / f"m{size}.onnx"
         export_torchscript(net, script, force=True)
         export_onnx(net, onnx, (c, h, w), force=True)
-        images = rng.random((IMAGES[size], h, w, c), dtype=np.float32)
+        # 8-bit values, as an audit reads them from image files
+        images = rng.integers(0, 256, (IMAGES[size], h, w, c)).astype(np.float32) / np.float32(255)
         local = {b: in_process_rate(script, images, b) for b in batches}
         print(
             f"{size}: in-process {', '.join(f'{v:.0f}' for v in local.values())} img/s", flush=True
