@@ -39,15 +39,7 @@ from .deadline import DeadlineBackend, deadline_transport
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .logged import LoggedOracle
 from .querylog import QueryLog, now_iso
-from .wire import (
-    JsonCodec,
-    MalformedAnswer,
-    V2Codec,
-    WireAnswer,
-    WireRequest,
-    parse_json,
-    server_offers_binary,
-)
+from .wire import JsonCodec, MalformedAnswer, V2Codec, WireRequest, server_offers_binary
 
 __all__ = ["HttpOracle", "is_url", "open_endpoint"]
 
@@ -265,7 +257,7 @@ class HttpOracle(LoggedOracle):
         # Each worker files its batch's answer here itself (keyed by the batch's start);
         # whatever ends the fetch, every answer filed is logged before it returns: the
         # server answered it, so a re-run must never send it again.
-        answered: dict[int, tuple[str, WireAnswer]] = {}
+        answered: dict[int, tuple[str, list[dict], dict | None]] = {}
         recorded: set[int] = set()
 
         def send(start: int) -> int:
@@ -274,11 +266,8 @@ class HttpOracle(LoggedOracle):
 
         def record(start: int) -> None:
             if start not in recorded:
-                when, answer = answered[start]
-                batch = None
-                if answer.payload is not None:
-                    batch = {"header_length": answer.header_length, "response": answer.payload}
-                self._record(hashes[start : batches[start]], when, answer.answers, batch)
+                when, answers, batch = answered[start]
+                self._record(hashes[start : batches[start]], when, answers, batch)
                 recorded.add(start)
 
         abort = None if self._backend is None else self._backend.abort
@@ -316,7 +305,7 @@ class HttpOracle(LoggedOracle):
         if isinstance(self.codec, V2Codec):
             if self.config.input_name is None or self.config.layout == "auto":
                 r = self._request("GET", self.codec.model_path, None, threading.Event())
-                self.codec.configure(parse_json(r.content))
+                self.codec.configure(self._json(r, self.codec.model_path))
             if self.config.binary == "auto":
                 self.codec.binary = self._server_offers_binary()
         self._configured = True
@@ -327,7 +316,7 @@ class HttpOracle(LoggedOracle):
         audit here, as they would at its first query."""
         try:
             r = self._request("GET", "/v2", None, threading.Event())
-            return server_offers_binary(parse_json(r.content))
+            return server_offers_binary(self._json(r, "/v2"))
         except MalformedAnswer:
             return False
         except RefusedRequest as exc:
@@ -340,12 +329,28 @@ class HttpOracle(LoggedOracle):
         """How tensors travel: "binary" or "json" (v2 decides on the first query)."""
         return "binary" if getattr(self.codec, "binary", False) else "json"
 
-    def _send(self, images: np.ndarray, stop: threading.Event) -> tuple[str, WireAnswer]:
-        when = now_iso()
-        request = self.codec.request(images)
-        r = self._request("POST", self.codec.infer_path, request, stop)
-        # validated by the codec; a binary answer keeps its bytes for the query log
-        return when, self.codec.answer(r.content, r.headers.get(HEADER_LENGTH), len(images))
+    def _send(
+        self, images: np.ndarray, stop: threading.Event
+    ) -> tuple[str, list[dict], dict | None]:
+        """One batch: (request time, its answers, and for a binary answer its bytes for
+        the query log, see :meth:`.querylog.QueryLog.append`), validated by the codec."""
+        when, path, n = now_iso(), self.codec.infer_path, len(images)
+        r = self._request("POST", path, self.codec.request(images), stop)
+        length = r.headers.get(HEADER_LENGTH)
+        if length is not None and isinstance(self.codec, V2Codec):
+            answers = self.codec.decode_binary(r.content, length, n)
+            return when, answers, {"header_length": int(length), "response": r.content}
+        return when, self.codec.decode(self._json(r, path), n), None
+
+    def _json(self, r: Any, path: str) -> Any:
+        """A JSON answer, parsed once; anything else is named, its text escaped."""
+        try:
+            return json.loads(r.content)
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedAnswer(
+                f"{self._where(path)} answered HTTP {r.status_code} with a body that is not "
+                f"JSON: {self._quote(r.text[:200])!r}"
+            ) from None
 
     def _request(
         self, method: str, path: str, request: WireRequest | None, stop: threading.Event
@@ -382,14 +387,6 @@ class HttpOracle(LoggedOracle):
                 reason = f"connection failed ({type(exc).__name__}: {exc})"
             else:
                 if r.status_code < 300:
-                    if HEADER_LENGTH not in r.headers:
-                        try:
-                            json.loads(r.content)
-                        except (UnicodeDecodeError, ValueError):
-                            raise MalformedAnswer(
-                                f"{self._where(path)} answered HTTP {r.status_code} with a body "
-                                f"that is not JSON: {self._quote(r.text[:200])!r}"
-                            ) from None
                     return r
                 if r.status_code not in RETRY_STATUSES:
                     raise self._fatal(r, path)

@@ -41,7 +41,6 @@ __all__ = [
     "JsonCodec",
     "JsonFields",
     "V2Codec",
-    "WireAnswer",
     "WireRequest",
     "check_batches",
     "server_offers_binary",
@@ -80,18 +79,6 @@ class WireRequest:
         yield from self.parts
 
 
-@dataclass(frozen=True)
-class WireAnswer:
-    """One batch's answers, and (binary wire) the response's bytes, kept for the log.
-
-    ``payload`` is None for JSON answers: their numbers are logged as JSON already.
-    """
-
-    answers: list[dict[str, Any]]
-    payload: bytes | None = None
-    header_length: int | None = None
-
-
 _EIGHT_BIT = np.arange(256, dtype=np.float32) / np.float32(255)
 _EIGHT_BIT_TEXT = np.array([repr(float(v)) for v in _EIGHT_BIT], dtype=object)
 
@@ -112,16 +99,6 @@ def eight_bit_json_numbers(x: np.ndarray) -> str | None:
 def json_request(payload: object) -> WireRequest:
     """A JSON request body, as sent."""
     return WireRequest((json.dumps(payload).encode("utf-8"),), {"Content-Type": "application/json"})
-
-
-def parse_json(body: bytes) -> Any:
-    """A JSON answer, or an error quoting its start (bytes repr: control codes escaped)."""
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedAnswer(
-            f"the endpoint answered with a body that is not JSON: {body[:200]!r}"
-        ) from None
 
 
 def server_offers_binary(server_metadata: object) -> bool:
@@ -191,19 +168,13 @@ class V2Codec:
         x = images.transpose(0, 3, 1, 2) if self.layout == "nchw" else images
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def _input_spec(self, x: np.ndarray) -> dict[str, Any]:
+        return {"name": self.input_name or "input", "shape": list(x.shape), "datatype": "FP32"}
+
     def encode(self, images: np.ndarray) -> dict[str, Any]:
         """The JSON request body (numbers as text)."""
         x = self._tensor_input(images)
-        return {
-            "inputs": [
-                {
-                    "name": self.input_name or "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        }
+        return {"inputs": [{**self._input_spec(x), "data": x.ravel().tolist()}]}
 
     def request(self, images: np.ndarray) -> WireRequest:
         """The request as sent: JSON, or (``binary``) a JSON header and the raw FP32 bytes,
@@ -213,14 +184,7 @@ class V2Codec:
         x = self._tensor_input(images)  # C-contiguous little-endian FP32, sent as it is
         data = memoryview(x.astype("<f4", copy=False)).cast("B")
         header = {
-            "inputs": [
-                {
-                    "name": self.input_name or "input",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": data.nbytes},
-                }
-            ],
+            "inputs": [{**self._input_spec(x), "parameters": {"binary_data_size": data.nbytes}}],
             "parameters": {"binary_data_output": True},
         }
         head = frame(header, [])[0]
@@ -232,10 +196,10 @@ class V2Codec:
         written from a 256-entry table, the very text ``json.dumps`` writes for them, about
         ten times faster than formatting each one."""
         x = self._tensor_input(images)
+        spec = self._input_spec(x)
         text = eight_bit_json_numbers(x)
         if text is None:
-            return json_request(self.encode(images))
-        spec = {"name": self.input_name or "input", "shape": list(x.shape), "datatype": "FP32"}
+            return json_request({"inputs": [{**spec, "data": x.ravel().tolist()}]})
         head = json.dumps({"inputs": [spec]})
         body = f'{head[:-3]}, "data": [{text}]}}]}}'
         return WireRequest((body.encode("ascii"),), {"Content-Type": "application/json"})
@@ -243,14 +207,6 @@ class V2Codec:
     def decode(self, body: object, n: int) -> list[dict[str, Any]]:
         """Answers from a parsed JSON body (binary tensors already read into arrays)."""
         return _checked(self._decode(body, n))
-
-    def answer(self, content: bytes, header_length: str | int | None, n: int) -> WireAnswer:
-        """Answers from a response's bytes; a binary response's bytes are kept for the log."""
-        if header_length is None:
-            return WireAnswer(self.decode(parse_json(content), n))
-        return WireAnswer(
-            self.decode_binary(content, header_length, n), content, int(header_length)
-        )
 
     def decode_binary(
         self, content: bytes, header_length: str | int, n: int
@@ -389,9 +345,6 @@ class JsonCodec:
 
     def request(self, images: np.ndarray) -> WireRequest:
         return json_request(self.encode(images))
-
-    def answer(self, content: bytes, header_length: str | int | None, n: int) -> WireAnswer:
-        return WireAnswer(self.decode(parse_json(content), n))
 
     def encode(self, images: np.ndarray) -> dict[str, Any]:
         from PIL import Image

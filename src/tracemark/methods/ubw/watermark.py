@@ -37,7 +37,12 @@ def _check_data(data: LabelledImages) -> int:
 
 def pixels_sha256(images: np.ndarray) -> str:
     """SHA-256 of 8-bit pixels: identifies a release independently of its file format."""
-    return hashlib.sha256(np.ascontiguousarray(to_uint8(images)).tobytes()).hexdigest()
+    return _uint8_sha256(to_uint8(images))
+
+
+def _uint8_sha256(pixels: np.ndarray) -> str:
+    """:func:`pixels_sha256` of pixels already rounded to 8 bits."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(pixels)).cast("B")).hexdigest()
 
 
 def watermark(
@@ -93,7 +98,7 @@ def watermark(
             "num_classes": k,
             "image_shape": shape,
             "poisoned": [int(i) for i in idx],
-            "release_sha256": hashlib.sha256(memoryview(pixels).cast("B")).hexdigest(),
+            "release_sha256": _uint8_sha256(pixels),
         },
     )
     release = LabelledImages(images, labels, list(data.classes), data.ids)
