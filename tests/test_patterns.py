@@ -17,6 +17,8 @@ from tracemark.methods.tracker.patterns import (
 )
 from tracemark.rng import derive, derive_keys, hash_uniform
 
+from helpers import TEST_SEED
+
 
 def test_eleven_distinct_colours_with_a_real_blue():
     colours = list(COMMON_COLOURS.values())
@@ -167,3 +169,58 @@ def test_mark_rejects_other_keys_and_bad_shapes(photos):
 
     with pytest.raises(TracemarkError):
         tracker.mark(photos[0], Key.generate("tracker"))
+
+
+def numpy_marks(images, key, ids, patterns=None):
+    """Marks as the NumPy operations of 0.5.0 defined them, one array op at a time: the
+    reference the compiled loops (tracker.kernels) must reproduce bit for bit."""
+    params = key.typed_params()
+    n, h, w, c = images.shape
+    keys = derive_keys(key.seed, "tracker/noise", ids)
+    noise_params = NoiseParams.draw(keys)
+    noise = perlin_fractal(h, w, keys, noise_params)
+    flat = noise.reshape(n, -1)
+    lo = flat.min(axis=1)[:, None, None]
+    span = flat.max(axis=1)[:, None, None] - lo
+    noise = (noise - lo) * (
+        0.5 * noise_params.frequency[:, None, None] / np.where(span > 0, span, np.inf)
+    )
+    noise -= np.floor(noise)
+    sines = np.sin(noise.astype(np.float32) * np.float32(2.0 * np.pi))
+    mid = (sines.reshape(n, -1).max(axis=1) + sines.reshape(n, -1).min(axis=1))[:, None, None] * 0.5
+    delta = np.sign(sines - mid) * np.float32(params.eps)
+    if patterns is None:
+        patterns = [tracker.user_pattern(key)] * n
+    scaled = np.stack(
+        [(255.0 * (1.0 - params.r) * p.render(h, w, c)).astype(np.float32) for p in patterns]
+    )
+    x = np.clip(images + delta[..., None], 0.0, 1.0)
+    x = x * np.float32(255.0 * params.r) + scaled
+    return np.rint(x) / np.float32(255.0)
+
+
+@pytest.mark.parametrize(
+    "shape, params",
+    [
+        ((40, 32, 32, 3), {}),
+        ((30, 28, 28, 1), {"compress": False}),
+        ((3, 224, 224, 3), {"eps": 16 / 255, "r": 0.7}),
+        ((20, 33, 47, 3), {"pattern": "natural"}),
+    ],
+)
+def test_compiled_marks_equal_the_numpy_definition_bit_for_bit(shape, params):
+    rng = np.random.default_rng(TEST_SEED)
+    key = Key(method="tracker", seed=rng.bytes(32).hex(), params=params)
+    images = rng.random(shape, dtype=np.float32)  # not only 8-bit values
+    images[::2] = np.round(images[::2] * 255) / 255
+    ids = [f"img-{i}" for i in range(shape[0])]
+    marked = tracker.mark(images, key, ids=ids)
+    np.testing.assert_array_equal(
+        marked.view(np.uint32), numpy_marks(images, key, ids).view(np.uint32)
+    )
+    # one pattern per image, as audits mark pseudo-users
+    patterns = [tracker.draw_pattern(rng, key.typed_params()) for _ in range(shape[0])]
+    keys = derive_keys(key.seed, "tracker/noise", ids)
+    per_image = tracker.apply_mark(images, patterns, keys, key.typed_params())
+    expected = numpy_marks(images, key, ids, patterns)
+    np.testing.assert_array_equal(per_image.view(np.uint32), expected.view(np.uint32))

@@ -13,19 +13,20 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ...errors import TracemarkError
 from ...keys import Key
 from ...rng import derive_keys
 from ..base import check_key
+from .kernels import blend_marks
 from .params import TrackerParams
-from .patterns import BLOCK_PIXELS, NaturalPattern, Pattern, StripePattern, sign_noise_sorted
+from .patterns import NaturalPattern, Pattern, StripePattern, sine_noise_blocks
 
 NAME = "tracker"
 PURPOSE_PATTERN = "tracker/pattern"
 PURPOSE_NOISE = "tracker/noise"
 PURPOSE_PUBLISH = "tracker/publish"
-_CHUNK_PIXELS = 2_000_000  # per chunk: enough images to share BLAS products, cache-sized buffers
 
 
 def draw_pattern(rng: np.random.Generator, params: TrackerParams) -> Pattern:
@@ -42,34 +43,24 @@ def user_pattern(key: Key) -> Pattern:
 
 def _mark_chunk(
     images: np.ndarray,
-    scaled_pattern: np.ndarray,
+    patterns: np.ndarray,
+    which: np.ndarray,
     noise_keys: np.ndarray,
     params: TrackerParams,
     out: np.ndarray,
 ) -> None:
     """Mark a chunk into ``out`` (a view of the same length); inputs are never modified.
 
-    ``scaled_pattern``: (H, W, C) for all images, or (n, H, W, C), one per image. The
-    noise (one channel) is put back in the images' order, so each image is read once
-    and written once, in place in ``out``: five passes over the pixels in all.
+    ``patterns`` (m, H, W, C): 255 (1 - r) times each pattern; ``which``: each image's.
+    The noise comes in cache-sized blocks and is blended at once, each image read once
+    and written once (:func:`.kernels.blend_marks`).
     """
-    n, h, w, _ = images.shape
-    sorted_noise, order = sign_noise_sorted(h, w, noise_keys, params.eps)
-    delta = np.empty_like(sorted_noise)
-    delta[order] = sorted_noise
-    weight, ink = np.float32(255.0 * params.r), np.float32(255.0)
-    step = max(1, BLOCK_PIXELS // (h * w))  # a block's passes stay in cache
-    for a in range(0, n, step):
-        b = min(a + step, n)
-        x = np.add(images[a:b], delta[a:b, ..., None], out=out[a:b])
-        np.clip(x, 0.0, 1.0, out=x)  # clip x + delta to the valid range (not to 255)
-        # 255 * (r * x + (1 - r) * pattern), rounded to the 8-bit values a file stores:
-        # audits must use what was published. The terms lie in [0, 255 r] and
-        # [0, 255 (1 - r)], so the sum needs no clipping.
-        x *= weight
-        x += scaled_pattern if scaled_pattern.ndim == 3 else scaled_pattern[a:b]
-        np.rint(x, out=x)
-        x /= ink
+    n, h, w, c = images.shape
+    eps, weight = np.float32(params.eps), np.float32(255.0 * params.r)
+    rows, out_rows = images.reshape(n, h, w * c), out.reshape(n, h, w * c)
+    pattern_rows = patterns.reshape(len(patterns), h, w * c)
+    for sines, positions in sine_noise_blocks(h, w, noise_keys):
+        blend_marks(rows, sines, positions, pattern_rows, which, eps, weight, out_rows)
 
 
 def apply_mark(
@@ -80,45 +71,44 @@ def apply_mark(
 ) -> np.ndarray:
     """Mark a batch (N, H, W, C) with per-image noise keys; float32, exactly 8-bit values.
 
-    marked = clip(r * clip(x + delta) + (1 - r) * pattern), computed in chunks on all
-    cores. ``pattern`` is one pattern for all images, or one per image.
+    marked = rint(255 (r * clip(x + delta) + (1 - r) * pattern)) / 255, computed in
+    chunks on all cores: the 8-bit values a file stores, since audits must use what was
+    published. The terms lie in [0, 255 r] and [0, 255 (1 - r)], so the sum needs no
+    clipping. ``pattern`` is one pattern for all images, or one per image.
     """
-    images = np.asarray(images, dtype=np.float32)
+    images = np.ascontiguousarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise TracemarkError(f"expected images shaped (N, H, W, 1 or 3), got {images.shape}")
     n, h, w, c = images.shape
     if len(noise_keys) != n:
         raise ValueError("one noise key per image is required")
-
-    def scaled_render(p: Pattern) -> np.ndarray:
-        return (255.0 * (1.0 - params.r) * p.render(h, w, c)).astype(np.float32)
-
     if isinstance(pattern, (StripePattern, NaturalPattern)):
-        scaled = scaled_render(pattern)
+        distinct, which = [pattern], np.zeros(n, dtype=np.intp)
     else:
         if len(pattern) != n:
             raise ValueError("one pattern per image is required")
-        rendered = {p: scaled_render(p) for p in set(pattern)}
-        scaled = np.stack([rendered[p] for p in pattern])
+        index: dict[Pattern, int] = {}
+        which = np.array([index.setdefault(p, len(index)) for p in pattern], dtype=np.intp)
+        distinct = list(index)
+    scale = 255.0 * (1.0 - params.r)
+    patterns = np.stack([(scale * p.render(h, w, c)).astype(np.float32) for p in distinct])
     cores = os.cpu_count() or 1
-    chunks = -(-n * h * w // _CHUNK_PIXELS)
-    chunks = cores * -(-chunks // cores)  # a multiple of the cores: none waits for the last
-    chunk = max(1, -(-n // chunks))
+    chunk = max(1, -(-n // cores))  # one chunk per core: few, large groups of shared noise
     starts = range(0, n, chunk)
     workers = min(len(starts), cores)
     out = np.empty_like(images)
 
     def run(s: int) -> None:
         e = s + chunk
-        per_chunk = scaled if scaled.ndim == 3 else scaled[s:e]
-        _mark_chunk(images[s:e], per_chunk, noise_keys[s:e], params, out[s:e])
+        _mark_chunk(images[s:e], patterns, which[s:e], noise_keys[s:e], params, out[s:e])
 
-    if workers <= 1:
-        for s in starts:
-            run(s)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, starts))
+    with threadpool_limits(1, user_api="blas"):  # one BLAS thread per worker (see patterns)
+        if workers <= 1:
+            for s in starts:
+                run(s)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(run, starts))
     return out
 
 

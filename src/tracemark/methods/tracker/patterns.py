@@ -9,6 +9,7 @@ is what makes marking hundreds of times faster than a per-pixel loop.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ...bank import NaturalPattern, to_channels
 from ...rng import hash_uniform
+from .kernels import sign_noise, sine_phases
 
 # The tracker paper's colour list, with "blue" corrected to a real blue (the authors'
 # code lists (0, 255, 0), a duplicate green), so all eleven colours are distinct.
@@ -74,6 +76,7 @@ Pattern = StripePattern | NaturalPattern
 _PARAM_COUNTERS = 3
 _OCTAVE_SHIFT, _ROW_SHIFT = np.uint64(40), np.uint64(20)
 MAX_OCTAVES = 4
+_ROWS_BYTES = 8 << 20  # lattice rows computed at once, per batch of images
 
 
 @dataclass(frozen=True)
@@ -158,27 +161,35 @@ def _fractal_mix(height: int, period: int, octaves: int) -> np.ndarray:
     return mix
 
 
-def _perlin_sorted(
-    height: int, width: int, keys: np.ndarray, params: NoiseParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fractal Perlin noise for images sorted by (period, octaves), and that order.
+def _perlin_groups(
+    height: int, width: int, keys: np.ndarray, params: NoiseParams, step: int
+) -> Iterator[tuple[np.ndarray, slice]]:
+    """Fractal Perlin noise in blocks of at most ``step`` images, sorted by (period, octaves).
 
-    Pixel coordinates lie on a regular grid, so each octave is ``Ay @ G @ Bx`` with
-    sparse interpolation matrices Ay, Bx that depend only on (period, octave). Images
-    sharing (period, octaves) stack into one BLAS product over all their octaves at
-    once, written straight into the output.
+    Yields (noise, positions): float64 (b, H, W), valid until the next block, and which
+    rows of the sorted order (``np.lexsort((octaves, period))``) it holds. Pixel
+    coordinates lie on a regular grid, so each octave is ``Ay @ G @ Bx`` with sparse
+    interpolation matrices Ay, Bx that depend only on (period, octave): images sharing
+    (period, octaves) stack into one BLAS product over all their octaves at once.
     """
     order = np.lexsort((params.octaves, params.period))
     keys, period, octaves = keys[order], params.period[order], params.octaves[order]
-    total = np.empty((len(keys), height, width))
+    noise = np.empty((min(step, len(keys)), height, width))
     group = period * (MAX_OCTAVES + 1) + octaves
     bounds = np.flatnonzero(np.diff(group)) + 1
     for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(keys)], strict=True):
         p, n = int(period[start]), int(octaves[start])
-        parts = [_octave_rows(keys[start:stop], height, width, p, o) for o in range(n)]
-        rows = np.concatenate([a for pair in parts for a in pair], axis=1)
-        np.matmul(_fractal_mix(height, p, n), rows, out=total[start:stop])
-    return total, order
+        mix = _fractal_mix(height, p, n)
+        # Lattice rows for many images per call (fewer, larger NumPy calls), in batches
+        # of about _ROWS_BYTES; the products then go block by block.
+        batch = step * max(1, _ROWS_BYTES // (step * mix.shape[1] * width * 8))
+        for a in range(start, stop, batch):
+            b = min(a + batch, stop)
+            parts = [_octave_rows(keys[a:b], height, width, p, o) for o in range(n)]
+            rows = np.concatenate([part for pair in parts for part in pair], axis=1)
+            for c in range(a, b, step):
+                d = min(c + step, b)
+                yield np.matmul(mix, rows[c - a : d - a], out=noise[: d - c]), slice(c, d)
 
 
 def perlin_fractal(height: int, width: int, keys: np.ndarray, params: NoiseParams) -> np.ndarray:
@@ -187,77 +198,58 @@ def perlin_fractal(height: int, width: int, keys: np.ndarray, params: NoiseParam
     Lacunarity 2, persistence 0.5. Gradient directions are hashed from the image's key
     and the lattice point, so an image's noise does not depend on the rest of the batch.
     """
+    keys = np.asarray(keys, dtype=np.uint64)
+    order = np.lexsort((params.octaves, params.period))
+    out = np.empty((len(keys), height, width))
     with threadpool_limits(1, user_api="blas"):
-        total, order = _perlin_sorted(height, width, np.asarray(keys, dtype=np.uint64), params)
-    out = np.empty_like(total)
-    out[order] = total
+        for noise, rows in _perlin_groups(height, width, keys, params, len(keys)):
+            out[order[rows]] = noise
     return out
 
 
-# Pixels per block when binarising and blending: a block's float64 noise (512 KB) stays in
-# the core's cache through every pass over it, instead of each pass going to memory.
+# Pixels per block: a block's float64 noise (512 KB) stays in the core's cache from the
+# Perlin product through the sine to the blend.
 BLOCK_PIXELS = 1 << 16
 
 
-def sign_noise_sorted(
-    height: int, width: int, keys: np.ndarray, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Binarised Perlin sine noise in an internal order, and that order (see below).
+def sine_noise_blocks(
+    height: int, width: int, keys: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Perlin sine noise, sin(pi * normalise(perlin) * frequency), in cache-sized blocks.
 
-    Callers that copy the noise anyway can scatter it back with ``out[order] = noise``
-    instead of paying for a separate permutation.
+    Yields (sines, images): float32 (b, H, W) and the positions in ``keys`` they belong
+    to, in an internal order (images sharing Perlin parameters together); one buffer
+    serves every block, so use each before asking for the next. The sine's argument is
+    range-reduced exactly in float64 (:func:`.kernels.sine_phases`) before NumPy's
+    float32 sine: the same operations, in the same order, as marks have always used, so
+    they regenerate bit for bit. Callers limit BLAS to one thread (``threadpool_limits``):
+    its threads are ~10x slower on these small products; parallelise over images instead.
     """
     keys = np.asarray(keys, dtype=np.uint64)
     params = NoiseParams.draw(keys)
-    # OpenBLAS threading on many small products is ~10x slower than one thread here;
-    # callers parallelise over chunks of images instead.
-    with threadpool_limits(1, user_api="blas"):
-        noise, order = _perlin_sorted(height, width, keys, params)
-    signs = np.empty(noise.shape, dtype=np.float32)
+    order = np.lexsort((params.octaves, params.period))
     frequency = params.frequency[order]
     step = max(1, BLOCK_PIXELS // (height * width))
-    scratch = np.empty((min(step, len(keys)), height, width))
-    for a in range(0, len(keys), step):
-        b = min(a + step, len(keys))
-        _binarise(noise[a:b], frequency[a:b], eps, signs[a:b], scratch[: b - a])
-    return signs, order
-
-
-def _binarise(
-    noise: np.ndarray, frequency: np.ndarray, eps: float, out: np.ndarray, scratch: np.ndarray
-) -> None:
-    """normalise(noise) -> sin(pi n f) -> sign about the sine's midrange, times eps, into
-    ``out`` (float32); ``noise`` (float64) is overwritten. The same operations in the same
-    order as ever: marks regenerate bit for bit."""
-    n = len(noise)
-    flat = noise.reshape(n, -1)
-    lo = flat.min(axis=1)[:, None, None]
-    span = flat.max(axis=1)[:, None, None] - lo
-    half_freq = 0.5 * frequency[:, None, None]
-    noise -= lo
-    noise *= half_freq / np.where(span > 0, span, np.inf)  # n * freq / 2, n in [0, 1]
-    # sin(pi n f) = sin(2 pi frac(n f / 2)): the fractional part is exact in floating point.
-    np.floor(noise, out=scratch)
-    noise -= scratch
-    np.copyto(out, noise, casting="same_kind")
-    out *= np.float32(2.0 * np.pi)
-    np.sin(out, out=out)
-    signs = out.reshape(n, -1)
-    mid = (signs.max(axis=1)[:, None, None] + signs.min(axis=1)[:, None, None]) * 0.5
-    out -= mid
-    np.sign(out, out=out)
-    out *= np.float32(eps)
+    sines = np.empty((min(step, len(keys)), height, width), dtype=np.float32)
+    for noise, rows in _perlin_groups(height, width, keys, params, step):
+        block = sines[: len(noise)]
+        sine_phases(noise, noise.min(axis=(1, 2)), noise.max(axis=(1, 2)), frequency[rows], block)
+        np.sin(block, out=block)
+        yield block, order[rows]
 
 
 def sine_perlin_sign_noise(height: int, width: int, keys: np.ndarray, eps: float) -> np.ndarray:
     """(B, H, W) float32 binarised Perlin sine noise in {-eps, +eps} (0 only on exact ties).
 
     n = normalise(perlin); n = normalise(sin(n * freq * pi)); delta = sign(2n - 1) * eps.
-    The sine's argument is range-reduced exactly in float64 (so the same on every
-    machine) before a float32 sine. The last normalisation is a comparison with the
-    midpoint of the sine's range, which needs no division.
+    The last normalisation is a comparison with the midpoint of the sine's range, which
+    needs no division.
     """
-    noise, order = sign_noise_sorted(height, width, keys, eps)
-    out = np.empty_like(noise)
-    out[order] = noise
+    out = np.empty((len(keys), height, width), dtype=np.float32)
+    signs = np.empty_like(out)
+    with threadpool_limits(1, user_api="blas"):
+        for sines, images in sine_noise_blocks(height, width, keys):
+            part = signs[: len(images)]
+            sign_noise(sines, np.float32(eps), part)
+            out[images] = part
     return out
