@@ -19,8 +19,15 @@ server, wire (JSON; binary where the server lists the extension in GET /v2) and 
 - in-process: the same images through the same TorchScript file in this process.
 
 Prints a table (best capacity per server and wire, and the audit at that setting) and
-a JSON summary. MLServer 1.7's REST server does not implement the binary extension, so
-it is measured with JSON only.
+a JSON summary.
+
+With --pin (2 cores or more) the server runs on the last core (one thread) and the client
+on the others, as a server on another machine would: the capacity is then the server's
+own, not what is left of a core the client also uses, and audit / capacity says whether
+the audit's client keeps up with it.
+
+MLServer 1.7's REST server does not implement the binary extension (SeldonIO/MLServer
+issue 324; binary tensors are its gRPC API's), so it is measured with JSON only.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
 RUNTIME = ROOT / "tests" / "mlserver" / "onnx_runtime.py"
 SHAPES = {28: (28, 28, 1), 224: (224, 224, 3)}
-IMAGES = {28: 8192, 224: 1024}  # per audit measurement
+IMAGES = {28: 8192, 224: 3072}  # per audit measurement: a few seconds at capacity
 
 
 def _free_ports(n: int) -> list[int]:
@@ -74,6 +81,24 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 12
     raise SystemExit(f"the server was not ready in {timeout} s: {log.read_text()[-2000:]}")
 
 
+SERVER_CORES: set[int] | None = None  # --pin: the server's cores (the client has the rest)
+
+
+def _server_process_setup() -> None:
+    """In the server's process before it starts: its own session, and its cores (--pin)."""
+    os.setsid()
+    if SERVER_CORES is not None:
+        os.sched_setaffinity(0, SERVER_CORES)
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if SERVER_CORES is not None:  # one thread per pinned core, not one per machine core
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(len(SERVER_CORES))
+    return env
+
+
 @contextlib.contextmanager
 def tracemark_server(model: Path, tmp: Path):
     """`tracemark serve MODEL` in its own process; yields the model's v2 URL."""
@@ -82,7 +107,13 @@ def tracemark_server(model: Path, tmp: Path):
     cli = [sys.executable, "-m", "tracemark", "serve", str(model), "--port", "0"]
     cli += ["--name", "m", "--url-file", str(url_file)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cli, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cli,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_server_env(),
+            preexec_fn=_server_process_setup,
+        )
     try:
         deadline = time.monotonic() + 60
         while not url_file.exists() and time.monotonic() < deadline:
@@ -122,7 +153,7 @@ def mlserver(onnx: Path, shape: tuple[int, int, int], tmp: Path):
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
     }
     (repo / "m" / "model-settings.json").write_text(json.dumps(model_settings))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSERVER")}
+    env = {k: v for k, v in _server_env().items() if not k.startswith("MLSERVER")}
     env.pop("PYTHONPATH", None)
     log = tmp / "mlserver.log"
     with open(log, "wb") as out:
@@ -133,7 +164,7 @@ def mlserver(onnx: Path, shape: tuple[int, int, int], tmp: Path):
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            preexec_fn=_server_process_setup,
         )
     url = f"http://127.0.0.1:{http_port}/v2/models/m"
     try:
@@ -142,6 +173,20 @@ def mlserver(onnx: Path, shape: tuple[int, int, int], tmp: Path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def client_cores(pin: bool, cores: list[int]):
+    """With --pin, this process (the client) on the cores the server does not use."""
+    if not pin:
+        yield
+        return
+    every = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, every)
 
 
 def offers_binary(url: str) -> bool:
@@ -214,12 +259,25 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="per capacity measurement")
     ap.add_argument("--wires", default="json,binary", help="which wires to measure")
     ap.add_argument("--repeats", type=int, default=2, help="best of this many, each figure")
+    ap.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server on the last core, the client on the others (as if remote)",
+    )
     args = ap.parse_args()
+    global SERVER_CORES
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cores) < 2:
+            raise SystemExit("--pin needs 2 cores or more")
+        SERVER_CORES = {cores[-1]}
     concurrencies = [int(c) for c in args.concurrencies.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="tracemark-http-throughput-"))
     rng = np.random.default_rng(0)
     rows, summary = [], {"cores": os.cpu_count(), "results": []}
-    print(f"cores: {os.cpu_count()}", flush=True)
+    pinned = f"; server on core {cores[-1]}, client on {cores[:-1]}" if args.pin else ""
+    print(f"cores: {os.cpu_count()}{pinned}", flush=True)
+    summary["pinned"] = args.pin
     for size in (int(s) for s in args.sizes.split(",")):
         h, w, c = SHAPES[size]
         given = args.batches or ("64,256" if size == 28 else "16,64")
@@ -244,7 +302,7 @@ def main() -> None:
                 if server == "tracemark"
                 else mlserver(onnx, (h, w, c), tmp)
             )
-            with start as url:
+            with start as url, client_cores(args.pin, cores[:-1]):
                 wires = [False, True] if offers_binary(url) else [False]
                 wires = [b for b in wires if ("binary" if b else "json") in args.wires]
                 for binary in wires:

@@ -266,3 +266,47 @@ def test_json_numbers_of_8_bit_images_are_json_dumps_text():
     y = x.copy()
     y[1, 2, 3, 0] = 0.1234
     assert json.loads(codec.request(y).content) == json.loads(json.dumps(codec.encode(y)))
+
+
+def test_large_images_are_hashed_a_window_ahead_with_the_same_answers_and_log(
+    tmp_path, monkeypatch
+):
+    """At 96x96x3 (over 64 KB an image) the next window is hashed while the last is
+    answered: every image answered once, repeats and earlier answers from the cache, each
+    logged; a query that could overrun the budget is still checked whole, nothing sent."""
+    import tracemark.oracle.logged as logged
+    from tracemark.errors import BudgetExceededError
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 96 * 96, 10)).eval()
+    local = TorchModuleOracle(net, num_classes=10)
+    x = np.random.default_rng(2).random((300, 96, 96, 3), dtype=np.float32)
+    x[250] = x[3]  # a repeat inside the query: sent once
+    windows: list[int] = []
+
+    def recorded(images):
+        windows.append(len(images))
+        return logged.image_hashes.__wrapped__(images)
+
+    recorded.__wrapped__ = logged.image_hashes
+    monkeypatch.setattr(logged, "image_hashes", recorded)
+    config = EndpointConfig(binary="on", batch_size=8, concurrency=2)
+    with serving(create_app(local, ServeOptions(name="m"))) as url:
+        log = tmp_path / "q.jsonl"
+        with open_endpoint(f"{url}/v2/models/m", config, log=log) as oracle:
+            first = oracle.query(x[:20]).probs  # 20 images: one window of 16, then 4
+            probs = oracle.query(x).probs
+            assert oracle.queries == 299 and oracle.from_log == 21
+        assert windows == [16, 4, 16, 128, 128, 28]
+        # the server's batches differ from the in-process ones: equal up to float rounding
+        np.testing.assert_allclose(probs, local.query(x).probs, rtol=1e-5)
+        assert np.array_equal(first, probs[:20])  # the second query's from the cache
+        answered = [r for r in map(json.loads, log.read_text().splitlines()) if "sha256" in r]
+        assert len(answered) == 299
+        windows.clear()
+        before = log.read_text()
+        with open_endpoint(f"{url}/v2/models/m", config, log=log, budget=10) as oracle:
+            new = np.random.default_rng(3).random((20, 96, 96, 3), dtype=np.float32)
+            with pytest.raises(BudgetExceededError, match="Nothing was sent"):
+                oracle.query(np.concatenate([x[:295], new]))  # 20 new, 10 allowed
+        assert windows == [315] and log.read_text() == before

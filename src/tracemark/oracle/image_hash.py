@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["image_hashes", "image_sha256"]
+__all__ = ["LARGE_IMAGE_BYTES", "image_hashes", "image_sha256"]
 
 
 def image_sha256(image: np.ndarray) -> str:
@@ -26,14 +26,14 @@ def image_sha256(image: np.ndarray) -> str:
 
 # Above this many bytes an image's hash releases the GIL long enough for threads to pay
 # (hashlib lets go of it for buffers over 2 KB): 224x224x3 float32 is 602 KB.
-_THREADED_BYTES = 1 << 16
+LARGE_IMAGE_BYTES = 1 << 16
 
 
 def image_hashes(images: np.ndarray) -> list[str]:
     """:func:`image_sha256` of every image in an (N, H, W, C) batch, on every core for
     large images (an audit hashes every image before it sends any)."""
     images = np.asarray(images)
-    if len(images) < 2 or images[0].size * 4 < _THREADED_BYTES:
+    if len(images) < 2 or images[0].size * 4 < LARGE_IMAGE_BYTES:
         return [image_sha256(x) for x in images]
     workers = min(len(images), os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:

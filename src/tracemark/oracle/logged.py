@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -80,14 +81,9 @@ class LoggedOracle(ModelOracle):
         """Distinct images already answered (this run or the query log): free to ask again."""
         return len(self._cache)
 
-    def query(self, images: np.ndarray) -> Response:
-        """Answer from the cache where possible; send only images never answered before."""
-        images = check_images(images)
-        n = images.shape[0]
-        if n == 0:
-            c = self.num_classes or 0
-            return Response.from_probabilities(np.zeros((0, c)), c)
-        hashes = image_hashes(images)
+    def _ask(self, images: np.ndarray, hashes: list[str]) -> None:
+        """Fetch the images of ``hashes`` never answered before (each distinct one once)."""
+        n = len(hashes)
         missing: dict[str, int] = {}
         for i, sha in enumerate(hashes):
             if sha not in self._cache and sha not in missing:
@@ -104,6 +100,35 @@ class LoggedOracle(ModelOracle):
             # All new and distinct (a fresh audit's usual case): no copy of the images.
             todo = images if len(at) == n else images[at]
             self._fetch_missing(todo, list(missing))
+
+    def _hash_windows(self, images: np.ndarray) -> list[int]:
+        """How many images to hash before sending the first, the next, ...: one window
+        here; a remote oracle hashes the next window while the last is being answered."""
+        return [len(images)]
+
+    def query(self, images: np.ndarray) -> Response:
+        """Answer from the cache where possible; send only images never answered before."""
+        images = check_images(images)
+        n = images.shape[0]
+        if n == 0:
+            c = self.num_classes or 0
+            return Response.from_probabilities(np.zeros((0, c)), c)
+        windows = self._hash_windows(images)
+        if len(windows) == 1 or (self.budget is not None and self._queries + n > self.budget):
+            # A query that might overrun the budget is checked whole before anything is sent.
+            hashes = image_hashes(images)
+            self._ask(images, hashes)
+        else:
+            hashes = []
+            bounds = np.cumsum([0, *windows])
+            with ThreadPoolExecutor(1, thread_name_prefix="tracemark-hash") as hasher:
+                ahead = hasher.submit(image_hashes, images[: bounds[1]])
+                for a, b, c in zip(bounds[:-1], bounds[1:], [*bounds[2:], None], strict=True):
+                    part = ahead.result()
+                    if c is not None:  # hash the next window while this one is answered
+                        ahead = hasher.submit(image_hashes, images[b:c])
+                    self._ask(images[a:b], part)
+                    hashes += part
         response = answers_to_response(
             [self._cache[sha] for sha in hashes], self.num_classes, self._to_probabilities
         )
