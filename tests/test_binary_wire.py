@@ -294,10 +294,10 @@ def test_large_images_are_hashed_a_window_ahead_with_the_same_answers_and_log(
     with serving(create_app(local, ServeOptions(name="m"))) as url:
         log = tmp_path / "q.jsonl"
         with open_endpoint(f"{url}/v2/models/m", config, log=log) as oracle:
-            first = oracle.query(x[:20]).probs  # 20 images: one window of 16, then 4
+            first = oracle.query(x[:20]).probs  # batches of 7, 6, 7: two, then one
             probs = oracle.query(x).probs
             assert oracle.queries == 299 and oracle.from_log == 21
-        assert windows == [16, 4, 16, 128, 128, 28]
+        assert windows == [13, 7, 16, 126, 126, 32]  # the balanced batches, in windows
         # the server's batches differ from the in-process ones: equal up to float rounding
         np.testing.assert_allclose(probs, local.query(x).probs, rtol=1e-5)
         assert np.array_equal(first, probs[:20])  # the second query's from the cache
@@ -310,3 +310,20 @@ def test_large_images_are_hashed_a_window_ahead_with_the_same_answers_and_log(
             with pytest.raises(BudgetExceededError, match="Nothing was sent"):
                 oracle.query(np.concatenate([x[:295], new]))  # 20 new, 10 allowed
         assert windows == [315] and log.read_text() == before
+        # A fresh query of new images: its requests are the balanced batches of the whole
+        # query (what in-process oracles use), windows or not.
+        from tracemark.oracle.base import balanced_batches
+        from tracemark.oracle.image_hash import image_hashes
+
+        fresh = tmp_path / "fresh.jsonl"
+        y = np.random.default_rng(4).random((300, 96, 96, 3), dtype=np.float32)
+        with open_endpoint(f"{url}/v2/models/m", config, log=fresh) as oracle:
+            oracle.query(y)
+        index = {sha: i for i, sha in enumerate(image_hashes(y))}
+        lines = map(json.loads, fresh.read_text().splitlines())
+        sent = {
+            (index[r["batch"]["images"][0]], index[r["batch"]["images"][-1]] + 1)
+            for r in lines
+            if "batch" in r
+        }
+        assert sent == set(balanced_batches(300, 8))

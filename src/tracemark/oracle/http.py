@@ -249,25 +249,32 @@ class HttpOracle(LoggedOracle):
 
     # ------------------------------------------------------------------ fetching
 
-    def _hash_windows(self, images: np.ndarray) -> list[int]:
+    def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
         """Large images (hashing 224x224x3 costs about a quarter of what a small server
         takes to answer it) are hashed a window ahead of the requests: one round of
-        ``concurrency`` batches first, so the server starts at once, then eight rounds at
-        a time. Small images are hashed all at once (it costs next to nothing)."""
-        n = len(images)
+        ``concurrency`` requests first, so the server starts at once, then eight rounds at
+        a time. The requests are the query's own balanced batches, as without windows.
+        Small images are hashed all at once (it costs next to nothing)."""
         if images[0].size * 4 < LARGE_IMAGE_BYTES:
-            return [n]
-        first = self.batch_size * self.concurrency
-        rest = max(0, n - first)
-        step = 8 * first
-        return [min(n, first)] + [min(step, rest - s) for s in range(0, rest, step)]
+            return None
+        batches = balanced_batches(len(images), self.batch_size)
+        first, rest = self.concurrency, 8 * self.concurrency
+        return [batches[:first]] + [batches[i : i + rest] for i in range(first, len(batches), rest)]
 
-    def _fetch_missing(self, images: np.ndarray, hashes: list[str]) -> None:
-        """Send the images in batches, ``concurrency`` at a time; log each answer on arrival."""
+    def _fetch_missing(
+        self,
+        images: np.ndarray,
+        hashes: list[str],
+        batches: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Send the images in batches (``batches``, or the balanced split of them),
+        ``concurrency`` at a time; log each answer on arrival."""
         if not self._configured:
             self._configure()
         stop = threading.Event()
-        batches = dict(balanced_batches(len(hashes), self.batch_size))  # start -> end
+        if batches is None:
+            batches = balanced_batches(len(hashes), self.batch_size)
+        batches = dict(batches)  # start -> end
         # Each worker files its batch's answer here itself (keyed by the batch's start);
         # whatever ends the fetch, every answer filed is logged before it returns: the
         # server answered it, so a re-run must never send it again.

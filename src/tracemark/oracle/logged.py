@@ -50,8 +50,14 @@ class LoggedOracle(ModelOracle):
         """Ask the model about ``images`` (each a new query); one answer per image."""
         raise NotImplementedError
 
-    def _fetch_missing(self, images: np.ndarray, hashes: list[str]) -> None:
-        """Fetch and record answers for the distinct images ``hashes`` names (in order)."""
+    def _fetch_missing(
+        self,
+        images: np.ndarray,
+        hashes: list[str],
+        batches: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Fetch and record answers for the distinct images ``hashes`` names (in order);
+        ``batches``, where given, the (start, end) of each request (remote oracles)."""
         answers = self._fetch(images)
         self._record(hashes, now_iso(), answers)
 
@@ -81,8 +87,14 @@ class LoggedOracle(ModelOracle):
         """Distinct images already answered (this run or the query log): free to ask again."""
         return len(self._cache)
 
-    def _ask(self, images: np.ndarray, hashes: list[str]) -> None:
-        """Fetch the images of ``hashes`` never answered before (each distinct one once)."""
+    def _ask(
+        self,
+        images: np.ndarray,
+        hashes: list[str],
+        batches: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Fetch the images of ``hashes`` never answered before (each distinct one once),
+        in ``batches`` when every one of them is new."""
         n = len(hashes)
         missing: dict[str, int] = {}
         for i, sha in enumerate(hashes):
@@ -97,14 +109,16 @@ class LoggedOracle(ModelOracle):
                     "left). Nothing was sent; raise the budget or query fewer images"
                 )
             at = list(missing.values())
-            # All new and distinct (a fresh audit's usual case): no copy of the images.
-            todo = images if len(at) == n else images[at]
-            self._fetch_missing(todo, list(missing))
+            if len(at) == n:  # all new and distinct (a fresh audit's usual case): no copy
+                self._fetch_missing(images, list(missing), batches)
+            else:
+                self._fetch_missing(images[at], list(missing))
 
-    def _hash_windows(self, images: np.ndarray) -> list[int]:
-        """How many images to hash before sending the first, the next, ...: one window
-        here; a remote oracle hashes the next window while the last is being answered."""
-        return [len(images)]
+    def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
+        """The query's requests, (start, end) each, in windows: each window is hashed
+        while the one before is answered. None here (hash everything first); remote
+        oracles, whose answers take longer than hashing, give windows."""
+        return None
 
     def query(self, images: np.ndarray) -> Response:
         """Answer from the cache where possible; send only images never answered before."""
@@ -114,20 +128,20 @@ class LoggedOracle(ModelOracle):
             c = self.num_classes or 0
             return Response.from_probabilities(np.zeros((0, c)), c)
         windows = self._hash_windows(images)
-        if len(windows) == 1 or (self.budget is not None and self._queries + n > self.budget):
+        if not windows or (self.budget is not None and self._queries + n > self.budget):
             # A query that might overrun the budget is checked whole before anything is sent.
             hashes = image_hashes(images)
             self._ask(images, hashes)
         else:
             hashes = []
-            bounds = np.cumsum([0, *windows])
+            spans = [(w[0][0], w[-1][1]) for w in windows]
             with ThreadPoolExecutor(1, thread_name_prefix="tracemark-hash") as hasher:
-                ahead = hasher.submit(image_hashes, images[: bounds[1]])
-                for a, b, c in zip(bounds[:-1], bounds[1:], [*bounds[2:], None], strict=True):
+                ahead = hasher.submit(image_hashes, images[slice(*spans[0])])
+                for k, (a, b) in enumerate(spans):
                     part = ahead.result()
-                    if c is not None:  # hash the next window while this one is answered
-                        ahead = hasher.submit(image_hashes, images[b:c])
-                    self._ask(images[a:b], part)
+                    if k + 1 < len(spans):  # hash the next window while this one is answered
+                        ahead = hasher.submit(image_hashes, images[slice(*spans[k + 1])])
+                    self._ask(images[a:b], part, [(s - a, e - a) for s, e in windows[k]])
                     hashes += part
         response = answers_to_response(
             [self._cache[sha] for sha in hashes], self.num_classes, self._to_probabilities
