@@ -63,12 +63,12 @@ def derive_keys(seed: str, purpose: str, ids: Sequence[int | str | bytes]) -> np
     prefix = hashlib.sha256(_DOMAIN)  # (seed, purpose) hashed once, then copied per id
     prefix.update(_encode_part(bytes.fromhex(seed)))
     prefix.update(_encode_part(purpose))
-    out = np.empty(len(ids), dtype=np.uint64)
-    for n, i in enumerate(ids):
-        h = prefix.copy()
+    copy, first_bytes = prefix.copy, bytearray()
+    for i in ids:
+        h = copy()
         h.update(_encode_part(i))
-        out[n] = int.from_bytes(h.digest()[:8], "big")
-    return out
+        first_bytes += h.digest()[:8]  # read as big-endian uint64s at once, below
+    return np.frombuffer(bytes(first_bytes), dtype=">u8").astype(np.uint64)
 
 
 def hash_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
