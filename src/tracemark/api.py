@@ -294,9 +294,17 @@ def _checked_note(checked: dict[str, Any]) -> str:
             f"(collection digest {checked['collection_digest']})"
         )
     if "published_regenerated" in checked:
+        flips = checked.get("noise_flips_accepted", 0)
         parts.append(
             f"the {checked['published_regenerated']} published files carry this key's marks "
-            "(regenerated and compared)"
+            "(regenerated and compared"
+            + (
+                f"; {flips} pixel(s) with the noise's sign the other way, as marks made on "
+                "another kind of CPU differ, accepted"
+                if flips
+                else ""
+            )
+            + ")"
         )
     return "inputs checked: " + "; ".join(parts) if parts else "inputs checked: none"
 

@@ -98,6 +98,12 @@ def tracker_collection(
 
 
 _LOSSY_TOLERANCE = 4 / 255  # one JPEG library against another: a few levels at most
+# Marks made on a CPU without fused multiply-add (or on one with) can differ from this
+# machine's in a pixel of about 0.4% of images: where the image's noise is at its least
+# or greatest, the sine's phase lands on a multiple of pi, and the last bit of a BLAS sum
+# decides its sign (measured: bench/mark_portability.py). Those pixels hold the mark
+# with the noise the other way; at most this many of them per image are accepted.
+NOISE_FLIPS_PER_IMAGE = 2
 
 
 def published_files(originals: Any, marked: Any) -> dict[str, str]:
@@ -106,12 +112,16 @@ def published_files(originals: Any, marked: Any) -> dict[str, str]:
     return {stems[_stem(rel)]: rel for rel in list_images(marked) if _stem(rel) in stems}
 
 
-def check_marks(key: Key, originals: Any, marked: Any, manifest: Manifest | None) -> int:
+def check_marks(
+    key: Key, originals: Any, marked: Any, manifest: Manifest | None
+) -> tuple[int, int]:
     """Regenerate every published file from the key and its original, and compare.
 
     A lossless file must hold exactly the regenerated pixels; a JPEG those of the
     regenerated image encoded at the marking's quality (within a few levels, for another
-    JPEG library). Returns how many files were checked.
+    JPEG library). Except: up to NOISE_FLIPS_PER_IMAGE pixels of a file may differ by no
+    more than one flip of the noise's sign, which is how marks made on another CPU
+    differ (see :data:`NOISE_FLIPS_PER_IMAGE`). Returns (files checked, flipped pixels).
     """
     pairs = published_files(originals, marked)
     doc = manifest.doc if manifest is not None else {}
@@ -122,21 +132,29 @@ def check_marks(key: Key, originals: Any, marked: Any, manifest: Manifest | None
     sources = sorted(pairs)
     images = [read_image(Path(originals) / rel, mode=mode) for rel in sources]
     regenerated = mark(images, key, ids=sources)
-    wrong = []
+    params = key.typed_params()
+    flip = 2 * params.eps * params.r + 1 / 255  # one pixel's noise sign the other way
+    wrong, flips = [], 0
     for rel, x in zip(sources, regenerated, strict=True):
         lossy = Path(pairs[rel]).suffix.lower() in (".jpg", ".jpeg")
         expected = decode_image(encode_image(x, "jpeg" if lossy else "png", quality), mode)
         found = read_image(Path(marked) / pairs[rel], mode=mode)
         tolerance = _LOSSY_TOLERANCE if lossy else 0.5 / 255
-        if found.shape != expected.shape or float(np.abs(found - expected).max()) > tolerance:
+        if found.shape != expected.shape:
             wrong.append(pairs[rel])
+            continue
+        diff = np.abs(found - expected).max(axis=-1)
+        off = int((diff > tolerance).sum())
+        if off > NOISE_FLIPS_PER_IMAGE or float(diff.max()) > flip + tolerance:
+            wrong.append(pairs[rel])
+        flips += off
     if wrong:
         raise TracemarkError(
             f"{len(wrong)} file(s) in --marked {marked} do not carry this key's mark of their "
             f"original: {listed(wrong)}. Give the key you marked with and the folder mark wrote "
             "(running mark again with the same key and originals regenerates it)"
         )
-    return len(sources)
+    return len(sources), flips
 
 
 def check_inputs(
@@ -171,9 +189,9 @@ def check_inputs(
             "originals_checked": len(manifest.files),
         }
     if sources.marked is not None:
-        checked["published_regenerated"] = check_marks(
-            key, sources.originals, sources.marked, manifest
-        )
+        files, flips = check_marks(key, sources.originals, sources.marked, manifest)
+        checked["published_regenerated"] = files
+        checked["noise_flips_accepted"] = flips
     return checked
 
 
