@@ -1,5 +1,5 @@
-"""Audit images/s over HTTP beside the server's own capacity: JSON and binary tensors,
-28x28x1 and 224x224x3, against `tracemark serve` and MLServer.
+"""Audit images/s over HTTP and gRPC beside the server's own capacity: JSON and binary
+tensors, 28x28x1 and 224x224x3, against `tracemark serve` and MLServer.
 
     python bench/http_throughput.py                      # both servers, both sizes
     python bench/http_throughput.py --servers tracemark --sizes 224
@@ -8,7 +8,8 @@ Per image size a SmallCNN is built (at 224x224x3 it resizes to 32x32 inside the 
 deployed models resize their input, so the server's work is mostly reading the request)
 and exported: TorchScript for `tracemark serve`, ONNX for MLServer (the runtime in
 tests/mlserver/, from .venv-mlserver). Each server runs in its own process. Then, per
-server, wire (JSON; binary where the server lists the extension in GET /v2) and setting
+server, wire (JSON; binary where the server lists the extension in GET /v2; gRPC with
+raw tensors where the server has a gRPC API: MLServer) and setting
 (batch size x concurrency):
 
 - capacity: a plain client (one pooled httpx client, CONCURRENCY threads) posts one
@@ -27,7 +28,7 @@ own, not what is left of a core the client also uses, and audit / capacity says 
 the audit's client keeps up with it.
 
 MLServer 1.7's REST server does not implement the binary extension (SeldonIO/MLServer
-issue 324; binary tensors are its gRPC API's), so it is measured with JSON only.
+issue 324): its raw tensors are its gRPC API's, measured as the wire "grpc".
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import numpy as np
 
 from tracemark.models import build_model
 from tracemark.oracle import EndpointConfig, load_oracle, open_endpoint
+from tracemark.oracle.grpc import open_grpc_endpoint
 from tracemark.oracle.wire import V2Codec
 from tracemark.training import export_onnx, export_torchscript
 
@@ -120,7 +122,7 @@ def tracemark_server(model: Path, tmp: Path):
             time.sleep(0.1)
         url = url_file.read_text().strip() + "/v2/models/m"
         _wait_ready(url, proc, log)
-        yield url
+        yield url, None
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -142,6 +144,8 @@ def mlserver(onnx: Path, shape: tuple[int, int, int], tmp: Path):
         "metrics_endpoint": None,
         "parallel_workers": 0,
         "debug": False,
+        # gRPC messages up to 256 MB (its default, 4 MB, is 6 images at 224x224x3)
+        "grpc_max_message_length": 256 << 20,
     }
     (repo / "settings.json").write_text(json.dumps(settings))
     h, w, c = shape
@@ -169,7 +173,7 @@ def mlserver(onnx: Path, shape: tuple[int, int, int], tmp: Path):
     url = f"http://127.0.0.1:{http_port}/v2/models/m"
     try:
         _wait_ready(url, proc, log)
-        yield url
+        yield url, f"grpc://127.0.0.1:{grpc_port}/v2/models/m"
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
@@ -195,44 +199,80 @@ def offers_binary(url: str) -> bool:
     return "binary_tensor_data" in (meta.get("extensions") or [])
 
 
-def capacity(url: str, binary: bool, images: np.ndarray, concurrency: int, seconds: float) -> float:
+def capacity(url: str, wire: str, images: np.ndarray, concurrency: int, seconds: float) -> float:
     """Images/s a plain concurrent client gets, re-sending one pre-encoded request."""
-    codec = V2Codec("m", input_name="input", layout="nchw", binary=binary)
+    if wire == "grpc":
+        return _grpc_capacity(url, images, concurrency, seconds)
+    codec = V2Codec("m", input_name="input", layout="nchw", binary=wire == "binary")
     request = codec.request(images)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    counts = [0] * concurrency
     with httpx.Client(trust_env=False, timeout=120.0, limits=limits) as client:
 
-        def loop(i: int) -> None:
-            while time.monotonic() < stop:
-                r = client.post(url + "/infer", content=request.content, headers=request.headers)
-                r.raise_for_status()
-                counts[i] += len(images)
+        def post() -> None:
+            r = client.post(url + "/infer", content=request.content, headers=request.headers)
+            r.raise_for_status()
 
-        client.post(url + "/infer", content=request.content, headers=request.headers)  # warm
-        start = time.monotonic()
-        stop = start + seconds
-        threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return sum(counts) / (time.monotonic() - start)
+        return _concurrently(post, len(images), concurrency, seconds)
+
+
+def _grpc_capacity(url: str, images: np.ndarray, concurrency: int, seconds: float) -> float:
+    """The same over gRPC: one serialised ModelInferRequest, answers left unparsed."""
+    import grpc
+
+    from tracemark.oracle.grpc_messages import SERVICE, messages
+
+    m = messages()
+    x = V2Codec("m", input_name="input", layout="nchw").input_tensor(images)
+    tensor = m.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=x.shape)
+    body = m.ModelInferRequest(
+        model_name="m", inputs=[tensor], raw_input_contents=[x.tobytes()]
+    ).SerializeToString()
+    target = url.removeprefix("grpc://").split("/")[0]
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        infer = channel.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        return _concurrently(lambda: infer(body, timeout=120), len(images), concurrency, seconds)
+
+
+def _concurrently(call, per_call: int, concurrency: int, seconds: float) -> float:
+    """Images/s of ``call`` (``per_call`` images each) made from ``concurrency`` threads."""
+    counts = [0] * concurrency
+
+    def loop(i: int) -> None:
+        while time.monotonic() < stop:
+            call()
+            counts[i] += per_call
+
+    call()  # warm
+    start = time.monotonic()
+    stop = start + seconds
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.monotonic() - start)
 
 
 def audit_rate(
-    url: str, binary: bool, images: np.ndarray, batch: int, concurrency: int, log: Path
+    url: str, wire: str, images: np.ndarray, batch: int, concurrency: int, log: Path
 ) -> float:
-    """Images/s of `HttpOracle.query` on distinct images, with a query log."""
+    """Images/s of the audit's oracle (`HttpOracle`, `GrpcOracle`) on distinct images,
+    with a query log."""
     config = EndpointConfig(
-        binary="on" if binary else "off",
+        binary="on" if wire == "binary" else "off",
         batch_size=batch,
         concurrency=concurrency,
         input_name="input",
         layout="nchw",
     )
     log.unlink(missing_ok=True)
-    with open_endpoint(url, config, log=log) as oracle:
+    opener = open_grpc_endpoint if wire == "grpc" else open_endpoint
+    with opener(url, config, log=log) as oracle:
         oracle.query(images[:batch])  # warm: connections, the metadata
         start = time.perf_counter()
         oracle.query(images[batch:])
@@ -257,7 +297,7 @@ def main() -> None:
     )
     ap.add_argument("--concurrencies", default="2,4", help="requests in flight (swept)")
     ap.add_argument("--seconds", type=float, default=4.0, help="per capacity measurement")
-    ap.add_argument("--wires", default="json,binary", help="which wires to measure")
+    ap.add_argument("--wires", default="json,binary,grpc", help="which wires to measure")
     ap.add_argument("--repeats", type=int, default=2, help="best of this many, each figure")
     ap.add_argument(
         "--pin",
@@ -302,28 +342,30 @@ def main() -> None:
                 if server == "tracemark"
                 else mlserver(onnx, (h, w, c), tmp)
             )
-            with start as url, client_cores(args.pin, cores[:-1]):
-                wires = [False, True] if offers_binary(url) else [False]
-                wires = [b for b in wires if ("binary" if b else "json") in args.wires]
-                for binary in wires:
+            with start as (url, grpc_url), client_cores(args.pin, cores[:-1]):
+                wires = ["json", "binary"] if offers_binary(url) else ["json"]
+                wires += ["grpc"] if grpc_url is not None else []
+                wires = [w for w in wires if w in args.wires]
+                for wire in wires:
+                    target = grpc_url if wire == "grpc" else url
                     best = None
                     for b in batches:
                         for k in concurrencies:
                             cap = max(
-                                capacity(url, binary, images[:b], k, args.seconds)
+                                capacity(target, wire, images[:b], k, args.seconds)
                                 for _ in range(args.repeats)
                             )
                             # about --seconds x 2 of audit at capacity (JSON at 224 is slow)
                             n = int(min(len(images), max(2 * b * k, 2 * args.seconds * cap)))
                             n = b * (n // b) + b  # whole batches, and one to warm up
                             aud = max(
-                                audit_rate(url, binary, images[:n], b, k, tmp / "q.jsonl")
+                                audit_rate(target, wire, images[:n], b, k, tmp / "q.jsonl")
                                 for _ in range(args.repeats)
                             )
                             result = {
                                 "size": size,
                                 "server": server,
-                                "wire": "binary" if binary else "json",
+                                "wire": wire,
                                 "batch": b,
                                 "concurrency": k,
                                 "capacity": round(cap, 1),

@@ -50,6 +50,10 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL}"
 
+    @property
+    def grpc_url(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}/v2/models/{MODEL}"
+
 
 def _free_ports(n: int) -> list[int]:
     """n distinct ports free on 127.0.0.1 now (held together while choosing)."""
@@ -289,3 +293,30 @@ def test_replay_recomputes_the_verdict(remote, marked_world, audit_args):
     assert replayed["decision"] is True
     assert replayed["p_value"] == v["p_value"]
     assert replayed["effect"] == v["effect"]
+
+
+@pytest.fixture(scope="module")
+def remote_grpc(mlserver, marked_world, audit_args, tmp_path_factory):
+    """The same audit through MLServer's gRPC API (raw FP32 tensors): (verdict, log)."""
+    log = tmp_path_factory.mktemp("audit-grpc") / "q.jsonl"
+    verdict = _cli_json(
+        ["audit", marked_world.cli_key, mlserver.grpc_url, *audit_args, "--query-log", log]
+    )
+    return verdict, log
+
+
+def test_audit_over_grpc_matches_http_and_replays(
+    remote_grpc, remote, mlserver, marked_world, audit_args
+):
+    v, log = remote_grpc
+    over_http = remote[0]
+    assert v["decision"] is True and v["queries"] == over_http["queries"]
+    assert v["p_value"] == over_http["p_value"]
+    assert v["effect"] == pytest.approx(over_http["effect"], rel=0, abs=1e-12)
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["protocol"] == "v2-grpc" and header["model_name"] == MODEL
+    assert header["endpoint"] == f"grpc://127.0.0.1:{mlserver.grpc_port}"
+    assert len(lines) - 1 == v["queries"]  # each image once
+    replayed = _cli_json(["replay", log, marked_world.cli_key, *audit_args])
+    assert replayed["p_value"] == v["p_value"] and replayed["effect"] == v["effect"]

@@ -37,8 +37,7 @@ from .base import balanced_batches
 from .binary_tensors import HEADER_LENGTH
 from .deadline import DeadlineBackend, deadline_transport
 from .endpoint import EndpointConfig, split_v2_url, with_settings
-from .image_hash import LARGE_IMAGE_BYTES
-from .logged import LoggedOracle
+from .logged import LoggedOracle, windows_ahead
 from .querylog import QueryLog, now_iso
 from .wire import JsonCodec, MalformedAnswer, V2Codec, WireRequest, server_offers_binary
 
@@ -64,8 +63,11 @@ def is_loopback(host: str) -> bool:
 
 
 def is_url(value: object) -> bool:
-    """True for an ``http://`` or ``https://`` address (a model that is an API, not a file)."""
-    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+    """True for an ``http(s)://`` or ``grpc(s)://`` address (a model that is an API, not
+    a file)."""
+    return isinstance(value, str) and value.lower().startswith(
+        ("http://", "https://", "grpc://", "grpcs://")
+    )
 
 
 class _CtrlC:
@@ -250,16 +252,7 @@ class HttpOracle(LoggedOracle):
     # ------------------------------------------------------------------ fetching
 
     def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
-        """Large images (hashing 224x224x3 costs about a quarter of what a small server
-        takes to answer it) are hashed a window ahead of the requests: one round of
-        ``concurrency`` requests first, so the server starts at once, then eight rounds at
-        a time. The requests are the query's own balanced batches, as without windows.
-        Small images are hashed all at once (it costs next to nothing)."""
-        if images[0].size * 4 < LARGE_IMAGE_BYTES:
-            return None
-        batches = balanced_batches(len(images), self.batch_size)
-        first, rest = self.concurrency, 8 * self.concurrency
-        return [batches[:first]] + [batches[i : i + rest] for i in range(first, len(batches), rest)]
+        return windows_ahead(images, self.batch_size, self.concurrency)
 
     def _fetch_missing(
         self,

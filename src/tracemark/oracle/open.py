@@ -171,6 +171,7 @@ def _replay(log: Any, options: ModelOptions) -> Oracle:
 def _endpoint(url: str, options: ModelOptions) -> Oracle:
     from .auth import load_auth_headers
     from .endpoint import load_endpoint_config
+    from .grpc import is_grpc_url, open_grpc_endpoint
     from .http import open_endpoint
 
     config = load_endpoint_config(
@@ -183,6 +184,16 @@ def _endpoint(url: str, options: ModelOptions) -> Oracle:
         num_classes=options.num_classes,
         binary=options.binary,
     )
+    if is_grpc_url(url):
+        return open_grpc_endpoint(
+            url,
+            config,
+            headers=load_auth_headers(options.auth_env, options.auth_file),
+            log=options.query_log,
+            budget=options.budget,
+            outputs=options.outputs,
+            class_names=list(options.class_names) if options.class_names else None,
+        )
     return open_endpoint(
         url,
         config,

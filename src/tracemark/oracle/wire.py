@@ -164,7 +164,8 @@ class V2Codec:
             elif shape[3] in (1, 3) and shape[1] not in (1, 3):
                 self.layout = "nhwc"
 
-    def _tensor_input(self, images: np.ndarray) -> np.ndarray:
+    def input_tensor(self, images: np.ndarray) -> np.ndarray:
+        """The images as the model takes them: FP32, C-contiguous, in its layout."""
         x = images.transpose(0, 3, 1, 2) if self.layout == "nchw" else images
         return np.ascontiguousarray(x, dtype=np.float32)
 
@@ -173,7 +174,7 @@ class V2Codec:
 
     def encode(self, images: np.ndarray) -> dict[str, Any]:
         """The JSON request body (numbers as text)."""
-        x = self._tensor_input(images)
+        x = self.input_tensor(images)
         return {"inputs": [{**self._input_spec(x), "data": x.ravel().tolist()}]}
 
     def request(self, images: np.ndarray) -> WireRequest:
@@ -181,7 +182,7 @@ class V2Codec:
         asking for every output as raw bytes too."""
         if not self.binary:
             return self._json_request(images)
-        x = self._tensor_input(images)  # C-contiguous little-endian FP32, sent as it is
+        x = self.input_tensor(images)  # C-contiguous little-endian FP32, sent as it is
         data = memoryview(x.astype("<f4", copy=False)).cast("B")
         header = {
             "inputs": [{**self._input_spec(x), "parameters": {"binary_data_size": data.nbytes}}],
@@ -195,7 +196,7 @@ class V2Codec:
         """The JSON request; images from 8-bit files (every value k/255) have their numbers
         written from a 256-entry table, the very text ``json.dumps`` writes for them, about
         ten times faster than formatting each one."""
-        x = self._tensor_input(images)
+        x = self.input_tensor(images)
         spec = self._input_spec(x)
         text = eight_bit_json_numbers(x)
         if text is None:

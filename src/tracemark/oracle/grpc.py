@@ -1,0 +1,344 @@
+"""Auditing a model behind the Open Inference Protocol's gRPC API (KServe v2).
+
+``grpc://HOST:PORT/v2/models/NAME[/versions/V]`` (``grpcs://`` for TLS) is a model served
+by Triton, KServe or MLServer over gRPC. Images travel as raw FP32 bytes
+(``raw_input_contents``) and answers come back as raw bytes too (``raw_output_contents``,
+or typed ``contents``), read by their declared datatype: the binary wire of servers whose
+REST API has none (MLServer's). Everything else is the HTTP oracle's: batches of the
+query's balanced split, ``concurrency`` at a time, hashed a window ahead for large
+images; retries with backoff for UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED and
+ABORTED; the query log, its resume and replay (answers per image); the budget.
+Credentials go in call metadata and never reach the log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import TracemarkError
+from ..rng import derive
+from .base import balanced_batches
+from .binary_tensors import BinaryBodyError, read_tensors
+from .endpoint import EndpointConfig, split_v2_url, with_settings
+from .grpc_messages import SERVICE, messages
+from .logged import LoggedOracle, windows_ahead
+from .querylog import QueryLog, now_iso
+from .wire import MalformedAnswer, V2Codec
+
+__all__ = ["GrpcOracle", "is_grpc_url", "open_grpc_endpoint"]
+
+RETRY_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
+_CONTENTS = {  # typed contents fields by datatype, for answers not sent as raw bytes
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+    "INT16": "int_contents",
+    "INT8": "int_contents",
+    "UINT64": "uint64_contents",
+    "UINT32": "uint_contents",
+}
+
+
+def is_grpc_url(value: object) -> bool:
+    """True for a ``grpc://`` or ``grpcs://`` address."""
+    return isinstance(value, str) and value.lower().startswith(("grpc://", "grpcs://"))
+
+
+class GrpcOracle(LoggedOracle):
+    """A classifier behind a KServe v2 gRPC server (see the module's docstring).
+
+    ``url``: ``grpc[s]://HOST:PORT``; ``config`` names the model (``model_name``,
+    ``version``) and sets batches, concurrency, timeout and retries. ``headers`` become
+    call metadata (credentials; never logged). ``log``: a query-log path.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        config: EndpointConfig,
+        *,
+        headers: dict[str, str] | None = None,
+        log: str | os.PathLike | None = None,
+        seed: str = "00",
+        **settings: Any,
+    ) -> None:
+        import grpc
+
+        parts = urlsplit(url)
+        if not is_grpc_url(url) or not parts.hostname or parts.port is None:
+            raise TracemarkError(f"not a grpc://HOST:PORT address: {url!r}")
+        if parts.username or parts.password:
+            raise TracemarkError(
+                "the URL holds credentials; put them in a file (--auth-file) or an environment "
+                "variable (--auth-env) instead, so they never appear in logs or process lists"
+            )
+        if not config.model_name:
+            raise TracemarkError(
+                "which model? give the URL as grpc://HOST:PORT/v2/models/NAME, or pass "
+                "--model-name NAME"
+            )
+        self.config, self.url = config, url.rstrip("/")
+        self.model_name, self.version = config.model_name, config.version
+        layout = "nchw" if config.layout == "auto" else config.layout
+        self.codec = V2Codec(
+            config.model_name, config.version, config.input_name, layout, config.output_name
+        )
+        self._configured = config.input_name is not None and config.layout != "auto"
+        self.concurrency, self.retries = config.concurrency, config.retries
+        self.timeout, self.backoff = float(config.timeout), float(config.backoff)
+        self.max_backoff = float(config.max_backoff)
+        self.auth_source = getattr(headers, "source", None) or ("headers" if headers else None)
+        self._metadata = tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items())
+        secure = parts.scheme.lower() == "grpcs"
+        if headers and not secure:
+            warnings.warn(
+                f"sending credentials over plain grpc to {parts.hostname}; use grpcs",
+                stacklevel=2,
+            )
+        target = f"{parts.hostname}:{parts.port}"
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self._channel = (
+            grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            if secure
+            else grpc.insecure_channel(target, options=options)
+        )
+        m = messages()
+        self._infer = self._channel.unary_unary(
+            f"/{SERVICE}/ModelInfer",
+            request_serializer=m.ModelInferRequest.SerializeToString,
+            response_deserializer=m.ModelInferResponse.FromString,
+        )
+        self._model_metadata = self._channel.unary_unary(
+            f"/{SERVICE}/ModelMetadata",
+            request_serializer=m.ModelMetadataRequest.SerializeToString,
+            response_deserializer=m.ModelMetadataResponse.FromString,
+        )
+        self.requests, self.retried = 0, 0
+        self._image_bytes = 0
+        self._stats_lock = threading.Lock()
+        self._rng = derive(seed, "grpc/backoff-jitter")
+        query_log = None
+        if log is not None:
+            query_log = QueryLog(
+                log,
+                {
+                    "endpoint": self.url,
+                    "protocol": "v2-grpc",
+                    "model_name": config.model_name,
+                    "output_name": config.output_name,
+                    "auth": self.auth_source,
+                    "tracemark_version": __version__,
+                },
+            )
+        settings.setdefault("batch_size", config.batch_size)
+        settings.setdefault("num_classes", config.num_classes)
+        super().__init__(log=query_log, **settings)
+
+    @property
+    def wire(self) -> str:
+        return "grpc"
+
+    def __repr__(self) -> str:
+        return (
+            f"GrpcOracle({self.url!r}, model_name={self.model_name!r}, sent={self.queries}, "
+            f"from_log={self.from_log}, auth={self.auth_source})"
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GrpcOracle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ calls
+
+    def _call(self, method: Any, request: Any, what: str) -> Any:
+        """One call with retries (backoff with jitter) for the transient status codes."""
+        import grpc
+
+        for attempt in range(self.retries + 1):
+            with self._stats_lock:
+                self.requests += 1
+            try:
+                return method(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                code = exc.code().name if exc.code() is not None else "UNKNOWN"
+                details = str(exc.details() or "")[:300]
+                if code == "RESOURCE_EXHAUSTED" and "larger than max" in details:
+                    raise TracemarkError(
+                        f"{self.url} ({what}) refused a message as too large ({details}): "
+                        f"lower --batch-size (each image is {self._image_bytes} bytes) or "
+                        "raise the server's limit (MLServer: grpc_max_message_length)"
+                    ) from None
+                if code not in RETRY_CODES:
+                    raise TracemarkError(
+                        f"{self.url} ({what}) refused the request: {code}"
+                        + (f": {details}" if details else "")
+                    ) from None
+                if attempt == self.retries:
+                    raise TracemarkError(
+                        f"{self.url} ({what}) failed {self.retries + 1} times in a row; last: "
+                        f"{code}" + (f": {details}" if details else "") + ". " + self._resume()
+                    ) from None
+                with self._stats_lock:
+                    self.retried += 1
+                    jitter = 0.5 + self._rng.random()
+                time.sleep(min(self.max_backoff, self.backoff * 2**attempt) * jitter)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _resume(self) -> str:
+        if self.log is not None:
+            return (
+                f"The answers received so far are in the query log {self.log.path}: "
+                "re-run to resume"
+            )
+        return "No --query-log was given, so the answers received so far are lost"
+
+    def _configure(self) -> None:
+        """Learn the input's name and layout from the model's metadata where not given."""
+        m = messages()
+        reply = self._call(
+            self._model_metadata,
+            m.ModelMetadataRequest(name=self.model_name, version=self.version or ""),
+            "model metadata",
+        )
+        self.codec.configure(
+            {
+                "inputs": [
+                    {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+                    for t in reply.inputs
+                ]
+            }
+        )
+        self._configured = True
+
+    def _send(self, images: np.ndarray) -> tuple[str, list[dict[str, Any]]]:
+        """One batch: (request time, its answers), validated by the v2 codec."""
+        m = messages()
+        x = self.codec.input_tensor(images)
+        tensor = m.ModelInferRequest.InferInputTensor(
+            name=self.codec.input_name or "input", datatype="FP32", shape=list(x.shape)
+        )
+        request = m.ModelInferRequest(
+            model_name=self.model_name,
+            model_version=self.version or "",
+            inputs=[tensor],
+            raw_input_contents=[x.astype("<f4", copy=False).tobytes()],
+        )
+        when = now_iso()
+        self._image_bytes = x[0].nbytes
+        reply = self._call(self._infer, request, "inference")
+        return when, self.codec.decode({"outputs": self._outputs(reply)}, len(images))
+
+    @staticmethod
+    def _outputs(reply: Any) -> list[dict[str, Any]]:
+        """The reply's output tensors as v2 output objects, their values as arrays."""
+        specs = [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in reply.outputs
+        ]
+        if not specs:
+            raise MalformedAnswer("a v2 answer needs a non-empty 'outputs' list")
+        raw = list(reply.raw_output_contents)
+        if raw:
+            if len(raw) != len(specs):
+                raise MalformedAnswer(
+                    f"the answer has {len(specs)} outputs but {len(raw)} raw output contents"
+                )
+            for spec, data in zip(specs, raw, strict=True):
+                spec["parameters"] = {"binary_data_size": len(data)}
+            try:
+                return read_tensors(specs, b"".join(raw), "outputs")
+            except BinaryBodyError as exc:
+                raise MalformedAnswer(f"the gRPC answer is malformed: {exc}") from None
+        for spec, tensor in zip(specs, reply.outputs, strict=True):
+            field = _CONTENTS.get(spec["datatype"])
+            if field is None:
+                raise MalformedAnswer(
+                    f"output {spec['name']!r} has datatype {spec['datatype']!r} and no raw bytes"
+                )
+            spec["data"] = np.asarray(getattr(tensor.contents, field))
+        return specs
+
+    def _fetch_missing(
+        self,
+        images: np.ndarray,
+        hashes: list[str],
+        batches: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Send the images in batches, ``concurrency`` at a time; log each answer on
+        arrival, and every answer received before an error or a Ctrl-C."""
+        if not self._configured:
+            self._configure()
+        bounds = dict(
+            batches if batches is not None else balanced_batches(len(hashes), self.batch_size)
+        )
+        answered: dict[int, tuple[str, list[dict[str, Any]]]] = {}
+        recorded: set[int] = set()
+
+        def send(start: int) -> int:
+            answered[start] = self._send(images[start : bounds[start]])
+            return start
+
+        def record(start: int) -> None:
+            if start not in recorded:
+                when, answers = answered[start]
+                self._record(hashes[start : bounds[start]], when, answers)
+                recorded.add(start)
+
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tracemark-grpc")
+        try:
+            pending = {pool.submit(send, start) for start in bounds}
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    record(fut.result())  # raises the batch's error
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            for start in sorted(answered):
+                record(start)
+
+    def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
+        return windows_ahead(images, self.batch_size, self.concurrency)
+
+
+def open_grpc_endpoint(
+    url: str,
+    config: EndpointConfig | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    log: str | os.PathLike | None = None,
+    budget: int | None = None,
+    outputs: str = "auto",
+    class_names: list[str] | None = None,
+) -> GrpcOracle:
+    """A :class:`GrpcOracle` for ``grpc[s]://HOST:PORT/v2/models/NAME[/versions/V]``."""
+    config = config or EndpointConfig()
+    base, named, version = split_v2_url(url)
+    if named is not None and config.model_name is not None and named != config.model_name:
+        raise TracemarkError(
+            f"the URL names model {named!r} but --model-name says {config.model_name!r}"
+        )
+    num_classes = config.num_classes or (len(class_names) if class_names else None)
+    config = with_settings(
+        config,
+        model_name=config.model_name or named,
+        version=config.version or version,
+        num_classes=num_classes,
+    )
+    return GrpcOracle(base, config, headers=headers, log=log, budget=budget, outputs=outputs)

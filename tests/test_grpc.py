@@ -1,0 +1,180 @@
+"""Auditing over the KServe v2 gRPC API: raw FP32 tensors both ways, exactly.
+
+Against a gRPC server run in the test (the same messages, `grpc.server`) serving a fixed
+linear classifier: the in-process answers; the layout learned from the model's
+metadata; answers as raw bytes or typed contents; the query log and a resume that
+sends nothing; transient errors retried, others named; credentials in call metadata,
+never in the log; malformed answers named. A real server (MLServer) is audited over
+gRPC in test_mlserver.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from tracemark.errors import TracemarkError
+from tracemark.oracle import EndpointConfig, TorchModuleOracle, open_oracle
+from tracemark.oracle.grpc import GrpcOracle, open_grpc_endpoint
+from tracemark.oracle.grpc_messages import SERVICE, messages
+from tracemark.oracle.wire import MalformedAnswer
+
+
+class Model:
+    """A fixed linear classifier on 32x32x3 images, served in NHWC or NCHW."""
+
+    def __init__(self, layout: str = "nchw") -> None:
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+        self.net.eval()
+        self.layout = layout
+        self.local = TorchModuleOracle(self.net, num_classes=10)  # takes NHWC images
+
+
+@contextlib.contextmanager
+def served(model: Model, *, fail: list[grpc.StatusCode] | None = None, typed: bool = False,
+           extra_raw: bool = False, seen: list | None = None):  # fmt: skip
+    """A gRPC inference server on a free port; yields its grpc:// base address."""
+    m = messages()
+    failures = list(fail or [])
+
+    def infer(request, context):
+        if seen is not None:
+            seen.append(dict(context.invocation_metadata()))
+        if failures:
+            code = failures.pop(0)
+            context.abort(code, f"scripted {code.name}")
+        shape = list(request.inputs[0].shape)
+        x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(shape).copy()
+        if model.layout == "nhwc":  # the model takes NHWC: give the net what it expects
+            x = x.transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            logits = model.net(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
+        out = m.ModelInferResponse.InferOutputTensor(
+            name="probs", datatype="FP32", shape=list(probs.shape)
+        )
+        reply = m.ModelInferResponse(model_name=request.model_name, outputs=[out])
+        if typed:
+            reply.outputs[0].contents.fp32_contents.extend(probs.ravel().tolist())
+        else:
+            reply.raw_output_contents.append(probs.tobytes())
+            if extra_raw:
+                reply.raw_output_contents.append(b"\0" * 8)
+        return reply
+
+    def metadata(request, context):
+        shape = [-1, 3, 32, 32] if model.layout == "nchw" else [-1, 32, 32, 3]
+        tensor = m.ModelMetadataResponse.TensorMetadata(name="pixels", datatype="FP32", shape=shape)
+        return m.ModelMetadataResponse(name=request.name, inputs=[tensor])
+
+    handlers = {
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(
+            infer, m.ModelInferRequest.FromString, m.ModelInferResponse.SerializeToString
+        ),
+        "ModelMetadata": grpc.unary_unary_rpc_method_handler(
+            metadata, m.ModelMetadataRequest.FromString, m.ModelMetadataResponse.SerializeToString
+        ),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 32, 32, 3), dtype=np.float32)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_answers_are_the_models_in_the_layout_its_metadata_gives(layout, tmp_path):
+    model = Model(layout)
+    x = _images(150)
+    with served(model) as base:
+        log = tmp_path / "q.jsonl"
+        config = EndpointConfig(batch_size=50, concurrency=2)
+        with open_grpc_endpoint(f"{base}/v2/models/m", config, log=log) as oracle:
+            probs = oracle.query(x).probs
+            assert oracle.codec.layout == layout and oracle.codec.input_name == "pixels"
+            assert oracle.queries == 150 and oracle.wire == "grpc"
+        local = model.local.query(x).probs
+        np.testing.assert_allclose(probs, local, rtol=1e-5, atol=1e-7)
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        assert lines[0]["protocol"] == "v2-grpc" and lines[0]["model_name"] == "m"
+        assert len(lines) == 151  # the header and each image once
+        # A second run with the same log asks the server nothing.
+        with open_grpc_endpoint(f"{base}/v2/models/m", config, log=log) as again:
+            assert np.array_equal(again.query(x).probs, probs)
+            assert again.queries == 0 and again.from_log == 150 and again.requests == 0
+
+
+def test_typed_contents_are_read_like_raw_bytes():
+    model = Model()
+    x = _images(20)
+    with served(model) as base, served(model, typed=True) as typed:
+        raw = open_grpc_endpoint(f"{base}/v2/models/m").query(x).probs
+        via_contents = open_grpc_endpoint(f"{typed}/v2/models/m").query(x).probs
+    assert np.array_equal(raw, via_contents)
+
+
+def test_transient_errors_are_retried_and_others_named():
+    model = Model()
+    x = _images(8)
+    transient = [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    config = EndpointConfig(batch_size=8, backoff=0.01, retries=3)
+    with served(model, fail=list(transient)) as base:
+        oracle = open_grpc_endpoint(f"{base}/v2/models/m", config)
+        oracle.query(x)
+        assert oracle.retried == 2 and oracle.queries == 8
+    refused = "refused the request: INVALID_ARGUMENT: scripted"
+    with (
+        served(model, fail=[grpc.StatusCode.INVALID_ARGUMENT]) as base,
+        pytest.raises(TracemarkError, match=refused),
+    ):
+        open_grpc_endpoint(f"{base}/v2/models/m", config).query(x)
+    with (
+        served(model, fail=[grpc.StatusCode.UNAVAILABLE] * 4) as base,
+        pytest.raises(TracemarkError, match="failed 4 times in a row; last: UNAVAILABLE"),
+    ):
+        open_grpc_endpoint(f"{base}/v2/models/m", config).query(x)
+
+
+def test_credentials_go_in_metadata_and_never_in_the_log(tmp_path):
+    seen: list = []
+    log = tmp_path / "q.jsonl"
+    with served(Model(), seen=seen) as base, pytest.warns(UserWarning, match="use grpcs"):
+        oracle = open_grpc_endpoint(
+            f"{base}/v2/models/m", headers={"Authorization": "Bearer s3cret-token"}, log=log
+        )
+        oracle.query(_images(4))
+    assert seen and seen[0]["authorization"] == "Bearer s3cret-token"
+    assert "s3cret" not in log.read_text()
+
+
+def test_malformed_answers_are_named():
+    with (
+        served(Model(), extra_raw=True) as base,
+        pytest.raises(MalformedAnswer, match="1 outputs but 2 raw output contents"),
+    ):
+        open_grpc_endpoint(f"{base}/v2/models/m").query(_images(4))
+
+
+def test_grpc_urls_open_a_grpc_oracle_and_need_a_model():
+    with served(Model()) as base:
+        oracle = open_oracle(f"{base}/v2/models/m")
+        assert isinstance(oracle, GrpcOracle) and oracle.model_name == "m"
+        with pytest.raises(TracemarkError, match="which model"):
+            open_oracle(base)
+    with pytest.raises(TracemarkError, match="not a grpc://HOST:PORT address"):
+        open_oracle("grpc://nowhere/v2/models/m")
