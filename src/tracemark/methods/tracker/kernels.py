@@ -45,15 +45,11 @@ def sine_phases(  # pragma: no cover - compiled
                 out[i, y, x] = np.float32(v) * _TWO_PI
 
 
-@njit(nogil=True, cache=True)
-def _midrange(sines: np.ndarray, k: int) -> np.float32:  # pragma: no cover - compiled
-    lo = sines[k, 0, 0]
-    hi = lo
-    for y in range(sines.shape[1]):
-        for x in range(sines.shape[2]):
-            lo = min(lo, sines[k, y, x])
-            hi = max(hi, sines[k, y, x])
-    return (hi + lo) * _HALF
+def midranges(sines: np.ndarray) -> np.ndarray:
+    """(greatest + least) / 2 of each image's sines, in float32 (NumPy's vectorised
+    reductions; the order of a min or max does not change it)."""
+    flat = sines.reshape(len(sines), -1)
+    return (flat.max(axis=1) + flat.min(axis=1)) * np.float32(0.5)
 
 
 @njit(nogil=True, cache=True)
@@ -66,21 +62,23 @@ def _sign_step(
 
 @njit(nogil=True, cache=True)
 def sign_noise(
-    sines: np.ndarray, eps: np.float32, out: np.ndarray
+    sines: np.ndarray, mids: np.ndarray, eps: np.float32, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    """out = sign(sines - midrange(sines)) * eps per image: the binarised noise itself."""
-    n, h, w = sines.shape
+    """out = sign(sines - mids) * eps per image (n, P): the binarised noise itself."""
+    n, pixels = sines.shape
     for k in range(n):
-        mid = _midrange(sines, k)
-        for y in range(h):
-            for x in range(w):
-                out[k, y, x] = _sign_step(sines[k, y, x], mid, eps)
+        for j in range(pixels):
+            out[k, j] = _sign_step(sines[k, j], mids[k], eps)
+
+
+_SPAN = 1024  # pixels blended at a time: their deltas (12 KB for 3 channels) stay in L1
 
 
 @njit(nogil=True, cache=True)
 def blend_marks(  # pragma: no cover - compiled
     images: np.ndarray,
     sines: np.ndarray,
+    mids: np.ndarray,
     order: np.ndarray,
     patterns: np.ndarray,
     which: np.ndarray,
@@ -90,32 +88,32 @@ def blend_marks(  # pragma: no cover - compiled
 ) -> None:
     """out[i] = rint(255 r clip(images[i] + delta, 0, 1) + patterns[which[i]]) / 255.
 
-    ``sines`` (n, H, W) are the images' sine noise in an internal order: row k belongs to
-    image ``order[k]``, whose delta is sign(sine - midrange) * eps, one value for every
-    channel. ``images`` and ``out`` (N, H, W * C) and ``patterns`` (m, H, W * C), C-
+    ``sines`` (n, P) are the images' sine noise, P pixels each, in an internal order: row
+    k belongs to image ``order[k]``, whose delta is sign(sine - mids[k]) * eps, one value
+    for every channel. ``images`` and ``out`` (N, P * C) and ``patterns`` (m, P * C), C-
     contiguous: 255 (1 - r) times each pattern; ``which`` (N,) the pattern of each image;
-    ``weight`` 255 r. Each image is read once and written once, a row at a time.
+    ``weight`` 255 r. Each image is read once and written once.
     """
-    n, h, w = sines.shape
-    row = images.shape[2]
-    channels = row // w  # 1 or 3
-    delta = np.empty(row, dtype=np.float32)
+    n, pixels = sines.shape
+    channels = images.shape[1] // pixels  # 1 or 3
+    delta = np.empty(_SPAN * channels, dtype=np.float32)
     for k in range(n):
-        i = order[k]
+        i, mid = order[k], mids[k]
         p = which[i]
-        mid = _midrange(sines, k)
-        for y in range(h):
+        for start in range(0, pixels, _SPAN):
+            stop = min(start + _SPAN, pixels)
             if channels == 3:
-                for x in range(w):
-                    d = _sign_step(sines[k, y, x], mid, eps)
-                    delta[3 * x] = d
-                    delta[3 * x + 1] = d
-                    delta[3 * x + 2] = d
+                for x in range(start, stop):
+                    d = _sign_step(sines[k, x], mid, eps)
+                    at = 3 * (x - start)
+                    delta[at] = d
+                    delta[at + 1] = d
+                    delta[at + 2] = d
             else:
-                for x in range(row):
-                    delta[x] = _sign_step(sines[k, y, x], mid, eps)
-            source, target, pattern = images[i, y], out[i, y], patterns[p, y]
-            for j in range(row):  # contiguous: vectorised
-                v = source[j] + delta[j]
+                for x in range(start, stop):
+                    delta[x - start] = _sign_step(sines[k, x], mid, eps)
+            base = start * channels
+            for j in range((stop - start) * channels):  # contiguous: vectorised
+                v = images[i, base + j] + delta[j]
                 v = min(max(v, _ZERO), _ONE)  # clip x + delta (not to 255)
-                target[j] = np.rint(v * weight + pattern[j]) / _INK
+                out[i, base + j] = np.rint(v * weight + patterns[p, base + j]) / _INK

@@ -19,7 +19,7 @@ from ...errors import TracemarkError
 from ...keys import Key
 from ...rng import derive_keys
 from ..base import check_key
-from .kernels import blend_marks
+from .kernels import blend_marks, midranges
 from .params import TrackerParams
 from .patterns import NaturalPattern, Pattern, StripePattern, sine_noise_blocks
 
@@ -55,12 +55,14 @@ def _mark_chunk(
     The noise comes in cache-sized blocks and is blended at once, each image read once
     and written once (:func:`.kernels.blend_marks`).
     """
-    n, h, w, c = images.shape
+    n, h, w, _ = images.shape
     eps, weight = np.float32(params.eps), np.float32(255.0 * params.r)
-    rows, out_rows = images.reshape(n, h, w * c), out.reshape(n, h, w * c)
-    pattern_rows = patterns.reshape(len(patterns), h, w * c)
+    flat, out_flat = images.reshape(n, -1), out.reshape(n, -1)
+    pattern_flat = patterns.reshape(len(patterns), -1)
     for sines, positions in sine_noise_blocks(h, w, noise_keys):
-        blend_marks(rows, sines, positions, pattern_rows, which, eps, weight, out_rows)
+        pixels = sines.reshape(len(sines), -1)
+        mids = midranges(pixels)
+        blend_marks(flat, pixels, mids, positions, pattern_flat, which, eps, weight, out_flat)
 
 
 def apply_mark(

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from ...bank import NaturalPattern, to_channels
 from ...rng import hash_uniform
-from .kernels import sign_noise, sine_phases
+from .kernels import midranges, sign_noise, sine_phases
 
 # The tracker paper's colour list, with "blue" corrected to a real blue (the authors'
 # code lists (0, 255, 0), a duplicate green), so all eleven colours are distinct.
@@ -249,7 +249,8 @@ def sine_perlin_sign_noise(height: int, width: int, keys: np.ndarray, eps: float
     signs = np.empty_like(out)
     with threadpool_limits(1, user_api="blas"):
         for sines, images in sine_noise_blocks(height, width, keys):
+            pixels = sines.reshape(len(sines), -1)
             part = signs[: len(images)]
-            sign_noise(sines, np.float32(eps), part)
+            sign_noise(pixels, midranges(pixels), np.float32(eps), part.reshape(len(part), -1))
             out[images] = part
     return out
