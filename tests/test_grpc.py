@@ -178,3 +178,5 @@ def test_grpc_urls_open_a_grpc_oracle_and_need_a_model():
             open_oracle(base)
     with pytest.raises(TracemarkError, match="not a grpc://HOST:PORT address"):
         open_oracle("grpc://nowhere/v2/models/m")
+    with pytest.raises(TracemarkError, match="speaks the v2 protocol, not 'json'"):
+        open_oracle("grpc://127.0.0.1:1/v2/models/m", protocol="json")

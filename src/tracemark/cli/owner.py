@@ -40,7 +40,8 @@ ModelArg = Annotated[
     typer.Argument(
         metavar="MODEL",
         help="Suspicious model: .onnx, TorchScript or tracemark checkpoint file, or an "
-        "http(s) URL (Open Inference Protocol v2: http://HOST:PORT/v2/models/NAME).",
+        "http(s) URL (Open Inference Protocol v2: http://HOST:PORT/v2/models/NAME) or a "
+        "grpc(s) one (its gRPC API: grpc://HOST:PORT/v2/models/NAME).",
     ),
 ]
 

@@ -329,6 +329,8 @@ def open_grpc_endpoint(
 ) -> GrpcOracle:
     """A :class:`GrpcOracle` for ``grpc[s]://HOST:PORT/v2/models/NAME[/versions/V]``."""
     config = config or EndpointConfig()
+    if config.protocol != "v2":
+        raise TracemarkError(f"a grpc:// model speaks the v2 protocol, not {config.protocol!r}")
     base, named, version = split_v2_url(url)
     if named is not None and config.model_name is not None and named != config.model_name:
         raise TracemarkError(

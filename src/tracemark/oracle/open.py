@@ -127,7 +127,8 @@ class ModelOptions:
 
 def open_oracle(model: Any, options: ModelOptions | None = None, **changes: Any) -> Oracle:
     """An oracle for ``model``: an oracle (used as it is), a model file (.onnx,
-    TorchScript, checkpoint), an http(s) URL, a torch module, or (``replay``) a query log.
+    TorchScript, checkpoint), an http(s) or grpc(s) URL, a torch module, or (``replay``) a
+    query log.
 
     ``options`` (or its fields as keywords): :class:`ModelOptions`. Class names, when
     given, must match the model's number of classes.
