@@ -112,7 +112,9 @@ def test_answers_are_the_models_in_the_layout_its_metadata_gives(layout, tmp_pat
         np.testing.assert_allclose(probs, local, rtol=1e-5, atol=1e-7)
         lines = [json.loads(line) for line in log.read_text().splitlines()]
         assert lines[0]["protocol"] == "v2-grpc" and lines[0]["model_name"] == "m"
-        assert len(lines) == 151  # the header and each image once
+        assert sum("sha256" in r for r in lines) == 150  # each image once
+        batches = [r["batch"] for r in lines if "batch" in r]  # each reply's bytes, whole
+        assert len(batches) == 3 and all(b["wire"] == "grpc" for b in batches)
         # A second run with the same log asks the server nothing.
         with open_grpc_endpoint(f"{base}/v2/models/m", config, log=log) as again:
             assert np.array_equal(again.query(x).probs, probs)
@@ -180,3 +182,46 @@ def test_grpc_urls_open_a_grpc_oracle_and_need_a_model():
         open_oracle("grpc://nowhere/v2/models/m")
     with pytest.raises(TracemarkError, match="speaks the v2 protocol, not 'json'"):
         open_oracle("grpc://127.0.0.1:1/v2/models/m", protocol="json")
+
+
+def _rechained(lines: list[str]) -> str:
+    """Log lines with every record's "prev" recomputed: a forger who knows the format."""
+    import hashlib
+
+    out = [lines[0]]
+    for line in lines[1:]:
+        record = json.loads(line)
+        record["prev"] = hashlib.sha256(out[-1].encode()).hexdigest()
+        out.append(json.dumps(record))
+    return "\n".join(out) + "\n"
+
+
+def test_an_edited_answer_or_reply_in_the_log_is_refused(tmp_path):
+    """The reply's bytes are kept whole: an answer edited to disagree with them, or the
+    bytes themselves edited, is refused when the log is opened, chain recomputed or not."""
+    import base64
+
+    log = tmp_path / "q.jsonl"
+    url_path = "/v2/models/m"
+    with served(Model()) as base:
+        with open_grpc_endpoint(base + url_path, EndpointConfig(batch_size=4), log=log) as o:
+            o.query(_images(8))
+        lines = log.read_text().splitlines()
+        answer_at = next(i for i, line in enumerate(lines) if '"sha256"' in line)
+        record = json.loads(lines[answer_at])
+        record["answer"]["output"] = record["answer"]["output"][::-1]
+        edited = list(lines)
+        edited[answer_at] = json.dumps(record)
+        log.write_text(_rechained(edited))
+        with pytest.raises(TracemarkError, match="is not what the model's bytes say"):
+            open_grpc_endpoint(base + url_path, log=log)
+        batch_at = next(i for i, line in enumerate(lines) if '"batch"' in line)
+        record = json.loads(lines[batch_at])
+        raw = bytearray(base64.b64decode(record["batch"]["response"]))
+        raw[-1] ^= 1
+        record["batch"]["response"] = base64.b64encode(bytes(raw)).decode()
+        edited = list(lines)
+        edited[batch_at] = json.dumps(record)
+        log.write_text(_rechained(edited))
+        with pytest.raises(TracemarkError, match="does not match its SHA-256"):
+            open_grpc_endpoint(base + url_path, log=log)

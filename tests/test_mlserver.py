@@ -317,6 +317,8 @@ def test_audit_over_grpc_matches_http_and_replays(
     header = json.loads(lines[0])
     assert header["protocol"] == "v2-grpc" and header["model_name"] == MODEL
     assert header["endpoint"] == f"grpc://127.0.0.1:{mlserver.grpc_port}"
-    assert len(lines) - 1 == v["queries"]  # each image once
+    records = [json.loads(line) for line in lines[1:]]
+    assert sum("sha256" in r for r in records) == v["queries"]  # each image once
+    assert all(r["batch"]["wire"] == "grpc" for r in records if "batch" in r)  # replies kept
     replayed = _cli_json(["replay", log, marked_world.cli_key, *audit_args])
     assert replayed["p_value"] == v["p_value"] and replayed["effect"] == v["effect"]

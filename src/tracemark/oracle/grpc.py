@@ -7,7 +7,7 @@ or typed ``contents``), read by their declared datatype: the binary wire of serv
 REST API has none (MLServer's). Everything else is the HTTP oracle's: batches of the
 query's balanced split, ``concurrency`` at a time, hashed a window ahead for large
 images; retries with backoff for UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED and
-ABORTED; the query log, its resume and replay (answers per image); the budget.
+ABORTED; the query log (each reply's bytes kept whole), its resume and replay; the budget.
 Credentials go in call metadata and never reach the log.
 """
 
@@ -27,26 +27,15 @@ from .._version import __version__
 from ..errors import TracemarkError
 from ..rng import derive
 from .base import balanced_batches
-from .binary_tensors import BinaryBodyError, read_tensors
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .grpc_messages import SERVICE, messages
 from .logged import LoggedOracle, windows_ahead
 from .querylog import QueryLog, now_iso
-from .wire import MalformedAnswer, V2Codec
+from .wire import V2Codec, decode_reply
 
 __all__ = ["GrpcOracle", "is_grpc_url", "open_grpc_endpoint"]
 
 RETRY_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED"})
-_CONTENTS = {  # typed contents fields by datatype, for answers not sent as raw bytes
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "INT64": "int64_contents",
-    "INT32": "int_contents",
-    "INT16": "int_contents",
-    "INT8": "int_contents",
-    "UINT64": "uint64_contents",
-    "UINT32": "uint_contents",
-}
 
 
 def is_grpc_url(value: object) -> bool:
@@ -113,10 +102,10 @@ class GrpcOracle(LoggedOracle):
             else grpc.insecure_channel(target, options=options)
         )
         m = messages()
-        self._infer = self._channel.unary_unary(
+        self._infer = self._channel.unary_unary(  # the reply's bytes, kept for the log
             f"/{SERVICE}/ModelInfer",
             request_serializer=m.ModelInferRequest.SerializeToString,
-            response_deserializer=m.ModelInferResponse.FromString,
+            response_deserializer=bytes,
         )
         self._model_metadata = self._channel.unary_unary(
             f"/{SERVICE}/ModelMetadata",
@@ -225,8 +214,9 @@ class GrpcOracle(LoggedOracle):
         )
         self._configured = True
 
-    def _send(self, images: np.ndarray) -> tuple[str, list[dict[str, Any]]]:
-        """One batch: (request time, its answers), validated by the v2 codec."""
+    def _send(self, images: np.ndarray) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+        """One batch: (request time, its answers, the reply's bytes for the query log),
+        the answers validated by the v2 codec."""
         m = messages()
         x = self.codec.input_tensor(images)
         tensor = m.ModelInferRequest.InferInputTensor(
@@ -240,37 +230,8 @@ class GrpcOracle(LoggedOracle):
         )
         when = now_iso()
         self._image_bytes = x[0].nbytes
-        reply = self._call(self._infer, request, "inference")
-        return when, self.codec.decode({"outputs": self._outputs(reply)}, len(images))
-
-    @staticmethod
-    def _outputs(reply: Any) -> list[dict[str, Any]]:
-        """The reply's output tensors as v2 output objects, their values as arrays."""
-        specs = [
-            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in reply.outputs
-        ]
-        if not specs:
-            raise MalformedAnswer("a v2 answer needs a non-empty 'outputs' list")
-        raw = list(reply.raw_output_contents)
-        if raw:
-            if len(raw) != len(specs):
-                raise MalformedAnswer(
-                    f"the answer has {len(specs)} outputs but {len(raw)} raw output contents"
-                )
-            for spec, data in zip(specs, raw, strict=True):
-                spec["parameters"] = {"binary_data_size": len(data)}
-            try:
-                return read_tensors(specs, b"".join(raw), "outputs")
-            except BinaryBodyError as exc:
-                raise MalformedAnswer(f"the gRPC answer is malformed: {exc}") from None
-        for spec, tensor in zip(specs, reply.outputs, strict=True):
-            field = _CONTENTS.get(spec["datatype"])
-            if field is None:
-                raise MalformedAnswer(
-                    f"output {spec['name']!r} has datatype {spec['datatype']!r} and no raw bytes"
-                )
-            spec["data"] = np.asarray(getattr(tensor.contents, field))
-        return specs
+        raw = self._call(self._infer, request, "inference")
+        return when, decode_reply(self.codec, raw, len(images)), {"wire": "grpc", "response": raw}
 
     def _fetch_missing(
         self,
@@ -285,7 +246,7 @@ class GrpcOracle(LoggedOracle):
         bounds = dict(
             batches if batches is not None else balanced_batches(len(hashes), self.batch_size)
         )
-        answered: dict[int, tuple[str, list[dict[str, Any]]]] = {}
+        answered: dict[int, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {}
         recorded: set[int] = set()
 
         def send(start: int) -> int:
@@ -294,8 +255,8 @@ class GrpcOracle(LoggedOracle):
 
         def record(start: int) -> None:
             if start not in recorded:
-                when, answers = answered[start]
-                self._record(hashes[start : bounds[start]], when, answers)
+                when, answers, batch = answered[start]
+                self._record(hashes[start : bounds[start]], when, answers, batch)
                 recorded.add(start)
 
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tracemark-grpc")

@@ -13,8 +13,23 @@ from __future__ import annotations
 
 import functools
 from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .binary_tensors import BinaryBodyError, read_tensors
 
 SERVICE = "inference.GRPCInferenceService"
+_CONTENTS = {  # typed contents fields by datatype, for answers not sent as raw bytes
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+    "INT16": "int_contents",
+    "INT8": "int_contents",
+    "UINT64": "uint64_contents",
+    "UINT32": "uint_contents",
+}
 
 # (message, [(field, number, type, label, message type or None)]), nested as "Outer.Inner"
 _STRING, _INT64, _BYTES, _MESSAGE = 9, 3, 12, 11
@@ -134,3 +149,37 @@ def messages() -> SimpleNamespace:
         if "." not in name
     }
     return SimpleNamespace(**classes)
+
+
+def reply_outputs(raw: bytes) -> list[dict[str, Any]]:
+    """A serialised ModelInferResponse's outputs as v2 output objects (name, datatype,
+    shape, and their values as an array), read from ``raw_output_contents`` by their
+    declared datatype, or from typed ``contents``. Raises BinaryBodyError if malformed."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        reply = messages().ModelInferResponse.FromString(raw)
+    except DecodeError as exc:
+        raise BinaryBodyError(f"the reply is not a ModelInferResponse ({exc})") from None
+    specs = [
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in reply.outputs
+    ]
+    if not specs:
+        raise BinaryBodyError("a v2 answer needs a non-empty 'outputs' list")
+    contents = list(reply.raw_output_contents)
+    if contents:
+        if len(contents) != len(specs):
+            raise BinaryBodyError(
+                f"the answer has {len(specs)} outputs but {len(contents)} raw output contents"
+            )
+        for spec, data in zip(specs, contents, strict=True):
+            spec["parameters"] = {"binary_data_size": len(data)}
+        return read_tensors(specs, b"".join(contents), "outputs")
+    for spec, tensor in zip(specs, reply.outputs, strict=True):
+        field = _CONTENTS.get(spec["datatype"])
+        if field is None:
+            raise BinaryBodyError(
+                f"output {spec['name']!r} has datatype {spec['datatype']!r} and no raw bytes"
+            )
+        spec["data"] = np.asarray(getattr(tensor.contents, field))
+    return specs

@@ -27,6 +27,9 @@ kept whole, before its images' records, in a batch line::
     {"batch": {"images": [sha256, ...], "header_length": 97, "response_sha256": "...",
                "response": "<base64>"}, "time": ..., "prev": ...}
 
+(a gRPC reply, since 0.6.0, has ``"wire": "grpc"`` in place of ``header_length``: its
+bytes are a serialised ModelInferResponse).
+
 The response's bytes must hash to ``response_sha256`` or the log is refused, and a
 replay decodes them again and checks that they give the answers recorded
 (:func:`tracemark.oracle.wire.check_batches`): what the model sent, byte for byte, is
@@ -135,7 +138,8 @@ def _checked_batch(batch: object, where: str) -> dict[str, Any]:
     ):
         raise TracemarkError(f"{where}: a batch record must list its images' SHA-256s")
     length = batch.get("header_length")
-    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+    grpc = batch.get("wire") == "grpc"  # a gRPC reply's bytes: no JSON header to frame
+    if not grpc and (not isinstance(length, int) or isinstance(length, bool) or length <= 0):
         raise TracemarkError(f"{where}: a batch record needs a positive 'header_length'")
     try:
         raw = base64.b64decode(str(batch.get("response", "")), validate=True)
@@ -239,10 +243,16 @@ class QueryLog:
             lines = []
             if batch is not None and self.header.get("version", 0) >= 3:
                 raw = bytes(batch["response"])
+                # an HTTP binary body (its JSON header's length) or a gRPC reply's bytes
+                framing = (
+                    {"wire": "grpc"}
+                    if batch.get("wire") == "grpc"
+                    else {"header_length": batch.get("header_length")}
+                )
                 record = {
                     "batch": {
                         "images": [sha for sha, _, _ in pending],
-                        "header_length": batch.get("header_length"),
+                        **framing,
                         "response_sha256": hashlib.sha256(raw).hexdigest(),
                         "response": base64.b64encode(raw).decode("ascii"),
                     },

@@ -35,6 +35,7 @@ from .binary_tensors import (
     read_tensors,
     split_body,
 )
+from .grpc_messages import reply_outputs
 from .querylog import MAX_LABEL, check_answer, check_numbers
 
 __all__ = [
@@ -419,9 +420,19 @@ def _preview(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def decode_reply(codec: V2Codec, raw: bytes, n: int) -> list[dict[str, Any]]:
+    """Answers from a gRPC ModelInferResponse's bytes (also a logged one)."""
+    try:
+        outputs = reply_outputs(raw)
+    except BinaryBodyError as exc:
+        raise MalformedAnswer(f"the gRPC answer is malformed: {exc}") from None
+    return codec.decode({"outputs": outputs}, n)
+
+
 def check_batches(log: Any) -> None:
-    """Decode every binary answer a query log keeps and check it gives the answers the
-    log records for its images: an edit to either is refused, whichever was edited."""
+    """Decode every binary answer a query log keeps (HTTP binary bodies, gRPC replies) and
+    check it gives the answers the log records for its images: an edit to either is
+    refused, whichever was edited."""
     if not log.batches:
         return
     header = log.header
@@ -432,7 +443,12 @@ def check_batches(log: Any) -> None:
         where = f"query log {log.path}, binary answer {number}"
         images = batch["images"]
         try:
-            decoded = codec.decode_binary(batch["response"], batch["header_length"], len(images))
+            if batch.get("wire") == "grpc":
+                decoded = decode_reply(codec, batch["response"], len(images))
+            else:
+                decoded = codec.decode_binary(
+                    batch["response"], batch["header_length"], len(images)
+                )
         except MalformedAnswer as exc:
             raise TracemarkError(f"{where} does not decode: {exc}") from None
         for sha, answer in zip(images, decoded, strict=True):
