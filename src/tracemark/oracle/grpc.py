@@ -14,7 +14,6 @@ Credentials go in call metadata and never reach the log.
 from __future__ import annotations
 
 import os
-import threading
 import time
 import warnings
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -23,14 +22,12 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import TracemarkError
-from ..rng import derive
 from .base import balanced_batches
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .grpc_messages import SERVICE, messages
-from .logged import LoggedOracle, windows_ahead
-from .querylog import QueryLog, now_iso
+from .querylog import now_iso
+from .remote import RemoteOracle
 from .wire import V2Codec, decode_reply
 
 __all__ = ["GrpcOracle", "is_grpc_url", "open_grpc_endpoint"]
@@ -43,7 +40,7 @@ def is_grpc_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(("grpc://", "grpcs://"))
 
 
-class GrpcOracle(LoggedOracle):
+class GrpcOracle(RemoteOracle):
     """A classifier behind a KServe v2 gRPC server (see the module's docstring).
 
     ``url``: ``grpc[s]://HOST:PORT``; ``config`` names the model (``model_name``,
@@ -63,38 +60,41 @@ class GrpcOracle(LoggedOracle):
     ) -> None:
         import grpc
 
-        parts = urlsplit(url)
-        if not is_grpc_url(url) or not parts.hostname or parts.port is None:
-            raise TracemarkError(f"not a grpc://HOST:PORT address: {url!r}")
-        if parts.username or parts.password:
-            raise TracemarkError(
-                "the URL holds credentials; put them in a file (--auth-file) or an environment "
-                "variable (--auth-env) instead, so they never appear in logs or process lists"
-            )
         if not config.model_name:
             raise TracemarkError(
                 "which model? give the URL as grpc://HOST:PORT/v2/models/NAME, or pass "
                 "--model-name NAME"
             )
-        self.config, self.url = config, url.rstrip("/")
-        self.model_name, self.version = config.model_name, config.version
+        if urlsplit(url).port is None:
+            raise TracemarkError(f"not a grpc://HOST:PORT address (no port): {url!r}")
+        identity = {
+            "protocol": "v2-grpc",
+            "model_name": config.model_name,
+            "output_name": config.output_name,
+        }
+        super().__init__(
+            url,
+            config,
+            schemes=("grpc", "grpcs"),
+            identity=identity,
+            headers=headers,
+            log=log,
+            jitter="grpc/backoff-jitter",
+            seed=seed,
+            **settings,
+        )
+        self.version = config.version
         layout = "nchw" if config.layout == "auto" else config.layout
         self.codec = V2Codec(
             config.model_name, config.version, config.input_name, layout, config.output_name
         )
         self._configured = config.input_name is not None and config.layout != "auto"
-        self.concurrency, self.retries = config.concurrency, config.retries
-        self.timeout, self.backoff = float(config.timeout), float(config.backoff)
-        self.max_backoff = float(config.max_backoff)
-        self.auth_source = getattr(headers, "source", None) or ("headers" if headers else None)
         self._metadata = tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items())
-        secure = parts.scheme.lower() == "grpcs"
+        self._image_bytes = 0
+        host, secure = self.address.hostname, self.address.scheme.lower() == "grpcs"
         if headers and not secure:
-            warnings.warn(
-                f"sending credentials over plain grpc to {parts.hostname}; use grpcs",
-                stacklevel=2,
-            )
-        target = f"{parts.hostname}:{parts.port}"
+            warnings.warn(f"sending credentials over plain grpc to {host}; use grpcs", stacklevel=2)
+        target = f"{host}:{self.address.port}"
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self._channel = (
             grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
@@ -112,26 +112,6 @@ class GrpcOracle(LoggedOracle):
             request_serializer=m.ModelMetadataRequest.SerializeToString,
             response_deserializer=m.ModelMetadataResponse.FromString,
         )
-        self.requests, self.retried = 0, 0
-        self._image_bytes = 0
-        self._stats_lock = threading.Lock()
-        self._rng = derive(seed, "grpc/backoff-jitter")
-        query_log = None
-        if log is not None:
-            query_log = QueryLog(
-                log,
-                {
-                    "endpoint": self.url,
-                    "protocol": "v2-grpc",
-                    "model_name": config.model_name,
-                    "output_name": config.output_name,
-                    "auth": self.auth_source,
-                    "tracemark_version": __version__,
-                },
-            )
-        settings.setdefault("batch_size", config.batch_size)
-        settings.setdefault("num_classes", config.num_classes)
-        super().__init__(log=query_log, **settings)
 
     @property
     def wire(self) -> str:
@@ -145,12 +125,6 @@ class GrpcOracle(LoggedOracle):
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> GrpcOracle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ calls
 
@@ -273,9 +247,6 @@ class GrpcOracle(LoggedOracle):
             pool.shutdown(wait=True)
             for start in sorted(answered):
                 record(start)
-
-    def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
-        return windows_ahead(images, self.batch_size, self.concurrency)
 
 
 def open_grpc_endpoint(

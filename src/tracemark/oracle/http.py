@@ -24,21 +24,18 @@ from collections import Counter
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import TracemarkError
-from ..rng import derive
 from ..text import printable, redact
 from .auth import AuthHeaders
 from .base import balanced_batches
 from .binary_tensors import HEADER_LENGTH
 from .deadline import DeadlineBackend, deadline_transport
 from .endpoint import EndpointConfig, split_v2_url, with_settings
-from .logged import LoggedOracle, windows_ahead
-from .querylog import QueryLog, now_iso
+from .querylog import now_iso
+from .remote import RemoteOracle
 from .wire import JsonCodec, MalformedAnswer, V2Codec, WireRequest, server_offers_binary
 
 __all__ = ["HttpOracle", "is_url", "open_endpoint"]
@@ -140,7 +137,7 @@ def _codec(config: EndpointConfig, url: str, class_names: list[str] | None):
     return codec, True
 
 
-class HttpOracle(LoggedOracle):
+class HttpOracle(RemoteOracle):
     """A classifier behind an HTTP endpoint speaking ``protocol`` ("v2" or "json").
 
     ``url`` is the server's base address for v2 (``/v2/models/{model_name}/infer`` is
@@ -165,55 +162,36 @@ class HttpOracle(LoggedOracle):
         """``config`` (or its fields as keywords, e.g. ``timeout=2.0``): the endpoint's
         settings; other keywords (``budget``, ``outputs``, ``num_classes``) go to the
         oracle underneath."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TracemarkError(f"not an http(s) URL: {url!r}")
-        if parts.username or parts.password:
-            raise TracemarkError(
-                "the URL holds credentials; put them in a file (--auth-file) or an environment "
-                "variable (--auth-env) instead, so they never appear in logs or process lists"
-            )
         given = {k: settings.pop(k) for k in list(settings) if k in EndpointConfig.model_fields}
         config = with_settings(config or EndpointConfig(), **given)
-        self.config = config
-        self.url = url.rstrip("/")
-        self.protocol, self.model_name = config.protocol, config.model_name
+        v2 = config.protocol == "v2"
+        identity = {
+            "protocol": config.protocol,
+            "model_name": config.model_name if v2 else None,
+            "output_name": config.output_name if v2 else None,
+        }
+        super().__init__(
+            url,
+            config,
+            schemes=("http", "https"),
+            identity=identity,
+            headers=headers,
+            log=log,
+            jitter="http/backoff-jitter",
+            seed=seed,
+            **settings,
+        )
+        self.protocol = config.protocol
         self.codec, self._configured = _codec(config, url, class_names)
-        self.concurrency, self.retries = config.concurrency, config.retries
-        self.timeout, self.backoff = float(config.timeout), float(config.backoff)
-        self.max_backoff = float(config.max_backoff)
         self.max_retry_after = float(config.max_retry_after)
-        self.auth_source = getattr(headers, "source", None) or ("headers" if headers else None)
-        if headers and parts.scheme == "http" and not is_loopback(parts.hostname or ""):
-            warnings.warn(
-                f"sending credentials over plain http to {parts.hostname}; use https",
-                stacklevel=2,
-            )
+        host = self.address.hostname or ""
+        if headers and self.address.scheme == "http" and not is_loopback(host):
+            warnings.warn(f"sending credentials over plain http to {host}; use https", stacklevel=2)
         self._secrets = [str(v) for v in (headers or {}).values()]
         self._warned_retry = False
-        self.requests = 0
-        self.retried = 0
         self.failures: Counter[str] = Counter()
-        self._stats_lock = threading.Lock()
-        self._rng = derive(seed, "http/backoff-jitter")
         self._backend: DeadlineBackend | None = None
         self._client = self._open_client(headers, transport)
-        query_log = None
-        if log is not None:
-            query_log = QueryLog(
-                log,
-                {
-                    "endpoint": self.url,
-                    "protocol": config.protocol,
-                    "model_name": config.model_name if config.protocol == "v2" else None,
-                    "output_name": config.output_name if config.protocol == "v2" else None,
-                    "auth": self.auth_source,
-                    "tracemark_version": __version__,
-                },
-            )
-        settings.setdefault("batch_size", config.batch_size)
-        settings.setdefault("num_classes", config.num_classes)
-        super().__init__(log=query_log, **settings)
 
     def _open_client(self, headers: dict[str, str] | None, transport: Any):
         """The pooled httpx client; its sockets get whole-request deadlines (.deadline)."""
@@ -243,16 +221,7 @@ class HttpOracle(LoggedOracle):
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> HttpOracle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ fetching
-
-    def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
-        return windows_ahead(images, self.batch_size, self.concurrency)
 
     def _fetch_missing(
         self,

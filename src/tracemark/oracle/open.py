@@ -185,17 +185,8 @@ def _endpoint(url: str, options: ModelOptions) -> Oracle:
         num_classes=options.num_classes,
         binary=options.binary,
     )
-    if is_grpc_url(url):
-        return open_grpc_endpoint(
-            url,
-            config,
-            headers=load_auth_headers(options.auth_env, options.auth_file),
-            log=options.query_log,
-            budget=options.budget,
-            outputs=options.outputs,
-            class_names=list(options.class_names) if options.class_names else None,
-        )
-    return open_endpoint(
+    opener = open_grpc_endpoint if is_grpc_url(url) else open_endpoint
+    return opener(
         url,
         config,
         headers=load_auth_headers(options.auth_env, options.auth_file),
