@@ -49,7 +49,8 @@ def served(model: Model, *, fail: list[grpc.StatusCode] | None = None, typed: bo
             seen.append(dict(context.invocation_metadata()))
         if failures:
             code = failures.pop(0)
-            context.abort(code, f"scripted {code.name}")
+            if code is not None:  # None: answer this one
+                context.abort(code, f"scripted {code.name}")
         shape = list(request.inputs[0].shape)
         x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(shape).copy()
         if model.layout == "nhwc":  # the model takes NHWC: give the net what it expects
@@ -225,3 +226,24 @@ def test_an_edited_answer_or_reply_in_the_log_is_refused(tmp_path):
         log.write_text(_rechained(edited))
         with pytest.raises(TracemarkError, match="does not match its SHA-256"):
             open_grpc_endpoint(base + url_path, log=log)
+
+
+def test_answers_before_a_refusal_are_logged_and_a_rerun_resumes(tmp_path):
+    """One request at a time: two batches answered, the third refused. Every answer
+    received is in the log; the re-run sends only what was never answered."""
+    model, x, log = Model(), _images(16), tmp_path / "q.jsonl"
+    config = EndpointConfig(batch_size=4, concurrency=1)
+    script = [None, None, grpc.StatusCode.INVALID_ARGUMENT]
+    with served(model, fail=script) as base:
+        with (
+            open_grpc_endpoint(f"{base}/v2/models/m", config, log=log) as oracle,
+            pytest.raises(TracemarkError, match="INVALID_ARGUMENT"),
+        ):
+            oracle.query(x)
+        records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+        # the two before it, and the fourth if its worker took it before the stop
+        answered = sum("sha256" in r for r in records)
+        assert answered in (8, 12)
+        with open_grpc_endpoint(f"{base}/v2/models/m", config, log=log) as again:
+            again.query(x)
+            assert again.queries == 16 - answered and again.from_log == answered

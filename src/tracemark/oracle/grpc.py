@@ -14,20 +14,18 @@ Credentials go in call metadata and never reach the log.
 from __future__ import annotations
 
 import os
-import time
+import threading
 import warnings
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from ..errors import TracemarkError
-from .base import balanced_batches
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .grpc_messages import SERVICE, messages
 from .querylog import now_iso
-from .remote import RemoteOracle
+from .remote import RemoteOracle, StopRequested
 from .wire import V2Codec, decode_reply
 
 __all__ = ["GrpcOracle", "is_grpc_url", "open_grpc_endpoint"]
@@ -47,6 +45,8 @@ class GrpcOracle(RemoteOracle):
     ``version``) and sets batches, concurrency, timeout and retries. ``headers`` become
     call metadata (credentials; never logged). ``log``: a query-log path.
     """
+
+    transport = "grpc"
 
     def __init__(
         self,
@@ -128,11 +128,17 @@ class GrpcOracle(RemoteOracle):
 
     # ------------------------------------------------------------------ calls
 
-    def _call(self, method: Any, request: Any, what: str) -> Any:
-        """One call with retries (backoff with jitter) for the transient status codes."""
+    def _call(
+        self, method: Any, request: Any, what: str, stop: threading.Event | None = None
+    ) -> Any:
+        """One call with retries (backoff with jitter) for the transient status codes;
+        ``stop`` set (a Ctrl-C, another batch failed) starts no further try."""
         import grpc
 
+        stop = stop or threading.Event()
         for attempt in range(self.retries + 1):
+            if stop.is_set():
+                raise StopRequested()
             with self._stats_lock:
                 self.requests += 1
             try:
@@ -159,7 +165,8 @@ class GrpcOracle(RemoteOracle):
                 with self._stats_lock:
                     self.retried += 1
                     jitter = 0.5 + self._rng.random()
-                time.sleep(min(self.max_backoff, self.backoff * 2**attempt) * jitter)
+                if stop.wait(min(self.max_backoff, self.backoff * 2**attempt) * jitter):
+                    raise StopRequested() from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _resume(self) -> str:
@@ -188,7 +195,9 @@ class GrpcOracle(RemoteOracle):
         )
         self._configured = True
 
-    def _send(self, images: np.ndarray) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    def _send(
+        self, images: np.ndarray, stop: threading.Event
+    ) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
         """One batch: (request time, its answers, the reply's bytes for the query log),
         the answers validated by the v2 codec."""
         m = messages()
@@ -204,49 +213,8 @@ class GrpcOracle(RemoteOracle):
         )
         when = now_iso()
         self._image_bytes = x[0].nbytes
-        raw = self._call(self._infer, request, "inference")
+        raw = self._call(self._infer, request, "inference", stop)
         return when, decode_reply(self.codec, raw, len(images)), {"wire": "grpc", "response": raw}
-
-    def _fetch_missing(
-        self,
-        images: np.ndarray,
-        hashes: list[str],
-        batches: list[tuple[int, int]] | None = None,
-    ) -> None:
-        """Send the images in batches, ``concurrency`` at a time; log each answer on
-        arrival, and every answer received before an error or a Ctrl-C."""
-        if not self._configured:
-            self._configure()
-        bounds = dict(
-            batches if batches is not None else balanced_batches(len(hashes), self.batch_size)
-        )
-        answered: dict[int, tuple[str, list[dict[str, Any]], dict[str, Any]]] = {}
-        recorded: set[int] = set()
-
-        def send(start: int) -> int:
-            answered[start] = self._send(images[start : bounds[start]])
-            return start
-
-        def record(start: int) -> None:
-            if start not in recorded:
-                when, answers, batch = answered[start]
-                self._record(hashes[start : bounds[start]], when, answers, batch)
-                recorded.add(start)
-
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tracemark-grpc")
-        try:
-            pending = {pool.submit(send, start) for start in bounds}
-            while pending:
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    record(fut.result())  # raises the batch's error
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        finally:
-            pool.shutdown(wait=True)
-            for start in sorted(answered):
-                record(start)
 
 
 def open_grpc_endpoint(

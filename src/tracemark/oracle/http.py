@@ -17,11 +17,9 @@ import email.utils
 import ipaddress
 import json
 import os
-import signal
 import threading
 import warnings
 from collections import Counter
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -30,12 +28,11 @@ import numpy as np
 from ..errors import TracemarkError
 from ..text import printable, redact
 from .auth import AuthHeaders
-from .base import balanced_batches
 from .binary_tensors import HEADER_LENGTH
 from .deadline import DeadlineBackend, deadline_transport
 from .endpoint import EndpointConfig, split_v2_url, with_settings
 from .querylog import now_iso
-from .remote import RemoteOracle
+from .remote import RemoteOracle, StopRequested
 from .wire import JsonCodec, MalformedAnswer, V2Codec, WireRequest, server_offers_binary
 
 __all__ = ["HttpOracle", "is_url", "open_endpoint"]
@@ -65,47 +62,6 @@ def is_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(
         ("http://", "https://", "grpc://", "grpcs://")
     )
-
-
-class _CtrlC:
-    """Ctrl-C as a request to stop, for the span of one fetch (main thread only).
-
-    Python raises KeyboardInterrupt in the main thread at whatever bytecode it reaches
-    next, and when another thread took the signal, that can be long after the key press:
-    inside ``pool.submit`` after a worker thread started but before the pool registered
-    it (so shutdown did not wait for its request, which the server then answered unseen),
-    or inside the query log's append (so a batch was logged twice). While a fetch runs,
-    the first Ctrl-C therefore only sets ``stop``: no new request starts, every request in
-    flight is awaited and logged, and then KeyboardInterrupt is raised. A second Ctrl-C
-    raises at once.
-    """
-
-    def __init__(self, stop: threading.Event, abort: Any = None) -> None:
-        self.stop = stop
-        self.abort = abort  # called on the second Ctrl-C: cut requests in flight off
-        self.pressed = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _CtrlC:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.pressed:
-            if self.abort is not None:
-                self.abort()
-            raise KeyboardInterrupt
-        self.pressed = True
-        self.stop.set()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-class _Stopped(Exception):
-    """A worker was told to stop (the audit was interrupted or another batch failed)."""
 
 
 class RefusedRequest(TracemarkError):
@@ -146,6 +102,8 @@ class HttpOracle(RemoteOracle):
     ``log`` is a query-log path: answers already in it are reused, new ones appended.
     ``budget`` caps images *sent*. ``transport`` is an ``httpx`` transport (tests).
     """
+
+    transport = "http"
 
     def __init__(
         self,
@@ -223,64 +181,9 @@ class HttpOracle(RemoteOracle):
 
     # ------------------------------------------------------------------ fetching
 
-    def _fetch_missing(
-        self,
-        images: np.ndarray,
-        hashes: list[str],
-        batches: list[tuple[int, int]] | None = None,
-    ) -> None:
-        """Send the images in batches (``batches``, or the balanced split of them),
-        ``concurrency`` at a time; log each answer on arrival."""
-        if not self._configured:
-            self._configure()
-        stop = threading.Event()
-        if batches is None:
-            batches = balanced_batches(len(hashes), self.batch_size)
-        batches = dict(batches)  # start -> end
-        # Each worker files its batch's answer here itself (keyed by the batch's start);
-        # whatever ends the fetch, every answer filed is logged before it returns: the
-        # server answered it, so a re-run must never send it again.
-        answered: dict[int, tuple[str, list[dict], dict | None]] = {}
-        recorded: set[int] = set()
-
-        def send(start: int) -> int:
-            answered[start] = self._send(images[start : batches[start]], stop)
-            return start
-
-        def record(start: int) -> None:
-            if start not in recorded:
-                when, answers, batch = answered[start]
-                self._record(hashes[start : batches[start]], when, answers, batch)
-                recorded.add(start)
-
-        abort = None if self._backend is None else self._backend.abort
-        with _CtrlC(stop, abort) as ctrl_c:
-            pool = ThreadPoolExecutor(
-                max_workers=self.concurrency, thread_name_prefix="tracemark-http"
-            )
-            try:
-                pending = {pool.submit(send, start) for start in batches}
-                while pending:
-                    # Wake up now and then, so that a Ctrl-C is seen while batches run.
-                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
-                    for fut in done:
-                        if not fut.cancelled() and not isinstance(fut.exception(), _Stopped):
-                            record(fut.result())  # raises the batch's error
-                    if stop.is_set():  # cancelled futures never count as done for wait()
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        pending = {f for f in pending if not f.cancelled()}
-            except BaseException:
-                # A batch failed (or a second Ctrl-C): start nothing new, let requests in
-                # flight finish, and keep their answers so a re-run never sends them again.
-                stop.set()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
-            finally:
-                pool.shutdown(wait=True)
-                for start in sorted(answered):
-                    record(start)
-            if ctrl_c.pressed:
-                raise KeyboardInterrupt
+    def _abort(self):
+        """Cuts every request in flight off (a second Ctrl-C): the deadlines' backend."""
+        return None if self._backend is None else self._backend.abort
 
     def _configure(self) -> None:
         """v2: learn the input name and layout from the model's metadata, and (binary
@@ -344,7 +247,7 @@ class HttpOracle(RemoteOracle):
         reason = ""
         for attempt in range(self.retries + 1):
             if stop.is_set():
-                raise _Stopped()
+                raise StopRequested()
             delay = None
             with self._stats_lock:
                 self.requests += 1
@@ -395,7 +298,7 @@ class HttpOracle(RemoteOracle):
                     stacklevel=2,
                 )
             if stop.wait(delay):
-                raise _Stopped()
+                raise StopRequested()
         resume = (
             f"The answers received so far are in the query log {self.log.path}: re-run to resume"
             if self.log is not None

@@ -9,7 +9,10 @@ file is made), then sets up its own client, and implements ``_fetch_missing`` an
 from __future__ import annotations
 
 import os
+import signal
 import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,11 +21,53 @@ import numpy as np
 from .._version import __version__
 from ..errors import TracemarkError
 from ..rng import derive
+from .base import balanced_batches
 from .endpoint import EndpointConfig
 from .logged import LoggedOracle, windows_ahead
 from .querylog import QueryLog
 
-__all__ = ["RemoteOracle"]
+__all__ = ["RemoteOracle", "StopRequested"]
+
+
+class _CtrlC:
+    """Ctrl-C as a request to stop, for the span of one fetch (main thread only).
+
+    Python raises KeyboardInterrupt in the main thread at whatever bytecode it reaches
+    next, and when another thread took the signal, that can be long after the key press:
+    inside ``pool.submit`` after a worker thread started but before the pool registered
+    it (so shutdown did not wait for its request, which the server then answered unseen),
+    or inside the query log's append (so a batch was logged twice). While a fetch runs,
+    the first Ctrl-C therefore only sets ``stop``: no new request starts, every request in
+    flight is awaited and logged, and then KeyboardInterrupt is raised. A second Ctrl-C
+    raises at once.
+    """
+
+    def __init__(self, stop: threading.Event, abort: Any = None) -> None:
+        self.stop = stop
+        self.abort = abort  # called on the second Ctrl-C: cut requests in flight off
+        self.pressed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            if self.abort is not None:
+                self.abort()
+            raise KeyboardInterrupt
+        self.pressed = True
+        self.stop.set()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class StopRequested(Exception):
+    """A worker was told to stop (the audit was interrupted or another batch failed)."""
 
 
 class RemoteOracle(LoggedOracle):
@@ -74,8 +119,84 @@ class RemoteOracle(LoggedOracle):
         settings.setdefault("num_classes", config.num_classes)
         super().__init__(log=query_log, **settings)
 
+    transport = "remote"  # names the worker threads
+
     def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
         return windows_ahead(images, self.batch_size, self.concurrency)
+
+    # ------------------------------------------------------------------ fetching
+
+    def _fetch_missing(
+        self,
+        images: np.ndarray,
+        hashes: list[str],
+        batches: list[tuple[int, int]] | None = None,
+    ) -> None:
+        """Send the images in batches (``batches``, or the balanced split of them),
+        ``concurrency`` at a time; log each answer on arrival."""
+        if not self._configured:
+            self._configure()
+        stop = threading.Event()
+        if batches is None:
+            batches = balanced_batches(len(hashes), self.batch_size)
+        batches = dict(batches)  # start -> end
+        # Each worker files its batch's answer here itself (keyed by the batch's start);
+        # whatever ends the fetch, every answer filed is logged before it returns: the
+        # server answered it, so a re-run must never send it again.
+        answered: dict[int, tuple[str, list[dict], dict | None]] = {}
+        recorded: set[int] = set()
+
+        def send(start: int) -> int:
+            answered[start] = self._send(images[start : batches[start]], stop)
+            return start
+
+        def record(start: int) -> None:
+            if start not in recorded:
+                when, answers, batch = answered[start]
+                self._record(hashes[start : batches[start]], when, answers, batch)
+                recorded.add(start)
+
+        with _CtrlC(stop, self._abort()) as ctrl_c:
+            pool = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix=f"tracemark-{self.transport}"
+            )
+            try:
+                pending = {pool.submit(send, start) for start in batches}
+                while pending:
+                    # Wake up now and then, so that a Ctrl-C is seen while batches run.
+                    done, pending = wait(pending, timeout=0.25, return_when=FIRST_EXCEPTION)
+                    for fut in done:
+                        if not fut.cancelled() and not isinstance(fut.exception(), StopRequested):
+                            record(fut.result())  # raises the batch's error
+                    if stop.is_set():  # cancelled futures never count as done for wait()
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        pending = {f for f in pending if not f.cancelled()}
+            except BaseException:
+                # A batch failed (or a second Ctrl-C): start nothing new, let requests in
+                # flight finish, and keep their answers so a re-run never sends them again.
+                stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            finally:
+                pool.shutdown(wait=True)
+                for start in sorted(answered):
+                    record(start)
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt
+
+    def _configure(self) -> None:  # pragma: no cover - every subclass has its own
+        """Learn what the endpoint needs (input name, layout, wire) before the first send."""
+        raise NotImplementedError
+
+    def _send(
+        self, images: np.ndarray, stop: threading.Event
+    ) -> tuple[str, list[dict[str, Any]], dict[str, Any] | None]:  # pragma: no cover
+        """One batch: (request time, its answers, its bytes for the log or None)."""
+        raise NotImplementedError
+
+    def _abort(self) -> Callable[[], None] | None:
+        """What a second Ctrl-C calls to cut requests in flight off (none here)."""
+        return None
 
     def close(self) -> None:  # pragma: no cover - every subclass closes its client
         raise NotImplementedError
