@@ -142,3 +142,16 @@ def assert_a_plot_is_drawn(shot: np.ndarray) -> None:
     assert len(ink) > 20_000, len(ink)
     assert len(coloured) > 500, len(coloured)
     assert len({tuple(c // 32) for c in coloured}) >= 3  # several distinct colours
+
+
+def rechained(lines: list[str]) -> str:
+    """Query-log lines with every record's "prev" recomputed: a forger who knows the format."""
+    import hashlib
+    import json
+
+    out = [lines[0]]
+    for line in lines[1:]:
+        record = json.loads(line)
+        record["prev"] = hashlib.sha256(out[-1].encode()).hexdigest()
+        out.append(json.dumps(record))
+    return "\n".join(out) + "\n"

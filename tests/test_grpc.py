@@ -25,6 +25,8 @@ from tracemark.oracle.grpc import GrpcOracle, open_grpc_endpoint
 from tracemark.oracle.grpc_messages import SERVICE, messages
 from tracemark.oracle.wire import MalformedAnswer
 
+from helpers import rechained
+
 
 class Model:
     """A fixed linear classifier on 32x32x3 images, served in NHWC or NCHW."""
@@ -185,18 +187,6 @@ def test_grpc_urls_open_a_grpc_oracle_and_need_a_model():
         open_oracle("grpc://127.0.0.1:1/v2/models/m", protocol="json")
 
 
-def _rechained(lines: list[str]) -> str:
-    """Log lines with every record's "prev" recomputed: a forger who knows the format."""
-    import hashlib
-
-    out = [lines[0]]
-    for line in lines[1:]:
-        record = json.loads(line)
-        record["prev"] = hashlib.sha256(out[-1].encode()).hexdigest()
-        out.append(json.dumps(record))
-    return "\n".join(out) + "\n"
-
-
 def test_an_edited_answer_or_reply_in_the_log_is_refused(tmp_path):
     """The reply's bytes are kept whole: an answer edited to disagree with them, or the
     bytes themselves edited, is refused when the log is opened, chain recomputed or not."""
@@ -213,7 +203,7 @@ def test_an_edited_answer_or_reply_in_the_log_is_refused(tmp_path):
         record["answer"]["output"] = record["answer"]["output"][::-1]
         edited = list(lines)
         edited[answer_at] = json.dumps(record)
-        log.write_text(_rechained(edited))
+        log.write_text(rechained(edited))
         with pytest.raises(TracemarkError, match="is not what the model's bytes say"):
             open_grpc_endpoint(base + url_path, log=log)
         batch_at = next(i for i, line in enumerate(lines) if '"batch"' in line)
@@ -223,7 +213,7 @@ def test_an_edited_answer_or_reply_in_the_log_is_refused(tmp_path):
         record["batch"]["response"] = base64.b64encode(bytes(raw)).decode()
         edited = list(lines)
         edited[batch_at] = json.dumps(record)
-        log.write_text(_rechained(edited))
+        log.write_text(rechained(edited))
         with pytest.raises(TracemarkError, match="does not match its SHA-256"):
             open_grpc_endpoint(base + url_path, log=log)
 

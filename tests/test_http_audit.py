@@ -20,7 +20,7 @@ from PIL import Image
 
 from tracemark.serve import FaultPlan, ServeOptions, create_app, serving
 
-from helpers import run_cli, write_pngs
+from helpers import rechained, run_cli, write_pngs
 
 pytestmark = pytest.mark.slow
 
@@ -95,18 +95,6 @@ def test_http_audit_is_identical_to_in_process_and_replays(marked_world, world, 
     assert not local["decision"] and local["p_value"] > 1 / 101
 
 
-def _rechained(lines: list[str]) -> str:
-    """Log lines with every record's "prev" recomputed: a forger who knows the format."""
-    import hashlib
-
-    out = [lines[0]]
-    for line in lines[1:]:
-        record = json.loads(line)
-        record["prev"] = hashlib.sha256(out[-1].encode()).hexdigest()
-        out.append(json.dumps(record))
-    return "\n".join(out) + "\n"
-
-
 def test_a_binary_wire_audit_replays_bit_for_bit_and_a_tampered_payload_is_refused(
     marked_world, world, tmp_path, capsys
 ):
@@ -149,7 +137,7 @@ def test_a_binary_wire_audit_replays_bit_for_bit_and_a_tampered_payload_is_refus
     refused(text, "hash chain is broken")
     # 3. and the chain recomputed: the bytes no longer give the answers recorded
     refused(
-        _rechained([*lines[:at], json.dumps(edited), *lines[at + 1 :]]),
+        rechained([*lines[:at], json.dumps(edited), *lines[at + 1 :]]),
         "is not what the model's bytes say",
     )
 
