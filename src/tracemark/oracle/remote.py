@@ -1,9 +1,11 @@
 """What the HTTP and gRPC oracles share: the endpoint's address and settings, the
-handling of credentials, the query log and its identity, and hashing ahead.
+handling of credentials, the query log and its identity, hashing ahead, and the fetch
+loop (batches ``concurrency`` at a time, every answer logged on arrival, the Ctrl-C
+contract).
 
 A subclass calls :meth:`RemoteOracle.__init__` first (it checks the address before any
-file is made), then sets up its own client, and implements ``_fetch_missing`` and
-``close``.
+file is made), then sets up its own client, and implements ``_configure``, ``_send``
+and ``close`` (and ``_abort``, where requests in flight can be cut off).
 """
 
 from __future__ import annotations
