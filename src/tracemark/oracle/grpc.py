@@ -47,6 +47,7 @@ class GrpcOracle(RemoteOracle):
     """
 
     transport = "grpc"
+    schemes = ("grpc", "grpcs")
 
     def __init__(
         self,
@@ -73,15 +74,7 @@ class GrpcOracle(RemoteOracle):
             "output_name": config.output_name,
         }
         super().__init__(
-            url,
-            config,
-            schemes=("grpc", "grpcs"),
-            identity=identity,
-            headers=headers,
-            log=log,
-            jitter="grpc/backoff-jitter",
-            seed=seed,
-            **settings,
+            url, config, identity=identity, headers=headers, log=log, seed=seed, **settings
         )
         self.version = config.version
         layout = "nchw" if config.layout == "auto" else config.layout
@@ -160,22 +153,13 @@ class GrpcOracle(RemoteOracle):
                 if attempt == self.retries:
                     raise TracemarkError(
                         f"{self.url} ({what}) failed {self.retries + 1} times in a row; last: "
-                        f"{code}" + (f": {details}" if details else "") + ". " + self._resume()
+                        f"{code}" + (f": {details}" if details else "") + ". " + self.resume_hint()
                     ) from None
                 with self._stats_lock:
                     self.retried += 1
-                    jitter = 0.5 + self._rng.random()
-                if stop.wait(min(self.max_backoff, self.backoff * 2**attempt) * jitter):
+                if stop.wait(self._backoff_delay(attempt)):
                     raise StopRequested() from None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _resume(self) -> str:
-        if self.log is not None:
-            return (
-                f"The answers received so far are in the query log {self.log.path}: "
-                "re-run to resume"
-            )
-        return "No --query-log was given, so the answers received so far are lost"
 
     def _configure(self) -> None:
         """Learn the input's name and layout from the model's metadata where not given."""

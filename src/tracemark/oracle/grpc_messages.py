@@ -129,14 +129,9 @@ def messages() -> SimpleNamespace:
     declared: dict[str, descriptor_pb2.DescriptorProto] = {}
     for full, fields in _MESSAGES:
         outer, _, inner = full.partition(".")
-        if inner:
-            msg = declared[outer].nested_type.add(name=inner) if outer in declared else None
-            if msg is None:  # the outer message is declared after its nested ones
-                declared[outer] = file.message_type.add(name=outer)
-                msg = declared[outer].nested_type.add(name=inner)
-        else:
-            msg = declared.get(outer) or file.message_type.add(name=outer)
-            declared[outer] = msg
+        if outer not in declared:
+            declared[outer] = file.message_type.add(name=outer)
+        msg = declared[outer].nested_type.add(name=inner) if inner else declared[outer]
         for name, number, kind, label, type_name in fields:
             field = msg.field.add(name=name, number=number, type=kind, label=label)
             if type_name is not None:

@@ -104,6 +104,7 @@ class HttpOracle(RemoteOracle):
     """
 
     transport = "http"
+    schemes = ("http", "https")
 
     def __init__(
         self,
@@ -129,15 +130,7 @@ class HttpOracle(RemoteOracle):
             "output_name": config.output_name if v2 else None,
         }
         super().__init__(
-            url,
-            config,
-            schemes=("http", "https"),
-            identity=identity,
-            headers=headers,
-            log=log,
-            jitter="http/backoff-jitter",
-            seed=seed,
-            **settings,
+            url, config, identity=identity, headers=headers, log=log, seed=seed, **settings
         )
         self.protocol = config.protocol
         self.codec, self._configured = _codec(config, url, class_names)
@@ -284,9 +277,7 @@ class HttpOracle(RemoteOracle):
             if attempt == self.retries:
                 break
             if delay is None:
-                with self._stats_lock:
-                    jitter = 0.5 + self._rng.random()
-                delay = min(self.max_backoff, self.backoff * 2**attempt) * jitter
+                delay = self._backoff_delay(attempt)
             with self._stats_lock:
                 self.retried += 1
                 first_retry, self._warned_retry = not self._warned_retry, True
@@ -299,15 +290,9 @@ class HttpOracle(RemoteOracle):
                 )
             if stop.wait(delay):
                 raise StopRequested()
-        resume = (
-            f"The answers received so far are in the query log {self.log.path}: re-run to resume"
-            if self.log is not None
-            else "No --query-log was given, so the answers received so far are lost; give one "
-            "to resume an interrupted audit without repeating its queries"
-        )
         raise TracemarkError(
             f"{self._where(path)} failed {self.retries + 1} times in a row; last: {reason}. "
-            + resume
+            + self.resume_hint()
         )
 
     def backoff_total(self) -> float:

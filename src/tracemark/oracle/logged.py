@@ -18,28 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BudgetExceededError, TracemarkError
-from .base import ModelOracle, balanced_batches, check_images
-from .image_hash import LARGE_IMAGE_BYTES, image_hashes
+from .base import ModelOracle, check_images
+from .image_hash import image_hashes
 from .querylog import QueryLog, now_iso
 from .response import Response
 from .wire import check_batches
 
 __all__ = ["LoggedOracle", "ReplayOracle", "answers_to_response"]
-
-
-def windows_ahead(
-    images: np.ndarray, batch_size: int, concurrency: int
-) -> list[list[tuple[int, int]]] | None:
-    """For remote oracles: large images (hashing 224x224x3 costs about a quarter of what a
-    small server takes to answer it) are hashed a window ahead of the requests: one round
-    of ``concurrency`` requests first, so the server starts at once, then eight rounds at
-    a time. The requests are the query's own balanced batches, as without windows. Small
-    images (under LARGE_IMAGE_BYTES) are hashed all at once: None."""
-    if images[0].size * 4 < LARGE_IMAGE_BYTES:
-        return None
-    split = balanced_batches(len(images), batch_size)
-    first, rest = concurrency, 8 * concurrency
-    return [split[:first]] + [split[i : i + rest] for i in range(first, len(split), rest)]
 
 
 class LoggedOracle(ModelOracle):

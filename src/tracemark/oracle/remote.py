@@ -25,7 +25,8 @@ from ..errors import TracemarkError
 from ..rng import derive
 from .base import balanced_batches
 from .endpoint import EndpointConfig
-from .logged import LoggedOracle, windows_ahead
+from .image_hash import LARGE_IMAGE_BYTES
+from .logged import LoggedOracle
 from .querylog import QueryLog
 
 __all__ = ["RemoteOracle", "StopRequested"]
@@ -75,28 +76,29 @@ class StopRequested(Exception):
 class RemoteOracle(LoggedOracle):
     """A model behind a network endpoint (see the module's docstring).
 
-    ``url``: the endpoint's address, one of ``schemes``; ``config``: its settings;
-    ``headers``: credentials (never logged); ``log``: a query-log path, its header naming
-    the endpoint and ``identity`` (protocol, model); ``jitter``: the purpose the retries'
-    random backoff is drawn for.
+    ``url``: the endpoint's address, one of the class's ``schemes``; ``config``: its
+    settings; ``headers``: credentials (never logged); ``log``: a query-log path, its
+    header naming the endpoint and ``identity`` (protocol, model). The retries' random
+    backoff is drawn for the purpose "TRANSPORT/backoff-jitter".
     """
+
+    transport = "remote"  # names the worker threads and the backoff's random purpose
+    schemes: tuple[str, ...] = ()
 
     def __init__(
         self,
         url: str,
         config: EndpointConfig,
         *,
-        schemes: tuple[str, ...],
         identity: dict[str, Any],
         headers: dict[str, str] | None,
         log: str | os.PathLike | None,
-        jitter: str,
         seed: str = "00",
         **settings: Any,
     ) -> None:
         self.address = urlsplit(url)
-        if self.address.scheme.lower() not in schemes or not self.address.hostname:
-            wanted = " or ".join(f"{s}://" for s in schemes)
+        if self.address.scheme.lower() not in self.schemes or not self.address.hostname:
+            wanted = " or ".join(f"{s}://" for s in self.schemes)
             raise TracemarkError(f"{url!r} is not a URL this oracle reads ({wanted})")
         if self.address.username or self.address.password:
             raise TracemarkError(
@@ -112,7 +114,7 @@ class RemoteOracle(LoggedOracle):
         self.requests = 0
         self.retried = 0
         self._stats_lock = threading.Lock()
-        self._rng = derive(seed, jitter)
+        self._rng = derive(seed, f"{self.transport}/backoff-jitter")
         query_log = None
         if log is not None:
             header = {"endpoint": self.url, **identity, "auth": self.auth_source}
@@ -121,10 +123,35 @@ class RemoteOracle(LoggedOracle):
         settings.setdefault("num_classes", config.num_classes)
         super().__init__(log=query_log, **settings)
 
-    transport = "remote"  # names the worker threads
-
     def _hash_windows(self, images: np.ndarray) -> list[list[tuple[int, int]]] | None:
-        return windows_ahead(images, self.batch_size, self.concurrency)
+        """Large images (hashing 224x224x3 costs about a quarter of what a small server
+        takes to answer it) are hashed a window ahead of the requests: one round of
+        ``concurrency`` requests first, so the server starts at once, then eight rounds at
+        a time. The requests are the query's own balanced batches, as without windows.
+        Small images (under LARGE_IMAGE_BYTES) are hashed all at once: None."""
+        if images[0].size * 4 < LARGE_IMAGE_BYTES:
+            return None
+        split = balanced_batches(len(images), self.batch_size)
+        first, rest = self.concurrency, 8 * self.concurrency
+        return [split[:first]] + [split[i : i + rest] for i in range(first, len(split), rest)]
+
+    def _backoff_delay(self, attempt: int) -> float:
+        """Seconds to wait before try ``attempt + 2``: exponential, capped, with jitter."""
+        with self._stats_lock:
+            jitter = 0.5 + self._rng.random()
+        return min(self.max_backoff, self.backoff * 2**attempt) * jitter
+
+    def resume_hint(self) -> str:
+        """What an audit that stopped on a failed request can do about it."""
+        if self.log is not None:
+            return (
+                f"The answers received so far are in the query log {self.log.path}: "
+                "re-run to resume"
+            )
+        return (
+            "No --query-log was given, so the answers received so far are lost; give one "
+            "to resume an interrupted audit without repeating its queries"
+        )
 
     # ------------------------------------------------------------------ fetching
 

@@ -175,7 +175,9 @@ class V2Codec:
 
     def encode(self, images: np.ndarray) -> dict[str, Any]:
         """The JSON request body (numbers as text)."""
-        x = self.input_tensor(images)
+        return self._json_body(self.input_tensor(images))
+
+    def _json_body(self, x: np.ndarray) -> dict[str, Any]:
         return {"inputs": [{**self._input_spec(x), "data": x.ravel().tolist()}]}
 
     def request(self, images: np.ndarray) -> WireRequest:
@@ -198,11 +200,10 @@ class V2Codec:
         written from a 256-entry table, the very text ``json.dumps`` writes for them, about
         ten times faster than formatting each one."""
         x = self.input_tensor(images)
-        spec = self._input_spec(x)
         text = eight_bit_json_numbers(x)
         if text is None:
-            return json_request({"inputs": [{**spec, "data": x.ravel().tolist()}]})
-        head = json.dumps({"inputs": [spec]})
+            return json_request(self._json_body(x))
+        head = json.dumps({"inputs": [self._input_spec(x)]})
         body = f'{head[:-3]}, "data": [{text}]}}]}}'
         return WireRequest((body.encode("ascii"),), {"Content-Type": "application/json"})
 
