@@ -406,7 +406,12 @@ def to_uint8(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
 
 def quantize(x: np.ndarray) -> np.ndarray:
     """The float32 values an 8-bit file of ``x`` reads back as."""
-    out = to_uint8(x).astype(np.float32)
+    return from_uint8(to_uint8(x))
+
+
+def from_uint8(pixels: np.ndarray) -> np.ndarray:
+    """8-bit pixels as the float32 values in [0, 1] a file of them reads back as."""
+    out = pixels.astype(np.float32)
     out /= np.float32(255)  # in place: one array, not two
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...datasets import LabelledImages
 from ...errors import TracemarkError
-from ...images import to_uint8
+from ...images import from_uint8, to_uint8
 from ...keys import Key
 from ..base import check_key
 from .key_trigger import NAME, make_trigger
@@ -87,8 +87,7 @@ def watermark(
     # from its changed copy; no float copy of the whole dataset is made.
     pixels = to_uint8(source)
     pixels[idx] = to_uint8(changed)
-    images = pixels.astype(np.float32)  # = quantize(release), read back as a file is
-    images /= np.float32(255)
+    images = from_uint8(pixels)  # = quantize(release), read back as a file is
     completed = Key(
         method=key.method,
         seed=key.seed,
