@@ -19,7 +19,6 @@ from ...errors import TracemarkError
 from ...keys import Key
 from ...rng import derive_keys
 from ..base import check_key
-from .kernels import blend_marks, midranges
 from .params import TrackerParams
 from .patterns import NaturalPattern, Pattern, StripePattern, sine_noise_blocks
 
@@ -55,6 +54,8 @@ def _mark_chunk(
     The noise comes in cache-sized blocks and is blended at once, each image read once
     and written once (:func:`.kernels.blend_marks`).
     """
+    from .kernels import blend_marks, midranges  # numba: loaded when marks are made
+
     n, h, w, _ = images.shape
     eps, weight = np.float32(params.eps), np.float32(255.0 * params.r)
     flat, out_flat = images.reshape(n, -1), out.reshape(n, -1)
@@ -103,6 +104,8 @@ def apply_mark(
     def run(s: int) -> None:
         e = s + chunk
         _mark_chunk(images[s:e], patterns, which[s:e], noise_keys[s:e], params, out[s:e])
+
+    from . import kernels  # noqa: F401  (numba loads here, in this thread, not in two workers)
 
     with threadpool_limits(1, user_api="blas"):  # one BLAS thread per worker (see patterns)
         if workers <= 1:

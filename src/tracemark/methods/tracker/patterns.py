@@ -17,7 +17,6 @@ from threadpoolctl import threadpool_limits
 
 from ...bank import NaturalPattern, to_channels
 from ...rng import hash_uniform
-from .kernels import midranges, sign_noise, sine_phases
 
 # The tracker paper's colour list, with "blue" corrected to a real blue (the authors'
 # code lists (0, 255, 0), a duplicate green), so all eleven colours are distinct.
@@ -225,6 +224,8 @@ def sine_noise_blocks(
     they regenerate bit for bit. Callers limit BLAS to one thread (``threadpool_limits``):
     its threads are ~10x slower on these small products; parallelise over images instead.
     """
+    from .kernels import sine_phases  # numba: loaded when marks are made, not at start-up
+
     keys = np.asarray(keys, dtype=np.uint64)
     params = NoiseParams.draw(keys)
     order = np.lexsort((params.octaves, params.period))
@@ -245,6 +246,8 @@ def sine_perlin_sign_noise(height: int, width: int, keys: np.ndarray, eps: float
     The last normalisation is a comparison with the midpoint of the sine's range, which
     needs no division.
     """
+    from .kernels import midranges, sign_noise
+
     out = np.empty((len(keys), height, width), dtype=np.float32)
     signs = np.empty_like(out)
     with threadpool_limits(1, user_api="blas"):
