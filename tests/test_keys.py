@@ -161,7 +161,7 @@ def test_derive_keys_is_the_first_8_bytes_of_derive_bytes():
     """The per-id keys (hashed from a copied prefix, for speed) are exactly the digests'."""
     from tracemark.rng import derive_bytes
 
-    ids = [0, 7, "cat.png", "ünï/cødé.jpg", b"\x00raw", 2**70]
+    ids = [0, 7, -5, "cat.png", "ünï/cødé.jpg", b"\x00raw", 2**70, "7"]
     got = derive_keys("ab" * 16, "tracker/noise", ids)
     want = [int.from_bytes(derive_bytes("ab" * 16, "tracker/noise", i)[:8], "big") for i in ids]
     assert got.dtype == np.uint64 and got.tolist() == want

@@ -12,6 +12,8 @@ from tracemark.methods.tracker.patterns import (
     COMMON_COLOURS,
     NoiseParams,
     StripePattern,
+    _axis_matrix,
+    _fractal_mix,
     perlin_fractal,
     sine_perlin_sign_noise,
 )
@@ -92,6 +94,55 @@ def test_vectorised_perlin_matches_textbook_per_pixel_reference():
     for b in range(5):
         ref = naive_perlin(20, 23, int(keys[b]), int(params.period[b]), int(params.octaves[b]))
         np.testing.assert_allclose(fast[b], ref, atol=1e-12)
+
+
+def perlin_as_defined(height, width, keys, params):
+    """Fractal Perlin noise as 0.6.0 defined it, one image and one NumPy operation at a
+    time: per octave the hashed lattice angles, their cosines and sines, two BLAS
+    products along x; then one along y over every octave."""
+    out = np.empty((len(keys), height, width))
+    for b, key in enumerate(np.asarray(keys, dtype=np.uint64)):
+        period, octaves = int(params.period[b]), int(params.octaves[b])
+        parts = []
+        for o in range(octaves):
+            x_plain, x_grad, grid_x = _axis_matrix(width, period, o)
+            grid_y = _axis_matrix(height, period, o)[2]
+            lattice = (
+                (np.uint64(o) << _OCTAVE_SHIFT)
+                + (np.arange(grid_y, dtype=np.uint64)[:, None] << _ROW_SHIFT)
+                + np.arange(grid_x, dtype=np.uint64)[None, :]
+                + np.uint64(_PARAM_COUNTERS)
+            )
+            angles = (2.0 * np.pi) * hash_uniform(np.array([key]), lattice)
+            parts += [np.cos(angles) @ x_grad, np.sin(angles) @ x_plain]
+        out[b] = _fractal_mix(height, period, octaves) @ np.concatenate(parts)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(300, 32, 32), (40, 28, 28), (3, 224, 224), (24, 33, 47)])
+def test_batched_perlin_equals_its_definition_bit_for_bit(shape):
+    """The compiled hashing and the batched products change no bit of any image's noise,
+    whatever else is in the batch (the marks' bit-for-bit test relies on this one)."""
+    n, height, width = shape
+    keys = derive_keys(np.random.default_rng(TEST_SEED).bytes(32).hex(), "noise", range(n))
+    params = NoiseParams.draw(keys)
+    got = perlin_fractal(height, width, keys, params)
+    want = perlin_as_defined(height, width, keys, params)
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+def test_compiled_lattice_angles_equal_the_hashed_uniforms_bit_for_bit():
+    from tracemark.methods.tracker.kernels import lattice_angles
+
+    rng = np.random.default_rng(TEST_SEED)
+    keys = rng.integers(0, 2**64, size=50, dtype=np.uint64)
+    keys[:2] = [0, 2**64 - 1]  # wrapping arithmetic at both ends
+    counters = rng.integers(0, 2**48, size=300, dtype=np.uint64)
+    counters[:2] = [0, 2**64 - 2]
+    got = np.empty((len(keys), len(counters)))
+    lattice_angles(keys, counters, got)
+    want = (2.0 * np.pi) * hash_uniform(keys[:, None], counters[None, :])
+    np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
 
 
 def test_noise_params_in_paper_ranges():

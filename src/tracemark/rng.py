@@ -49,9 +49,10 @@ def derive_int(seed: str, purpose: str, *ids: int | str | bytes, bits: int = 63)
     return int.from_bytes(derive_bytes(seed, purpose, *ids), "big") >> (256 - bits)
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+# splitmix64's increment and multipliers (public: compiled loops hash with the same ones)
+SPLITMIX_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SPLITMIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
+SPLITMIX_M2 = np.uint64(0x94D049BB133111EB)
 
 
 def derive_keys(seed: str, purpose: str, ids: Sequence[int | str | bytes]) -> np.ndarray:
@@ -66,7 +67,11 @@ def derive_keys(seed: str, purpose: str, ids: Sequence[int | str | bytes]) -> np
     copy, first_bytes = prefix.copy, bytearray()
     for i in ids:
         h = copy()
-        h.update(_encode_part(i))
+        if type(i) is int:  # the common case, encoded inline as _encode_part does
+            raw = str(i).encode()
+            h.update(b"i" + len(raw).to_bytes(8, "big") + raw)
+        else:
+            h.update(_encode_part(i))
         first_bytes += h.digest()[:8]  # read as big-endian uint64s at once, below
     return np.frombuffer(bytes(first_bytes), dtype=">u8").astype(np.uint64)
 
@@ -77,8 +82,9 @@ def hash_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
     A counter-based generator: pure integer arithmetic, vectorised, identical on every
     machine, and the value for (key, counter) does not depend on what else is drawn.
     """
-    z = np.asarray(keys, dtype=np.uint64) + (np.asarray(counters, dtype=np.uint64) + 1) * _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
+    counters = np.asarray(counters, dtype=np.uint64)
+    z = np.asarray(keys, dtype=np.uint64) + (counters + np.uint64(1)) * SPLITMIX_GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * SPLITMIX_M1
+    z = (z ^ (z >> np.uint64(27))) * SPLITMIX_M2
     z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

@@ -1,4 +1,4 @@
-"""Compiled loops (numba) for the tracker's binarising and blending.
+"""Compiled loops (numba) for the tracker's noise hashing, binarising and blending.
 
 NumPy needs one pass over the pixels per operation: thirteen to binarise the noise and
 six to blend it into an image, each reading and writing memory. These loops do each
@@ -6,7 +6,9 @@ step in one pass, one pixel at a time, with the same IEEE operations in the same
 (float64 where NumPy used float64, float32 where it used float32, no fused multiply-add,
 no fast-math), so marks regenerate bit for bit from keys made before them. The sine is
 left to NumPy's (``np.sin`` between the two kernels): another library's sine can differ
-in the last place, which would move a few pixels across the threshold.
+in the last place, which would move a few pixels across the threshold. So are the
+cosines and sines of the Perlin gradients' angles, whose hashing (integer arithmetic,
+exact anywhere) is compiled here.
 
 The loops release the GIL: callers run them on chunks of images on every core.
 """
@@ -16,9 +18,34 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ...rng import SPLITMIX_GOLDEN, SPLITMIX_M1, SPLITMIX_M2
+
 _TWO_PI = np.float32(2.0 * np.pi)
 _HALF = np.float32(0.5)
 _ZERO, _ONE, _INK = np.float32(0.0), np.float32(1.0), np.float32(255.0)
+_TWO_PI_64, _UNIT = 2.0 * np.pi, 1.0 / 9007199254740992.0  # 2**-53
+_SHIFTS = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)  # rng.hash_uniform's
+
+
+@njit(nogil=True, cache=True)
+def lattice_angles(  # pragma: no cover - compiled
+    keys: np.ndarray, counters: np.ndarray, out: np.ndarray
+) -> None:
+    """out[i, j] = 2 pi * rng.hash_uniform(keys[i], counters[j]), bit for bit.
+
+    Integer arithmetic (splitmix64, wrapping uint64), an exact conversion and one float64
+    product: the same value as the NumPy definition on any machine, in one pass instead
+    of a dozen array operations. ``keys`` (n,), ``counters`` (m,) uint64; ``out`` (n, m).
+    """
+    one = np.uint64(1)
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        for j in range(counters.shape[0]):
+            z = key + (counters[j] + one) * SPLITMIX_GOLDEN
+            z = (z ^ (z >> _SHIFTS[0])) * SPLITMIX_M1
+            z = (z ^ (z >> _SHIFTS[1])) * SPLITMIX_M2
+            z = z ^ (z >> _SHIFTS[2])
+            out[i, j] = _TWO_PI_64 * (np.float64(z >> _SHIFTS[3]) * _UNIT)
 
 
 @njit(nogil=True, cache=True)

@@ -130,26 +130,57 @@ def _row_mix(height: int, period: int, octave: int) -> tuple[np.ndarray, int]:
     return mix, grid_y
 
 
-def _octave_rows(
-    keys: np.ndarray, height: int, width: int, period: int, octave: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two (g, Gy, W) arrays: one octave's lattice rows blended along x, per image.
+@functools.lru_cache(maxsize=256)
+def _lattice_counters(
+    height: int, width: int, period: int, octaves: int
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The hashed stream's counters of every octave's lattice points, octave by octave
+    (each (Gy, Gx) in row order), and where each octave starts in them. Read-only."""
+    parts = []
+    for octave in range(octaves):
+        grid_x = _axis_matrix(width, period, octave)[2]
+        grid_y = _axis_matrix(height, period, octave)[2]
+        parts.append(
+            (
+                (np.uint64(octave) << _OCTAVE_SHIFT)
+                + (np.arange(grid_y, dtype=np.uint64)[:, None] << _ROW_SHIFT)
+                + np.arange(grid_x, dtype=np.uint64)[None, :]
+                + np.uint64(_PARAM_COUNTERS)
+            ).ravel()
+        )
+    counters = np.concatenate(parts)
+    counters.setflags(write=False)
+    return counters, tuple(np.cumsum([0] + [len(p) for p in parts]).tolist())
 
-    The x-gradient component carries x offsets, the y component plain x weights.
+
+def _lattice_rows(
+    keys: np.ndarray, height: int, width: int, period: int, octaves: int
+) -> np.ndarray:
+    """(g, sum over octaves of 2 Gy, W): every octave's lattice rows blended along x, per
+    image, octave by octave (the x-gradient part, carrying x offsets, then the y part,
+    with plain x weights).
+
+    Gradient angles come from the key and the lattice point (one compiled pass for all
+    octaves), their cosines and sines from NumPy in one call each, and each octave's
+    blend along x is one BLAS product per part over all the images.
     """
-    x_plain, x_grad, grid_x = _axis_matrix(width, period, octave)
-    grid_y = _axis_matrix(height, period, octave)[2]
-    lattice = (
-        (np.uint64(octave) << _OCTAVE_SHIFT)
-        + (np.arange(grid_y, dtype=np.uint64)[:, None] << _ROW_SHIFT)
-        + np.arange(grid_x, dtype=np.uint64)[None, :]
-        + np.uint64(_PARAM_COUNTERS)
-    )
-    angles = (2.0 * np.pi) * hash_uniform(keys[:, None, None], lattice[None])
-    shape = (len(keys), grid_y, width)
-    along_x_grad = (np.cos(angles).reshape(-1, grid_x) @ x_grad).reshape(shape)
-    along_x_plain = (np.sin(angles).reshape(-1, grid_x) @ x_plain).reshape(shape)
-    return along_x_grad, along_x_plain
+    from .kernels import lattice_angles  # numba: loaded when marks are made
+
+    counters, starts = _lattice_counters(height, width, period, octaves)
+    g = len(keys)
+    angles = np.empty(g * len(counters))  # octave by octave, each (g, Gy, Gx)
+    for octave in range(octaves):
+        a, b = starts[octave], starts[octave + 1]
+        lattice_angles(keys, counters[a:b], angles[g * a : g * b].reshape(g, b - a))
+    cosines, sines = np.cos(angles), np.sin(angles)
+    parts = []
+    for octave in range(octaves):
+        x_plain, x_grad, grid_x = _axis_matrix(width, period, octave)
+        a, b = g * starts[octave], g * starts[octave + 1]
+        shape = (g, _axis_matrix(height, period, octave)[2], width)
+        parts.append((cosines[a:b].reshape(-1, grid_x) @ x_grad).reshape(shape))
+        parts.append((sines[a:b].reshape(-1, grid_x) @ x_plain).reshape(shape))
+    return np.concatenate(parts, axis=1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -184,8 +215,7 @@ def _perlin_groups(
         batch = step * max(1, _ROWS_BYTES // (step * mix.shape[1] * width * 8))
         for a in range(start, stop, batch):
             b = min(a + batch, stop)
-            parts = [_octave_rows(keys[a:b], height, width, p, o) for o in range(n)]
-            rows = np.concatenate([part for pair in parts for part in pair], axis=1)
+            rows = _lattice_rows(keys[a:b], height, width, p, n)
             for c in range(a, b, step):
                 d = min(c + step, b)
                 yield np.matmul(mix, rows[c - a : d - a], out=noise[: d - c]), slice(c, d)
@@ -234,7 +264,8 @@ def sine_noise_blocks(
     sines = np.empty((min(step, len(keys)), height, width), dtype=np.float32)
     for noise, rows in _perlin_groups(height, width, keys, params, step):
         block = sines[: len(noise)]
-        sine_phases(noise, noise.min(axis=(1, 2)), noise.max(axis=(1, 2)), frequency[rows], block)
+        flat = noise.reshape(len(noise), -1)
+        sine_phases(noise, flat.min(axis=1), flat.max(axis=1), frequency[rows], block)
         np.sin(block, out=block)
         yield block, order[rows]
 
