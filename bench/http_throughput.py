@@ -19,6 +19,9 @@ raw tensors where the server has a gRPC API: MLServer) and setting
   sends them (encode, hash, send, decode, check, log);
 - in-process: the same images through the same TorchScript file in this process.
 
+Each setting is measured as --repeats pairs, the capacity then the audit, back to back:
+the figures are the best of each, and "paired" the median of each pair's audit /
+capacity (the servers' own speed moves between measurements: MLServer's by a third).
 Prints a table (best capacity per server and wire, and the audit at that setting) and
 a JSON summary.
 
@@ -279,6 +282,13 @@ def audit_rate(
         return (len(images) - batch) / (time.perf_counter() - start)
 
 
+def audit_images(available: int, batch: int, concurrency: int, at_capacity: float) -> int:
+    """Images per audit measurement: about twice what the server answers in the capacity
+    measurement's time (JSON at 224 is slow), in whole batches, and one to warm up."""
+    n = int(min(available, max(2 * batch * concurrency, 2 * at_capacity)))
+    return batch * (n // batch) + batch
+
+
 def in_process_rate(model: Path, images: np.ndarray, batch: int) -> float:
     oracle = load_oracle(model)
     oracle.batch_size = batch
@@ -298,7 +308,9 @@ def main() -> None:
     ap.add_argument("--concurrencies", default="2,4", help="requests in flight (swept)")
     ap.add_argument("--seconds", type=float, default=4.0, help="per capacity measurement")
     ap.add_argument("--wires", default="json,binary,grpc", help="which wires to measure")
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many, each figure")
+    ap.add_argument(
+        "--repeats", type=int, default=2, help="pairs (capacity, then audit) per setting"
+    )
     ap.add_argument(
         "--pin",
         action="store_true",
@@ -351,16 +363,16 @@ def main() -> None:
                     best = None
                     for b in batches:
                         for k in concurrencies:
-                            cap = max(
-                                capacity(target, wire, images[:b], k, args.seconds)
-                                for _ in range(args.repeats)
-                            )
-                            # about --seconds x 2 of audit at capacity (JSON at 224 is slow)
-                            n = int(min(len(images), max(2 * b * k, 2 * args.seconds * cap)))
-                            n = b * (n // b) + b  # whole batches, and one to warm up
-                            aud = max(
-                                audit_rate(target, wire, images[:n], b, k, tmp / "q.jsonl")
-                                for _ in range(args.repeats)
+                            caps, auds = [], []
+                            for _ in range(args.repeats):  # pairs, timed back to back
+                                caps.append(capacity(target, wire, images[:b], k, args.seconds))
+                                n = audit_images(len(images), b, k, args.seconds * caps[0])
+                                auds.append(
+                                    audit_rate(target, wire, images[:n], b, k, tmp / "q.jsonl")
+                                )
+                            cap, aud = max(caps), max(auds)
+                            paired = float(
+                                np.median([a / c for a, c in zip(auds, caps, strict=True)])
                             )
                             result = {
                                 "size": size,
@@ -370,6 +382,7 @@ def main() -> None:
                                 "concurrency": k,
                                 "capacity": round(cap, 1),
                                 "audit": round(aud, 1),
+                                "paired": round(paired, 2),
                                 "in_process": round(local[b], 1),
                             }
                             summary["results"].append(result)
@@ -383,13 +396,14 @@ def main() -> None:
     print()
     print(
         "| size | server | wire | batch x concurrency | server capacity (img/s) | audit (img/s) "
-        "| audit / capacity | in-process (img/s) | in-process / audit |"
+        "| audit / capacity | paired (median) | in-process (img/s) | in-process / audit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['size']} | {r['server']} | {r['wire']} | {r['batch']} x {r['concurrency']} | "
             f"{r['capacity']:.0f} | {r['audit']:.0f} | {r['audit'] / r['capacity']:.2f} | "
+            f"{r['paired']:.2f} | "
             f"{r['in_process']:.0f} | {r['in_process'] / r['audit']:.2f} |"
         )
     print(json.dumps(summary))
