@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -41,12 +44,16 @@ class Model:
 
 @contextlib.contextmanager
 def served(model: Model, *, fail: list[grpc.StatusCode] | None = None, typed: bool = False,
-           extra_raw: bool = False, seen: list | None = None):  # fmt: skip
-    """A gRPC inference server on a free port; yields its grpc:// base address."""
+           extra_raw: bool = False, seen: list | None = None,
+           hold: threading.Event | None = None):  # fmt: skip
+    """A gRPC inference server on a free port; yields its grpc:// base address. With
+    ``hold``, every inference waits for it (at most a minute) before answering."""
     m = messages()
     failures = list(fail or [])
 
     def infer(request, context):
+        if hold is not None:
+            hold.wait(60)
         if seen is not None:
             seen.append(dict(context.invocation_metadata()))
         if failures:
@@ -237,3 +244,31 @@ def test_answers_before_a_refusal_are_logged_and_a_rerun_resumes(tmp_path):
         with open_grpc_endpoint(f"{base}/v2/models/m", config, log=log) as again:
             again.query(x)
             assert again.queries == 16 - answered and again.from_log == answered
+
+
+def test_a_second_ctrl_c_cancels_the_calls_in_flight(tmp_path):
+    """The first Ctrl-C waits for the calls in flight; a second cancels them (not the
+    60 s timeout); nothing unanswered is logged, so a re-run sends those images again."""
+    hold = threading.Event()
+    log = tmp_path / "q.jsonl"
+    with served(Model(), hold=hold) as base:
+        config = EndpointConfig(batch_size=4, concurrency=2, timeout=60.0, retries=0)
+        oracle = open_grpc_endpoint(f"{base}/v2/models/m", config, log=log)
+        main = threading.get_ident()
+
+        def press_twice() -> None:
+            time.sleep(1.0)
+            for _ in range(2):
+                signal.pthread_kill(main, signal.SIGINT)
+                time.sleep(0.3)
+
+        threading.Thread(target=press_twice, daemon=True).start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                oracle.query(_images(8))
+            assert time.monotonic() - start < 6
+        finally:
+            hold.set()
+            oracle.close()
+    assert not any("sha256" in line for line in log.read_text().splitlines())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,6 +85,8 @@ class GrpcOracle(RemoteOracle):
         self._configured = config.input_name is not None and config.layout != "auto"
         self._metadata = tuple((str(k).lower(), str(v)) for k, v in (headers or {}).items())
         self._image_bytes = 0
+        self._in_flight: set[Any] = set()  # calls a second Ctrl-C cancels
+        self._in_flight_lock = threading.Lock()  # workers and that handler only
         host, secure = self.address.hostname, self.address.scheme.lower() == "grpcs"
         if headers and not secure:
             warnings.warn(f"sending credentials over plain grpc to {host}; use grpcs", stacklevel=2)
@@ -135,7 +138,9 @@ class GrpcOracle(RemoteOracle):
             with self._stats_lock:
                 self.requests += 1
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
+                return self._await(method, request)
+            except grpc.FutureCancelledError:
+                raise StopRequested() from None  # a second Ctrl-C cut it off
             except grpc.RpcError as exc:
                 code = exc.code().name if exc.code() is not None else "UNKNOWN"
                 details = str(exc.details() or "")[:300]
@@ -160,6 +165,28 @@ class GrpcOracle(RemoteOracle):
                 if stop.wait(self._backoff_delay(attempt)):
                     raise StopRequested() from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _await(self, method: Any, request: Any) -> Any:
+        """One call, registered while it runs so that :meth:`_abort` can cancel it."""
+        call = method.future(request, timeout=self.timeout, metadata=self._metadata)
+        with self._in_flight_lock:
+            self._in_flight.add(call)
+        try:
+            return call.result()
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(call)
+
+    def _abort(self) -> Callable[[], None]:
+        """Cancels every call in flight (a second Ctrl-C), as HTTP's deadlines do."""
+
+        def cancel() -> None:
+            with self._in_flight_lock:
+                calls = list(self._in_flight)
+            for call in calls:
+                call.cancel()
+
+        return cancel
 
     def _configure(self) -> None:
         """Learn the input's name and layout from the model's metadata where not given."""
