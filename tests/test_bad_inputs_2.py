@@ -421,6 +421,43 @@ def test_t6_ctrl_c_during_start_up_prints_no_traceback(owner, tmp_path, verb):
     assert proc.returncode in (130, -signal.SIGINT)
 
 
+NATIVE_LOAD = """
+import signal, sys
+sys.path.insert(0, sys.argv[1])
+from tracemark.console import NativeLoadFinder
+signal.signal(signal.SIGINT, signal.default_int_handler)
+if sys.argv[2] == "held":
+    sys.meta_path.insert(0, NativeLoadFinder(["slowlib"]))
+try:
+    import slowlib
+except KeyboardInterrupt:
+    print("interrupted, loaded:", getattr(sys, "slowlib_loaded", False))
+"""
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_t6_a_ctrl_c_while_a_native_library_loads_waits_until_it_has_loaded(tmp_path, held):
+    """The console holds Ctrl-C back during torch's (and the other native libraries')
+    first import, since a KeyboardInterrupt inside one can abort the process; the press
+    is raised once the library has loaded. (A stand-in library presses Ctrl-C half-way
+    through its own loading; without the finder it never finishes.)"""
+    (tmp_path / "slowlib").mkdir()
+    (tmp_path / "slowlib" / "__init__.py").write_text(
+        "import os, signal, sys, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.1)\n"
+        "sys.slowlib_loaded = True\n"
+    )
+    mode = "held" if held else "plain"
+    run = subprocess.run(
+        [sys.executable, "-c", NATIVE_LOAD, str(tmp_path), mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.stdout.strip() == f"interrupted, loaded: {held}", run.stderr
+
+
 @pytest.mark.parametrize("kind", ["device", "huge"])
 def test_t7_key_files_are_read_with_a_cap(tmp_path, capsys, kind):
     if kind == "device":
