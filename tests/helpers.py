@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,3 +158,17 @@ def rechained(lines: list[str]) -> str:
         record["prev"] = hashlib.sha256(out[-1].encode()).hexdigest()
         out.append(json.dumps(record))
     return "\n".join(out) + "\n"
+
+
+def press_ctrl_c_twice(after: float) -> None:
+    """From a daemon thread: SIGINT to the calling (main) thread after ``after`` seconds,
+    then again 0.3 s later, as a user pressing Ctrl-C twice."""
+    main = threading.get_ident()
+
+    def press() -> None:
+        time.sleep(after)
+        for _ in range(2):
+            signal.pthread_kill(main, signal.SIGINT)
+            time.sleep(0.3)
+
+    threading.Thread(target=press, daemon=True).start()

@@ -30,7 +30,7 @@ from tracemark.errors import TracemarkError
 from tracemark.oracle import HttpOracle, QueryLog
 from tracemark.oracle.wire import JsonCodec, MalformedAnswer, V2Codec
 
-from helpers import run_cli, tree_hashes, write_pngs
+from helpers import press_ctrl_c_twice, run_cli, tree_hashes, write_pngs
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +270,6 @@ def test_07_timeout_is_a_deadline_for_the_whole_request():
 
 
 def test_07_a_second_ctrl_c_cuts_requests_in_flight_off():
-    import signal
-
     # binary="off": straight to the infer request (auto first asks GET /v2 which wire).
     server = _SlowLoris()
     try:
@@ -284,15 +282,7 @@ def test_07_a_second_ctrl_c_cuts_requests_in_flight_off():
             timeout=60.0,
             retries=0,
         )
-        main = threading.get_ident()
-
-        def press_twice() -> None:
-            time.sleep(0.5)
-            for _ in range(2):
-                signal.pthread_kill(main, signal.SIGINT)
-                time.sleep(0.3)
-
-        threading.Thread(target=press_twice, daemon=True).start()
+        press_ctrl_c_twice(after=0.5)
         start = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             oracle.query(np.zeros((2, 4, 4, 1), np.float32))

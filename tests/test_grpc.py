@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import threading
 import time
 from concurrent import futures
@@ -28,7 +27,7 @@ from tracemark.oracle.grpc import GrpcOracle, open_grpc_endpoint
 from tracemark.oracle.grpc_messages import SERVICE, messages
 from tracemark.oracle.wire import MalformedAnswer
 
-from helpers import rechained
+from helpers import press_ctrl_c_twice, rechained
 
 
 class Model:
@@ -254,15 +253,7 @@ def test_a_second_ctrl_c_cancels_the_calls_in_flight(tmp_path):
     with served(Model(), hold=hold) as base:
         config = EndpointConfig(batch_size=4, concurrency=2, timeout=60.0, retries=0)
         oracle = open_grpc_endpoint(f"{base}/v2/models/m", config, log=log)
-        main = threading.get_ident()
-
-        def press_twice() -> None:
-            time.sleep(1.0)
-            for _ in range(2):
-                signal.pthread_kill(main, signal.SIGINT)
-                time.sleep(0.3)
-
-        threading.Thread(target=press_twice, daemon=True).start()
+        press_ctrl_c_twice(after=1.0)
         start = time.monotonic()
         try:
             with pytest.raises(KeyboardInterrupt):
