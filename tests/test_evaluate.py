@@ -256,6 +256,26 @@ def test_report_files_are_self_contained(tiny_run, tmp_path, capsys):
     assert run_cli(["report", tmp_path / "missing.db"]) == 2
 
 
+def test_a_run_killed_before_recording_its_end_reads_as_such(tiny_run, tmp_path):
+    """A run stopped by SIGKILL (or still going) has no end in the store: the report
+    says it did not finish, never "None of N cells computed (None s)"."""
+    import shutil
+    import sqlite3
+
+    root, _ = tiny_run
+    db = tmp_path / "killed.db"
+    shutil.copy(root / "results.db", db)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET finished = NULL, computed = NULL, seconds = NULL")
+    assert run_cli(["report", db, "-o", tmp_path / "report"]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    runs = [line for line in md.splitlines() if line.startswith("- run of")]
+    assert runs and all("did not finish" in line and "None" not in line for line in runs)
+    assert run_cli(["report", root / "results.db", "-o", tmp_path / "done"]) == 0
+    done = (tmp_path / "done" / "report.md").read_text()
+    assert "cells computed (" in done and "did not finish" not in done
+
+
 def test_an_interrupted_run_resumes_and_ends_with_the_same_rows(tiny_run, tmp_path):
     root, _ = tiny_run
     spec = parse_spec(tiny())

@@ -276,14 +276,22 @@ def plot_countermeasures(entries: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _run_outcome(run: dict[str, Any]) -> str:
+    """What a run did; one that never recorded its end (stopped, killed, or still going)
+    says so: the cells it finished are in the store all the same."""
+    version = f"tracemark {run['tracemark_version']}"
+    if run.get("finished") is None:
+        return (
+            f"did not finish ({run['cells']} cells in its spec; stopped, or still running; "
+            f"the cells it finished are in the store), {version}"
+        )
+    return f"{run['computed']} of {run['cells']} cells computed ({run['seconds']:.0f} s, {version})"
+
+
 def markdown(summary: dict[str, Any], plots: list[Path]) -> str:
     lines = ["# tracemark evaluation report", "", f"Results store: `{summary['store']}`", ""]
     for run in summary["runs"]:
-        lines.append(
-            f"- run of `{run['spec_name']}` started {run['started']}: "
-            f"{run['computed']} of {run['cells']} cells computed "
-            f"({run['seconds']} s, tracemark {run['tracemark_version']})"
-        )
+        lines.append(f"- run of `{run['spec_name']}` started {run['started']}: {_run_outcome(run)}")
     lines += ["", summary["sharing"], ""]
     for title, head, rows in tables(summary):
         lines += [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
