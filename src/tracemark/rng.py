@@ -15,17 +15,19 @@ import numpy as np
 _DOMAIN = b"tracemark/rng/v1"
 
 
+def _tagged(tag: bytes, raw: bytes) -> bytes:
+    # Length-prefixed so that ("ab", "c") and ("a", "bc") never collide.
+    return tag + len(raw).to_bytes(8, "big") + raw
+
+
 def _encode_part(part: object) -> bytes:
     if isinstance(part, bool) or not isinstance(part, (int, str, bytes)):
         raise TypeError(f"rng identifiers must be int, str or bytes, not {type(part).__name__}")
     if isinstance(part, int):
-        raw, tag = str(part).encode(), b"i"
-    elif isinstance(part, str):
-        raw, tag = part.encode("utf-8"), b"s"
-    else:
-        raw, tag = part, b"b"
-    # Length-prefixed so that ("ab", "c") and ("a", "bc") never collide.
-    return tag + len(raw).to_bytes(8, "big") + raw
+        return _tagged(b"i", str(part).encode())
+    if isinstance(part, str):
+        return _tagged(b"s", part.encode("utf-8"))
+    return _tagged(b"b", part)
 
 
 def derive_bytes(seed: str, purpose: str, *ids: int | str | bytes) -> bytes:
@@ -49,10 +51,12 @@ def derive_int(seed: str, purpose: str, *ids: int | str | bytes, bits: int = 63)
     return int.from_bytes(derive_bytes(seed, purpose, *ids), "big") >> (256 - bits)
 
 
-# splitmix64's increment and multipliers (public: compiled loops hash with the same ones)
+# splitmix64's increment, multipliers and shifts (the mixer's three, then the one to 53
+# bits); public: compiled loops hash with the same ones
 SPLITMIX_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 SPLITMIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
 SPLITMIX_M2 = np.uint64(0x94D049BB133111EB)
+SPLITMIX_SHIFTS = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 
 
 def derive_keys(seed: str, purpose: str, ids: Sequence[int | str | bytes]) -> np.ndarray:
@@ -67,11 +71,8 @@ def derive_keys(seed: str, purpose: str, ids: Sequence[int | str | bytes]) -> np
     copy, first_bytes = prefix.copy, bytearray()
     for i in ids:
         h = copy()
-        if type(i) is int:  # the common case, encoded inline as _encode_part does
-            raw = str(i).encode()
-            h.update(b"i" + len(raw).to_bytes(8, "big") + raw)
-        else:
-            h.update(_encode_part(i))
+        # ints (the common case) skip _encode_part's type checks, not its encoding
+        h.update(_tagged(b"i", str(i).encode()) if type(i) is int else _encode_part(i))
         first_bytes += h.digest()[:8]  # read as big-endian uint64s at once, below
     return np.frombuffer(bytes(first_bytes), dtype=">u8").astype(np.uint64)
 
@@ -84,7 +85,8 @@ def hash_uniform(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """
     counters = np.asarray(counters, dtype=np.uint64)
     z = np.asarray(keys, dtype=np.uint64) + (counters + np.uint64(1)) * SPLITMIX_GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * SPLITMIX_M1
-    z = (z ^ (z >> np.uint64(27))) * SPLITMIX_M2
-    z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    a, b, c, to_53_bits = SPLITMIX_SHIFTS
+    z = (z ^ (z >> a)) * SPLITMIX_M1
+    z = (z ^ (z >> b)) * SPLITMIX_M2
+    z = z ^ (z >> c)
+    return (z >> to_53_bits).astype(np.float64) * (1.0 / (1 << 53))

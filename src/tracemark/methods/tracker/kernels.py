@@ -18,13 +18,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ...rng import SPLITMIX_GOLDEN, SPLITMIX_M1, SPLITMIX_M2
+from ...rng import SPLITMIX_GOLDEN, SPLITMIX_M1, SPLITMIX_M2, SPLITMIX_SHIFTS
 
 _TWO_PI = np.float32(2.0 * np.pi)
 _HALF = np.float32(0.5)
 _ZERO, _ONE, _INK = np.float32(0.0), np.float32(1.0), np.float32(255.0)
 _TWO_PI_64, _UNIT = 2.0 * np.pi, 1.0 / 9007199254740992.0  # 2**-53
-_SHIFTS = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)  # rng.hash_uniform's
 
 
 @njit(nogil=True, cache=True)
@@ -42,10 +41,10 @@ def lattice_angles(  # pragma: no cover - compiled
         key = keys[i]
         for j in range(counters.shape[0]):
             z = key + (counters[j] + one) * SPLITMIX_GOLDEN
-            z = (z ^ (z >> _SHIFTS[0])) * SPLITMIX_M1
-            z = (z ^ (z >> _SHIFTS[1])) * SPLITMIX_M2
-            z = z ^ (z >> _SHIFTS[2])
-            out[i, j] = _TWO_PI_64 * (np.float64(z >> _SHIFTS[3]) * _UNIT)
+            z = (z ^ (z >> SPLITMIX_SHIFTS[0])) * SPLITMIX_M1
+            z = (z ^ (z >> SPLITMIX_SHIFTS[1])) * SPLITMIX_M2
+            z = z ^ (z >> SPLITMIX_SHIFTS[2])
+            out[i, j] = _TWO_PI_64 * (np.float64(z >> SPLITMIX_SHIFTS[3]) * _UNIT)
 
 
 @njit(nogil=True, cache=True)
