@@ -2,6 +2,7 @@
 
     python bench/http_audit.py --quick        # the quick demo spec's owners and models (minutes)
     python bench/http_audit.py                # the full demo spec's (about an hour on 2 cores)
+    python bench/http_audit.py --quick --parts plain --views flip-shift2   # audits with views
 
 Prepares the tracker demo spec's cell (marks every owner's data, trains the victim and the
 clean model), audits every owner in-process, then serves each model with `tracemark
@@ -15,7 +16,8 @@ serve` (uvicorn on 127.0.0.1) and audits again over the Open Inference Protocol 
 4. against servers that reveal only the top 5 labels, or only the label: TPR and FPR
    next to the full-probability figures.
 
-Prints one line per check and a JSON summary.
+Prints one line per check and a JSON summary, with the audits' images/s in-process and
+over HTTP (``--views``: every tracker audit queries each image under that set of views).
 """
 
 from __future__ import annotations
@@ -85,14 +87,18 @@ def main() -> None:
     ap.add_argument("--nonmembers", type=int, help="override the number of non-member users")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--parts", default=",".join(PARTS), help="which checks to run")
+    ap.add_argument("--views", help="the tracker audits' views (default: the spec's)")
     args = ap.parse_args()
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
         ap.error(f"--parts takes some of {','.join(PARTS)}")
     spec = load_spec("demo-tracker-quick" if args.quick else "demo-tracker")
-    if args.nonmembers is not None:
+    if args.nonmembers is not None or args.views is not None:
         data = spec.model_dump()
-        data["methods"]["tracker"]["never_published"] = args.nonmembers
+        if args.nonmembers is not None:
+            data["methods"]["tracker"]["never_published"] = args.nonmembers
+        if args.views is not None:
+            data["methods"]["tracker"]["options"]["views"] = args.views
         spec = parse_spec(data)
     cell = cells_of(spec)[0]
     start = time.perf_counter()
@@ -107,10 +113,15 @@ def main() -> None:
         n: TorchModuleOracle(m, num_classes=prepared.num_classes)
         for n, m in prepared.models.items()
     }
+    t = time.perf_counter()
     local = audit_all(cell, prepared, in_process)
+    seconds = time.perf_counter() - t
     owners = len(prepared.world.owners)
     summary: dict = {"config": {"owners": owners, "options": cell.method.options}}
     summary["in_process"] = _rates(local)
+    sent = sum(o.queries for o in in_process.values())
+    summary["in_process_images_per_second"] = round(sent / seconds)
+    say(f"in-process: {sent:,} images in {seconds:.1f} s ({sent / seconds:,.0f} images/s)")
 
     tmp = Path(tempfile.mkdtemp(prefix="tracemark-http-bench-"))
     files = {}
@@ -177,9 +188,11 @@ def main() -> None:
         say("auditing over HTTP (full probabilities)")
         with servers("plain", ServeOptions()) as served:
             plain = audit("plain", served)
+        sent = sum(t["sent"] for t in plain["traffic"].values())
         summary["plain"] = {
             **_compare(local, plain["rows"]),
             "seconds": plain["http_seconds"],
+            "images_per_second": round(sent / plain["http_seconds"]),
             "traffic": plain["traffic"],
         }
         say(f"HTTP vs in-process: {summary['plain']}")

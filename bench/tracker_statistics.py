@@ -50,37 +50,16 @@ from tracemark.methods.tracker.mark import (
     draw_pattern,
     user_pattern,
 )
+from tracemark.methods.tracker.views import VIEWS, view
 from tracemark.oracle import TorchModuleOracle
 from tracemark.rng import derive, derive_keys
 from tracemark.stats import rank_p_value
 
-# (dy, dx, flip): identity first; pad-4 crops move an image by up to 4 pixels.
-VIEWS = [
-    (0, 0, False),
-    (0, 0, True),
-    (2, 0, False),
-    (-2, 0, False),
-    (0, 2, False),
-    (0, -2, False),
-    (4, 0, False),
-    (-4, 0, False),
-    (0, 4, False),
-    (0, -4, False),
-]
+# The audit's own views (tracemark.methods.tracker.views): identity, flip, 2 and 4 px.
 VIEW_SETS = {"1 view": [0], "2 views (flip)": [0, 1], "6 views (flip, 2 px)": [0, 1, 2, 3, 4, 5]}
 VIEW_SETS["10 views (flip, 2 and 4 px)"] = list(range(10))
 PURPOSE_REFERENCE_PATTERN = "bench/reference/pattern"
 PURPOSE_REFERENCE_NOISE = "bench/reference/noise"
-
-
-def view(images: np.ndarray, dy: int, dx: int, flip: bool) -> np.ndarray:
-    """Images moved by (dy, dx) pixels with zero fill (a pad-and-crop), then mirrored."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:3]
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[:, yd, xd] = images[:, ys, xs]
-    return out[:, :, ::-1] if flip else out
 
 
 def set_answers(oracle, marked: np.ndarray, label: int) -> tuple[np.ndarray, np.ndarray]:

@@ -361,3 +361,29 @@ def test_an_evidence_bundle_is_rechecked_offline_and_tampering_is_named(
     # a local model has no query log to seal
     refused([*_tracker_args(marked_world, world, world / "trained.pt"), "--bundle",
              tmp_path / "x.zip"], "HTTP audits")  # fmt: skip
+
+
+def test_an_audit_with_views_goes_over_http_and_its_bundle_rechecks(
+    marked_world, world, tmp_path, capsys
+):
+    """Views multiply the images of every set; each is sent once, and the bundle's check
+    replays the views (they are among the audit's recorded options)."""
+    access = tmp_path / "served.jsonl"
+    bundle = tmp_path / "views.zip"
+    app = create_app(world / "trained.pt", ServeOptions(name="cnn"), access_log=access)
+    with serving(app) as url:
+        args = _tracker_args(marked_world, world, f"{url}/v2/models/cnn")
+        args += ["--views", "flip"]
+        verdict = _audit([*args, "--bundle", bundle], capsys)
+    s = verdict["statistics"]
+    assert s["views"] == "flip" and s["view_count"] == 2
+    assert verdict["queries"] == 2 * 30 * (1 + s["pseudo_users_drawn"]) == len(_lines(access))
+    assert verdict["decision"]  # a member: the mirror view still carries the mark
+    check = ["check", bundle, "--key", marked_world.cli_key, "--marked", marked_world.cli_marked]
+    check += ["--originals", marked_world.cli_originals, "--json"]
+    assert run_cli(check) == 0
+    again = json.loads(capsys.readouterr().out)
+    for v in (again, verdict):  # the manifest's path is the checker's
+        v["statistics"]["inputs_checked"].pop("manifest")
+    for field in ("p_value", "decision", "effect", "test", "statistics"):
+        assert again[field] == verdict[field], field

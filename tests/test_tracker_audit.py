@@ -266,6 +266,20 @@ def test_null_is_at_level_with_a_holdout_as_small_as_the_published_set(
 
 
 @pytest.mark.long
+def test_null_is_at_level_with_views(fmnist_test, centroid_model):
+    # Views are one fixed function applied alike to the owner's set and every
+    # pseudo-user's: the size holds with the most views, fixed and sequential.
+    images = fmnist_test.images[fmnist_test.labels == 3]
+    oracle = lambda: CallableOracle(centroid_model, num_classes=10)  # noqa: E731
+    fixed, sequential = _null_p_values(
+        oracle, images, 500, 10, 10, fixed=19, label=3, views="flip-shift4"
+    )
+    assert_at_level(fixed, 0.05, "tracker randomised, probs, 10 views, fixed 19")
+    assert_at_level(sequential, 0.05, "tracker randomised, probs, 10 views, sequential")
+    assert_uniform_on_the_grid(fixed, 19)
+
+
+@pytest.mark.long
 def test_null_is_at_level_on_a_trained_clean_model(marked_world, fmnist_test):
     images = fmnist_test.images[fmnist_test.labels == 2]
     oracle = TorchModuleOracle(marked_world.clean_model, num_classes=10)
@@ -306,3 +320,31 @@ def test_the_sequential_audit_detects_with_margin_where_the_fixed_99_sits_at_its
         assert new.statistics["cap"] == 1000
         assert new.p_value <= ALPHA / 5, (u, new.p_value, new.effect)  # a margin of 5x
         assert new.decision
+
+
+def test_views_query_every_set_alike_and_the_evidence_rechecks(marked_world):
+    """With views, the owner's set and every pseudo-user's are queried under the same
+    views and scored over all their answers; the verdict says so, counts them, and its
+    p-value is recomputed from the evidence."""
+    k, views = TRACKER_PUBLISHED, 6  # flip-shift2
+    oracle = TorchModuleOracle(marked_world.model, num_classes=10)
+    v = audit(marked_world, oracle, 1, n_pseudo=None, fixed=N_PSEUDO, views="flip-shift2")
+    assert v.statistics["views"] == "flip-shift2" and v.statistics["view_count"] == views
+    assert "x 6 views (flip-shift2)" in v.test
+    assert v.queries == k * views * (1 + N_PSEUDO) == oracle.queries
+    losses = np.array(v.evidence["user_losses"])
+    assert losses.shape == (k * views,)
+    null = np.array(v.evidence["null_scores"])
+    assert v.p_value == (1 + np.sum(null <= losses.mean())) / (N_PSEUDO + 1)
+    # The first K answers are the identity view: the plain audit's own losses.
+    plain = audit(marked_world, oracle, 1, n_pseudo=None, fixed=N_PSEUDO)
+    np.testing.assert_allclose(losses[:k], plain.evidence["user_losses"], rtol=1e-6)
+    assert "views" not in plain.statistics  # verdicts without views read as before
+
+
+def test_views_keep_detecting_members_and_accuse_no_clean_model(marked_world):
+    clean = audit_all(marked_world, marked_world.clean_model, views="flip")
+    # 9 null audits at alpha = 0.01: two or more flags has probability below 0.0035.
+    assert sum(v.decision for v in clean) <= 1, [v.p_value for v in clean]
+    members = audit_all(marked_world, marked_world.model, range(marked_world.members), views="flip")
+    assert all(v.decision for v in members), [v.p_value for v in members]

@@ -44,9 +44,11 @@ from .mark import (
 )
 from .options import TrackerOptions
 from .params import TrackerParams
+from .views import VIEW_SETS, with_views
 
 __all__ = [
     "METHOD",
+    "VIEW_SETS",
     "NullDistribution",
     "TrackerOptions",
     "TrackerParams",
@@ -67,6 +69,7 @@ __all__ = [
     "set_score",
     "tracker_collection",
     "user_pattern",
+    "with_views",
 ]
 
 

@@ -37,6 +37,7 @@ from ..base import (
 from .mark import NAME, apply_mark, choose_published, draw_pattern, mark_selected
 from .options import TrackerOptions
 from .params import TrackerParams
+from .views import view_count, with_views
 
 PURPOSE_PSEUDO_PATTERN = "tracker/pseudo-user/pattern"
 PURPOSE_PSEUDO_NOISE = "tracker/pseudo-user/noise"
@@ -163,6 +164,7 @@ def calibrate(
     kind: ScoreKind = "cross-entropy",
     progress: Progress | None = None,
     sequential: SequentialRank | None = None,
+    views: str = "none",
 ) -> NullDistribution:
     """Query the model with up to ``n_pseudo`` pseudo-users drawn from ``pool``.
 
@@ -173,19 +175,22 @@ def calibrate(
     under its own majority-vote label when ``label`` is None, as the owner's set is.
     With ``sequential``, batches (doubling in size) stop as soon as that test stops;
     pseudo-user u is the same draw whatever the batches, so the p-value does not depend
-    on them.
+    on them. ``views``: each set is queried under that fixed set of views (:mod:`.views`)
+    and scored over all its (image, view) answers, as the owner's set is.
     """
     if not 1 <= set_size <= len(pool):
         raise TracemarkError(f"cannot draw sets of {set_size} from {len(pool)} images")
     start = oracle.queries
-    largest = max(1, 2048 // set_size)
+    answers = set_size * view_count(views)  # per set
+    largest = max(1, 2048 // answers)
     first = largest if sequential is None else sequential.h
     scores: list[float] = []
     for s, e in _batches(n_pseudo, first, largest):
         users = list(range(s, e))
-        response = oracle.query(pseudo_user_batch(key, pool, users, set_size))
+        marked = pseudo_user_batch(key, pool, users, set_size)
+        response = oracle.query(with_views(marked, set_size, views))
         batch = [
-            set_score(response.take(np.arange(i * set_size, (i + 1) * set_size)), label, kind)[0]
+            set_score(response.take(np.arange(i * answers, (i + 1) * answers)), label, kind)[0]
             for i in range(len(users))
         ]
         scores += batch
@@ -228,10 +233,13 @@ class OwnerScore:
     softmax_applied: bool
 
 
-def owner_score(oracle, published: np.ndarray, label: int | None, access: str) -> OwnerScore:
-    """Query the owner's published marked images; their mean loss under ``label`` (or
-    under the model's majority vote on them when None)."""
-    response = oracle.query(published)
+def owner_score(
+    oracle, published: np.ndarray, label: int | None, access: str, views: str = "none"
+) -> OwnerScore:
+    """Query the owner's published marked images (each under ``views``); their mean loss
+    under ``label`` (or under the model's majority vote on them when None), over every
+    (image, view) answer."""
+    response = oracle.query(with_views(published, len(published), views))
     if label is not None and not 0 <= label < response.num_classes:
         raise TracemarkError(f"label {label} is outside the model's {response.num_classes} classes")
     kind = score_kind_for(response, access)
@@ -291,20 +299,33 @@ def audit(
     mask, design, notes = resolve_design(key, ids, published)
     pool = collection[mask] if design == "mark randomisation" else collection
     set_size = int(mask.sum())
+    count = view_count(options.views)
+    seen = f" under {count} views each" if count > 1 else ""
     check_budget(
         oracle,
-        set_size * (1 + options.cap),
-        f"your {set_size} published images, then up to {options.cap:,} pseudo-users of {set_size}",
-        "lower --n-pseudo (or --fixed)",
+        set_size * count * (1 + options.cap),
+        f"your {set_size} published images, then up to {options.cap:,} pseudo-users of "
+        f"{set_size}{seen}",
+        "lower --n-pseudo (or --fixed)" + (", or fewer --views" if count > 1 else ""),
     )
     start = oracle.queries
-    owner = owner_score(oracle, mark_selected(collection, key, ids, mask), label, options.access)
+    published_set = mark_selected(collection, key, ids, mask)
+    owner = owner_score(oracle, published_set, label, options.access, options.views)
     sequential = None
     if options.sequential:
         h = min(options.stop_after, options.cap)
         sequential = SequentialRank(owner.score, h, options.cap, alternative="less")
     null = calibrate(
-        oracle, key, pool, label, set_size, options.cap, owner.kind, progress, sequential
+        oracle,
+        key,
+        pool,
+        label,
+        set_size,
+        options.cap,
+        owner.kind,
+        progress,
+        sequential,
+        options.views,
     )
     if design == "mark randomisation":
         notes.append(
@@ -376,6 +397,12 @@ def _verdict(
         "pseudo_user_labels": "own majority vote" if null.label is None else "given label",
         "softmax_applied": owner.softmax_applied,
     }
+    count = view_count(options.views)
+    over = ""
+    if count > 1:  # recorded only when used, so earlier verdicts recompute to themselves
+        statistics["views"] = options.views
+        statistics["view_count"] = count
+        over = f" over {null.set_size} images x {count} views ({options.views})"
     access = owner.mode if owner.kind == "cross-entropy" else f"{owner.mode} (0/1-loss proxy)"
     return build_verdict(
         NAME,
@@ -391,7 +418,7 @@ def _verdict(
         access=access,
         test=(
             f"set-based membership inference, {design}: rank of the owner's mean {owner.kind} "
-            f"loss among pseudo-users drawn from {null.pool_size} images, "
+            f"loss{over} among pseudo-users drawn from {null.pool_size} images, "
             f"{rule.description} (exact)"
         ),
         statistics=statistics,

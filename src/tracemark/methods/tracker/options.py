@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ...errors import TracemarkError
 from ...options import option
 from ..base import SequentialOptions
+from .views import view_count
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,15 @@ class TrackerOptions(SequentialOptions):
         max=1_000_000,
     )
     cap_option = "n_pseudo"
+    views: str = option(
+        "none",
+        "tracker: also query each image as augmentation shows it, every set alike: none, "
+        "flip (2 views), flip-shift2 (6: flip, 2-pixel shifts), flip-shift4 (10: and 4 "
+        "pixels). Multiplies the queries.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        view_count(self.views)  # a known set of views
         if self.access == "topk":
             raise TracemarkError("the tracker audit takes access auto, probabilities or label")
