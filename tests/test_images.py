@@ -425,3 +425,32 @@ def test_read_manifest_errors(tmp_path):
     )
     with pytest.raises(TracemarkError, match="upgrade"):
         read_manifest(tmp_path / "v9.json")
+
+
+def _numpy_to_uint8(x):
+    """The 8-bit rounding as NumPy defines it: float32, fmax 0, times 255, rint, min 255."""
+    v = np.fmax(np.asarray(x).astype(np.float32), np.float32(0)) * np.float32(255)
+    return np.minimum(np.rint(v), np.float32(255)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_whole_datasets_round_and_read_back_as_single_images_do(dtype):
+    """Arrays of COMPILED_FROM values or more take the compiled loops on every core; they
+    give every value the NumPy loops give (NaN, infinities, negatives, above 1, the
+    halfway points between 8-bit levels, and the float32 rounding of float64 input)."""
+    from tracemark.images import COMPILED_FROM, from_uint8, to_uint8
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.2, 1.2, COMPILED_FROM + 12345).astype(dtype)
+    levels = (np.arange(256) + 0.5) / 255  # exactly between two levels
+    x[: 2 * 256 : 2] = levels.astype(dtype)
+    x[1 : 2 * 256 : 2] = np.nextafter(levels, 2).astype(dtype)
+    x[600:606] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0]
+    np.testing.assert_array_equal(to_uint8(x), _numpy_to_uint8(x))
+    small = to_uint8(x[:4096])  # the NumPy path
+    np.testing.assert_array_equal(small, _numpy_to_uint8(x[:4096]))
+    pixels = rng.integers(0, 256, (COMPILED_FROM // 3 + 7, 3), dtype=np.uint8)
+    back = from_uint8(pixels)
+    assert back.dtype == np.float32 and back.shape == pixels.shape
+    want = pixels.astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(back.view(np.uint32), want.view(np.uint32))

@@ -52,6 +52,31 @@ def test_blend_is_alpha_mix_of_mark_and_image(channels):
     np.testing.assert_array_equal(np.round(q * 255), q * 255)  # 8-bit values
 
 
+@pytest.mark.parametrize("quantise", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_whole_datasets_blend_as_small_batches_do(channels, quantise):
+    """Batches of COMPILED_FROM values or more take one compiled pass per image on every
+    core; every value equals the NumPy blocks' (small batches), for every kind of mark."""
+    from tracemark.images import COMPILED_FROM
+
+    rng = derive(SEED, "whole-dataset")
+    n = COMPILED_FROM // (32 * 32 * channels) + 3
+    x = rng.uniform(-0.05, 1.05, (n, 32, 32, channels)).astype(np.float32)  # past [0, 1]
+    x[0, 0, :4, 0] = [np.nan, np.inf, 0.5 / 255, 1.5 / 255]
+    marks = [
+        NaturalMark.draw(derive(SEED, "m1")),
+        NaturalMark.draw(derive(SEED, "m2"), grid=2, box=(0.5, 0.5, 0.5, 0.5)),
+        PixelSquareMark.draw(derive(SEED, "m3")),
+        RandomPixelsMark.draw(derive(SEED, "m4")),
+    ]
+    for mark in marks:
+        whole = blend(x, mark, 0.4, quantise=quantise)
+        parts = np.concatenate(
+            [blend(x[a : a + 500], mark, 0.4, quantise) for a in range(0, n, 500)]
+        )
+        np.testing.assert_array_equal(whole.view(np.uint32), parts.view(np.uint32))
+
+
 def test_blend_respects_the_mask_and_never_mutates_its_input():
     x = _images()
     before = x.copy()

@@ -382,15 +382,25 @@ def read_folder(
 # --------------------------------------------------------------------------- writing
 
 
+# Arrays of this many values or more are rounded and read back by compiled loops on every
+# core (:mod:`tracemark.pixel_kernels`, the same float32 operations); smaller ones by NumPy.
+COMPILED_FROM = 1 << 20
+
+
 def to_uint8(x: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
     """Round [0, 1] floats to the 8-bit values a file stores (NaN becomes 0).
 
-    The one 8-bit quantiser: marks, releases and their hashes all go through it. Works
-    in float32 chunks of ``chunk`` values (8x faster than whole-array temporaries on big
-    datasets).
+    The one 8-bit quantiser: marks, releases and their hashes all go through it:
+    uint8(min(rint(fmax(float32(x), 0) * 255), 255)). NumPy works in float32 chunks of
+    ``chunk`` values (8x faster than whole-array temporaries on big datasets); whole
+    datasets of floats go through the compiled loop instead, bit for bit the same.
     """
     x = np.asarray(x)
     flat = np.ascontiguousarray(x).reshape(-1)
+    if flat.size >= COMPILED_FROM and flat.dtype in (np.float32, np.float64):
+        from .pixel_kernels import round_to_uint8
+
+        return round_to_uint8(flat).reshape(x.shape)
     out = np.empty(flat.shape, np.uint8)
     buf = np.empty(min(chunk, flat.size), np.float32)
     for start in range(0, flat.size, chunk):
@@ -411,6 +421,12 @@ def quantize(x: np.ndarray) -> np.ndarray:
 
 def from_uint8(pixels: np.ndarray) -> np.ndarray:
     """8-bit pixels as the float32 values in [0, 1] a file of them reads back as."""
+    pixels = np.asarray(pixels)
+    if pixels.size >= COMPILED_FROM and pixels.dtype == np.uint8:
+        from .pixel_kernels import read_uint8
+
+        flat = np.ascontiguousarray(pixels).reshape(-1)
+        return read_uint8(flat).reshape(pixels.shape)
     out = pixels.astype(np.float32)
     out /= np.float32(255)  # in place: one array, not two
     return out

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ...bank import NaturalPattern, to_channels
 from ...errors import TracemarkError
+from ...images import COMPILED_FROM
 from ...rng import hash_uniform
 
 Box = tuple[float, float, float, float]  # top, left, height, width as fractions of the image
@@ -200,6 +201,9 @@ def blend(images: np.ndarray, mark: Mark, visibility: float, quantise: bool = Tr
     weight = np.float32(visibility) * mask  # (H, W, 1)
     keep, ink = np.float32(1.0) - weight, weight * t
     out = np.empty(x.shape, np.float32)  # a new array: never blends in place
+    if x.size >= COMPILED_FROM:  # whole datasets: one compiled pass per image, every core
+        _blend_compiled(x, np.broadcast_to(keep, t.shape), ink, quantise, out)
+        return out[0] if single else out
     step = max(1, BLEND_BLOCK_PIXELS // (h * w))  # each block's passes stay in cache
     for a in range(0, n, step):
         block = np.multiply(x[a : a + step], keep, out=out[a : a + step])
@@ -210,6 +214,29 @@ def blend(images: np.ndarray, mark: Mark, visibility: float, quantise: bool = Tr
             np.rint(block, out=block)
             block /= np.float32(255.0)
     return out[0] if single else out
+
+
+def _blend_compiled(
+    x: np.ndarray, keep: np.ndarray, ink: np.ndarray, quantise: bool, out: np.ndarray
+) -> None:
+    """:func:`.kernels.blend_rows` over chunks of images, one thread per core."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .kernels import blend_rows  # numba: loaded for whole datasets only
+
+    n = len(x)
+    rows, flat = x.reshape(n, -1), out.reshape(n, -1)
+    keep_row = np.ascontiguousarray(keep, dtype=np.float32).reshape(-1)
+    ink_row = np.ascontiguousarray(ink, dtype=np.float32).reshape(-1)
+    cores = os.cpu_count() or 1
+    chunk = max(1, -(-n // (4 * cores)))
+
+    def run(s: int) -> None:
+        blend_rows(rows[s : s + chunk], keep_row, ink_row, quantise, flat[s : s + chunk])
+
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(run, range(0, n, chunk)))
 
 
 @functools.lru_cache(maxsize=256)
