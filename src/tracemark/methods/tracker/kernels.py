@@ -138,7 +138,7 @@ def blend_marks(  # pragma: no cover - compiled
             else:
                 for x in range(stop - start):
                     delta[x] = _sign_step(s[x], mid, eps)
-            # Views indexed by the bare loop counter: numba then knows every index is
+            # Slices indexed by the bare loop counter: numba then knows every index is
             # non-negative and drops its negative-index check, which kept this loop 3x
             # slower than the arithmetic when indexed as images[i, base + j].
             a, b = start * channels, stop * channels
