@@ -1,12 +1,21 @@
 """Views for the tracker audit: what each view does to an image, how sets are laid out for
 the oracle, and that the option is checked (the audit itself: test_tracker_audit)."""
 
+from typing import get_args
+
 import numpy as np
 import pytest
 
 from tracemark.errors import TracemarkError
 from tracemark.methods.tracker import TrackerOptions
-from tracemark.methods.tracker.views import VIEW_SETS, VIEWS, view, view_count, with_views
+from tracemark.methods.tracker.views import (
+    VIEW_SETS,
+    VIEWS,
+    ViewSet,
+    view,
+    view_count,
+    with_views,
+)
 
 
 @pytest.fixture
@@ -43,6 +52,7 @@ def test_sets_are_laid_out_set_by_set_then_view_by_view(images):
 
 def test_view_sets_are_prefixes_and_names_are_checked():
     assert VIEWS[0] == (0, 0, False)  # every set holds the image as published
+    assert get_args(ViewSet) == tuple(VIEW_SETS)  # the flag's choices are the sets
     assert [view_count(n) for n in VIEW_SETS] == [1, 2, 6, 10]
     with pytest.raises(TracemarkError, match="unknown views 'rotate'"):
         view_count("rotate")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...errors import TracemarkError
 from ...options import option
 from ..base import SequentialOptions
-from .views import view_count
+from .views import ViewSet, view_count
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class TrackerOptions(SequentialOptions):
         max=1_000_000,
     )
     cap_option = "n_pseudo"
-    views: str = option(
+    views: ViewSet = option(
         "none",
         "tracker: also query each image as augmentation shows it, every set alike: none, "
         "flip (2 views), flip-shift2 (6: flip, 2-pixel shifts), flip-shift4 (10: and 4 "

@@ -10,6 +10,8 @@ of (subset, mark) and the rank test stays exact (docs/methods/tracker.md).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from ...errors import TracemarkError
@@ -29,6 +31,7 @@ VIEWS: tuple[tuple[int, int, bool], ...] = (
     (0, -4, False),
 )
 # Each named set is the first n of VIEWS.
+ViewSet = Literal["none", "flip", "flip-shift2", "flip-shift4"]
 VIEW_SETS: dict[str, int] = {"none": 1, "flip": 2, "flip-shift2": 6, "flip-shift4": 10}
 
 
