@@ -41,12 +41,13 @@ def _read_uint8(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
         out[i] = table[pixels[i]]
 
 
-def _on_every_core(kernel, n: int, *arrays: np.ndarray) -> None:
-    """``kernel(*slices)`` over chunks of the flat ``arrays`` (first dimension n), in threads."""
-    starts = range(0, n, _CHUNK)
+def on_every_core(kernel, n: int, *arrays: np.ndarray, chunk: int = _CHUNK) -> None:
+    """``kernel(*slices)`` over chunks of ``chunk`` rows of ``arrays`` (first dimension n),
+    in threads: for compiled loops that release the GIL."""
+    starts = range(0, n, chunk)
 
     def run(s: int) -> None:
-        kernel(*(a[s : s + _CHUNK] for a in arrays))
+        kernel(*(a[s : s + chunk] for a in arrays))
 
     workers = min(len(starts), os.cpu_count() or 1)
     if workers <= 1:
@@ -60,7 +61,7 @@ def _on_every_core(kernel, n: int, *arrays: np.ndarray) -> None:
 def round_to_uint8(flat: np.ndarray) -> np.ndarray:
     """:func:`tracemark.images.to_uint8` of a flat float32 or float64 array, compiled."""
     out = np.empty(flat.shape, np.uint8)
-    _on_every_core(_round_to_uint8, len(flat), flat, out)
+    on_every_core(_round_to_uint8, len(flat), flat, out)
     return out
 
 
@@ -71,5 +72,5 @@ def read_uint8(flat: np.ndarray) -> np.ndarray:
     def kernel(pixels: np.ndarray, result: np.ndarray) -> None:
         _read_uint8(pixels, _READ_BACK, result)
 
-    _on_every_core(kernel, len(flat), flat, out)
+    on_every_core(kernel, len(flat), flat, out)
     return out

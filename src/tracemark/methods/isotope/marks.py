@@ -219,24 +219,21 @@ def blend(images: np.ndarray, mark: Mark, visibility: float, quantise: bool = Tr
 def _blend_compiled(
     x: np.ndarray, keep: np.ndarray, ink: np.ndarray, quantise: bool, out: np.ndarray
 ) -> None:
-    """:func:`.kernels.blend_rows` over chunks of images, one thread per core."""
+    """:func:`.kernels.blend_rows` over chunks of images on every core."""
     import os
-    from concurrent.futures import ThreadPoolExecutor
 
-    from .kernels import blend_rows  # numba: loaded for whole datasets only
+    from ...pixel_kernels import on_every_core  # numba: loaded for whole datasets only
+    from .kernels import blend_rows
 
     n = len(x)
-    rows, flat = x.reshape(n, -1), out.reshape(n, -1)
     keep_row = np.ascontiguousarray(keep, dtype=np.float32).reshape(-1)
     ink_row = np.ascontiguousarray(ink, dtype=np.float32).reshape(-1)
-    cores = os.cpu_count() or 1
-    chunk = max(1, -(-n // (4 * cores)))
 
-    def run(s: int) -> None:
-        blend_rows(rows[s : s + chunk], keep_row, ink_row, quantise, flat[s : s + chunk])
+    def kernel(rows: np.ndarray, result: np.ndarray) -> None:
+        blend_rows(rows, keep_row, ink_row, quantise, result)
 
-    with ThreadPoolExecutor(cores) as pool:
-        list(pool.map(run, range(0, n, chunk)))
+    chunk = max(1, -(-n // (4 * (os.cpu_count() or 1))))
+    on_every_core(kernel, n, x.reshape(n, -1), out.reshape(n, -1), chunk=chunk)
 
 
 @functools.lru_cache(maxsize=256)
