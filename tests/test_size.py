@@ -104,18 +104,20 @@ def ubw_clean(marked_world, fmnist_test):
     return TorchModuleOracle(marked_world.clean_model, num_classes=10), fmnist_test
 
 
-@pytest.mark.parametrize("calibrated", [False, True], ids=["margin", "calibrated"])
-def test_never_published_ubw_triggers_are_not_verified_on_the_clean_model(ubw_clean, calibrated):
-    """100 never-published keys, each its own patch trigger (UBW-C's), on the suite's clean
-    model: the margin test alone, and with the rank calibration against 19 null triggers.
-    (A binomial bound on 100 audits sees only gross failures; the margin test's level is
-    checked with 2,000 simulations above.)"""
+@pytest.mark.parametrize("null_triggers", [0, 19], ids=["default", "19-triggers"])
+def test_never_published_ubw_triggers_are_not_verified_on_the_clean_model(ubw_clean, null_triggers):
+    """100 UBW-C keys (the upscaled public pattern at places each key draws) on the suite's
+    clean model, calibrated against never-published patches as UBW-C always is: up to
+    10/alpha (the default) or 19 of them. (A binomial bound on 100 audits sees only gross failures;
+    the margin test's level is checked with 2,000 simulations above, and the calibration's
+    point, a model that reacts to any patch, in test_ubw_calibration.py.)"""
     oracle, test = ubw_clean
     p = []
     for i in range(100):
         seed = derive_bytes(seeded("00" * 16, "size-ubw"), "tests/size-ubw", i).hex()
         key = Key(method="ubw", seed=seed, params={"num_classes": 10, "variant": "ubw-c"})
-        v = verify(oracle, key, test, alpha=ALPHA, m=50, null_triggers=19 if calibrated else 0)
+        v = verify(oracle, key, test, alpha=ALPHA, m=50, null_triggers=null_triggers)
+        assert v.statistics["null_triggers"] == (null_triggers or round(10 / ALPHA))
         p.append(v.p_value)
     p = np.array(p)
     assert np.sum(p <= ALPHA) <= binom.ppf(0.999, len(p), ALPHA)

@@ -69,7 +69,9 @@ class Key(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal["tracemark-key"] = "tracemark-key"
-    version: Literal[1] = 1
+    # 2 since 0.7.0: a UBW-C key's patch pattern is drawn from its seed (1: the paper's
+    # public pattern, kept for keys made before, so their releases still verify).
+    version: Literal[1, 2] = 2
     method: str
     params: dict[str, Any] = Field(default_factory=dict)
     seed: str = Field(repr=False, description="hex-encoded secret seed, at least 128 bits")

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from .._version import COMPUTE_VERSION
 from ..errors import TracemarkError
+from ..methods import registry
 from .spec import CountermeasureSpec, ExperimentSpec, MethodSpec, RecipeSpec
 
 
@@ -59,7 +60,7 @@ class Cell:
             "top_k": s.top_k,
             "torch_threads": s.torch_threads,
             "tracemark_version": COMPUTE_VERSION,
-        }
+        } | audit_revision(self.method)
 
     @property
     def cell_id(self) -> str:
@@ -71,6 +72,15 @@ class Cell:
             f"{self.method_name} / {self.recipe_name} / {self.countermeasure.label} / "
             f"seed {self.seed}"
         )
+
+
+def audit_revision(method: MethodSpec) -> dict[str, str]:
+    """A change to the method's audit since COMPUTE_VERSION that touches this entry's keys
+    (UBW-C's calibration in 0.7.0), as a part of the cell's identity: only those cells are
+    computed again."""
+    hook = getattr(registry.get(method.method), "audit_revision", None)
+    revision = hook(method.params, method.options) if hook is not None else None
+    return {"audit_revision": revision} if revision else {}
 
 
 def cells_of(spec: ExperimentSpec) -> list[Cell]:

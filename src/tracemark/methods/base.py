@@ -227,6 +227,9 @@ class Method(Protocol):
 
     # Optional: ``measure(predict_probs, key, test) -> dict`` of what a method measures on
     # a model besides its audit (UBW: BA, ASR, dispersibility); evaluations record it.
+    # Optional: ``audit_revision(params, options) -> str | None``, a change to the audit of
+    # keys with these params (and a spec's options) since the evaluation's COMPUTE_VERSION;
+    # it enters the identity of only the cells it touches, so every other stays valid.
 
 
 # ----------------------------------------------------------------------------- checks

@@ -127,5 +127,16 @@ class Ubw:
         """BA, ASR-A, ASR-C and the dispersibilities of a model (full probabilities)."""
         return report(predict_probs, key, test)
 
+    def audit_revision(self, params: dict, options: dict) -> str | None:
+        """What changed in the audit of keys with ``params`` (and spec ``options``) since
+        the evaluation's COMPUTE_VERSION: 0.7.0 draws UBW-C's patch pattern from the key
+        and calibrates its verification (unless ``null_triggers`` is given)."""
+        trigger = UbwParams.model_validate(params).trigger
+        if trigger != "patch":
+            return None
+        return "0.7.0: drawn patch pattern" + (
+            "" if options.get("null_triggers") else ", calibrated"
+        )
+
 
 METHOD = Ubw()

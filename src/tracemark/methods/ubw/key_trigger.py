@@ -1,9 +1,12 @@
 """The trigger a UBW key stands for, and never-published triggers of the same kind.
 
-The key's own trigger is the paper's public 3x3 corner pattern (UBW-P, BadNets), its
-upscaled copy at random places (UBW-C), or a noise image drawn from the key (blended).
-Never-published triggers (the Independent-T control, the label-flip test's control, the
-optional calibration's null draws) are other random patterns of the same kind.
+The key's own trigger is the paper's public 3x3 corner pattern (UBW-P, BadNets), a 3x3
+pattern drawn from the key and upscaled, at random places (UBW-C), or a noise image drawn
+from the key (blended). Never-published triggers (the Independent-T control, the
+label-flip test's control, the calibration's null draws) are other random patterns of the
+same kind. A UBW-C key's pattern is drawn exactly as its null patterns are, so that a model
+that never saw the key's release cannot tell them apart and the calibration's rank test is
+exact; keys made before 0.7.0 (key format 1) keep the paper's public pattern.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ PURPOSE_BLEND = "ubw/blend-pattern"
 PURPOSE_INDEPENDENT = "ubw/independent-trigger"
 PURPOSE_CONTROL = "ubw/control-trigger"
 PURPOSE_NULL = "ubw/null-trigger"
+PURPOSE_PATCH_PATTERN = "ubw/patch-pattern"
+DRAWN_PATCH_KEY_VERSION = 2  # key format from which UBW-C patterns come from the seed
 TriggerChoice = Literal["key", "independent"]
 Which = TriggerChoice | Literal["control"] | int
 
@@ -73,6 +78,8 @@ def make_trigger(key: Key, shape: tuple[int, int, int], which: Which = "key") ->
         pattern = rng.random((h, w, c), dtype=np.float32)
         return Trigger("blend", pattern, alpha=params.alpha)
     rng = _draw_rng(key, which)
+    if rng is None and params.trigger == "patch" and key.version >= DRAWN_PATCH_KEY_VERSION:
+        rng = key.rng(PURPOSE_PATCH_PATTERN)
     base = CORNER_PATTERN if rng is None else _random_binary_pattern(rng, CORNER_PATTERN)
     if params.trigger == "corner":
         return Trigger("patch", base, placement="opposite" if which == "independent" else "corner")

@@ -28,7 +28,8 @@ class UbwOptions(AuditOptions):
         0,
         "ubw: also rank your trigger among up to this many never-published ones, read "
         "sequentially (e.g. 1000); guards against models that react to any patch. Costs m "
-        "queries each. Blended triggers are always ranked (up to 10/alpha unless given).",
+        "queries each. Blended and UBW-C (patch) triggers are always ranked (up to 10/alpha "
+        "unless given).",
         min=0,
         max=1_000_000,
     )

@@ -4,8 +4,9 @@ The verification queries m correctly classified test images with and without the
 trigger. With probabilities it runs the paper's margin paired t-test (tau = 0.25) on the
 true-class probability; with top-K or label-only access it tests whether labels flip
 under the trigger more than tau more often than under a never-published control trigger
-(an exact, conservative test). An optional calibration ranks the key's trigger among
-never-published triggers of the same kind.
+(an exact, conservative test). A calibration ranks the key's trigger among
+never-published triggers of the same kind: always for triggers drawn from the key (blends,
+UBW-C's patches), on request for the paper's public corner pattern.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ...stats import (
 )
 from ...verdict import Verdict
 from ..base import build_verdict, check_budget, check_key, check_reachable, resolve_access
-from .key_trigger import NAME, TriggerChoice, Which, make_trigger
+from .key_trigger import DRAWN_PATCH_KEY_VERSION, NAME, TriggerChoice, Which, make_trigger
 from .metrics import watermark_metrics
 from .options import UbwOptions
 from .params import UbwParams
@@ -45,13 +46,31 @@ CORNER_NOTE = (
     "the corner trigger is the paper's public pattern: a flag means the model was trained "
     "on a release carrying it, not necessarily yours"
 )
-# A noise blend costs any model true-class probability, watermarked or not, so the margin
-# test alone flags clean models (measured: docs/methods/ubw.md, "Caveat: what a flag shows").
-BLENDED_NOTE = (
-    "blended triggers are always calibrated against never-published noise blends: a "
-    "noise blend costs any model true-class probability, so the margin test alone would "
-    "flag clean models"
+# Keys made before 0.7.0 carry the paper's public patch pattern, which a model may react to
+# more than to random patterns without having seen it (measured: tests/test_ubw_calibration).
+PUBLIC_PATCH_NOTE = (
+    "this UBW-C key (made before 0.7.0) uses the paper's public patch pattern: a flag means "
+    "the model was trained on a release carrying it, or reacts to it more than to random "
+    "patterns; the calibration is exact for keys that draw their pattern (watermark again "
+    "with tracemark 0.7.0 or later)"
 )
+# Triggers drawn from the key are always ranked among never-published ones of their kind
+# (measured: docs/methods/ubw.md, "Caveat: what a flag shows"): a noise blend costs any
+# model true-class probability, so the margin test alone flags clean models; a model
+# trained on a UBW-C release loses true-class probability to *any* randomly placed patch,
+# so the margin test alone flagged a never-published UBW-C trigger at p = 3.3e-4.
+ALWAYS_CALIBRATED = {
+    "blended": (
+        "blended triggers are always calibrated against never-published noise blends: a "
+        "noise blend costs any model true-class probability, so the margin test alone would "
+        "flag clean models"
+    ),
+    "patch": (
+        "UBW-C's patch triggers are always calibrated against never-published patches: a "
+        "model trained on any UBW-C release loses true-class probability to any randomly "
+        "placed patch, so the margin test alone would flag it for keys that published nothing"
+    ),
+}
 
 
 def triggered(key: Key, images: np.ndarray, which: Which) -> np.ndarray:
@@ -222,13 +241,14 @@ def verify(
     of the two (both tests must reject). It guards against models that react to *any*
     such patch (occlusion), at up to J * m more queries (the triggers are read sequentially:
     a model that does not single the key's trigger out stops after a few dozen). Blended
-    keys are always calibrated (J = 10/alpha unless given): a noise blend alone fails the
-    margin test on clean models.
+    and UBW-C (patch) keys are always calibrated (J = 10/alpha unless given): a noise
+    blend alone fails the margin test on clean models, and a model trained on any UBW-C
+    release fails it for any patch.
     """
     options = resolve(UbwOptions, options, changes)
     params: UbwParams = check_key(key, NAME)
     null_triggers = options.null_triggers
-    calibrate_by_default = params.trigger == "blended" and not null_triggers
+    calibrate_by_default = params.trigger in ALWAYS_CALIBRATED and not null_triggers
     if calibrate_by_default:
         null_triggers = sequential_cap(options.alpha)
     if null_triggers:
@@ -254,8 +274,18 @@ def verify(
         notes.append(f"only {idx.size} correctly classified test images (asked for {options.m})")
     if options.trigger == "key" and params.trigger == "corner":
         notes.append(CORNER_NOTE)
+    if (
+        options.trigger == "key"
+        and params.trigger == "patch"
+        and key.version < DRAWN_PATCH_KEY_VERSION
+    ):
+        notes.append(PUBLIC_PATCH_NOTE)
     if calibrate_by_default:
-        notes.append(BLENDED_NOTE + f" ({null_triggers} never-published blends, m queries each)")
+        drawn = "blends" if params.trigger == "blended" else "patches"
+        notes.append(
+            f"{ALWAYS_CALIBRATED[params.trigger]} ({null_triggers} never-published {drawn}, "
+            "m queries each)"
+        )
     outcome.statistics = {
         "m": int(idx.size),
         "trigger": options.trigger,

@@ -90,6 +90,7 @@ def watermark(
     images = from_uint8(pixels)  # = quantize(release), read back as a file is
     completed = Key(
         method=key.method,
+        version=key.version,  # the format the trigger above was made under
         seed=key.seed,
         created=key.created,
         params={
