@@ -92,12 +92,16 @@ def test_commitment_binds_key_and_hides_seed():
 
 
 def test_commitment_is_a_known_value():
-    # Pinned: a commitment published today must verify with every future version.
+    # Pinned: a commitment published today must verify with every future version. Key
+    # files record their format (1 before 0.7.0, 2 since), so an old file keeps its value.
     key = Key(method="tracker", seed="00" * 32, created="2026-01-01T00:00:00+00:00")
-    assert key.commitment() == KNOWN_COMMITMENT
+    assert key.version == 2 and key.commitment() == KNOWN_COMMITMENT
+    old = Key.model_validate({**key.model_dump(), "version": 1})
+    assert old.commitment() == KNOWN_COMMITMENT_FORMAT_1
 
 
-KNOWN_COMMITMENT = "b62125ea4de1d8ea5167e453fe5476e16ce358aff38dffd4254a3312a8254be9"
+KNOWN_COMMITMENT = "d733848d8dd62845045cbfc15b2abdc8fc03a66bf6aa3e08b348ac61c9168796"
+KNOWN_COMMITMENT_FORMAT_1 = "b62125ea4de1d8ea5167e453fe5476e16ce358aff38dffd4254a3312a8254be9"
 
 
 def test_derive_depends_on_every_part():
