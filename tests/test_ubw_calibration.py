@@ -25,13 +25,14 @@ NEVER = 12  # never-published keys audited
 SHAPE = (28, 28, 1)
 
 
-def _key(purpose: str, i: int = 0) -> Key:
+def ubw_c_key(purpose: str, i: int = 0) -> Key:
     seed = seeded(f"{i:064x}", f"ubw-calibration/{purpose}")
     return Key(method="ubw", seed=seed, params={"variant": "ubw-c", "num_classes": 10})
 
 
-@pytest.fixture(scope="module")
-def data():
+def load_data():
+    """3,000 training and 1,000 test images of Fashion-MNIST, and the generator that
+    places and relabels the poisons (bench/ubw_c_calibration.py builds the same models)."""
     train, test = load_fashion_mnist(split="train"), load_fashion_mnist(split="test")
     rng = derive(seeded("ab" * 16, "ubw-calibration/data"), "split")
     train = train.subset(np.sort(rng.choice(len(train), 3000, replace=False)))
@@ -39,7 +40,12 @@ def data():
     return train, test, rng
 
 
-def _poisoned(data, trigger_for) -> TorchModuleOracle:
+@pytest.fixture(scope="module")
+def data():
+    return load_data()
+
+
+def poisoned_model(data, trigger_for) -> TorchModuleOracle:
     """A model whose training set has 20% of its images patched (the j-th of them with
     ``trigger_for(j)``, at a random place) and relabelled uniformly at random: the
     dispersion UBW teaches."""
@@ -59,20 +65,28 @@ def _poisoned(data, trigger_for) -> TorchModuleOracle:
     return TorchModuleOracle(model, num_classes=10)
 
 
-@pytest.fixture(scope="module")
-def any_patch_model(data):
+def any_patch(data) -> TorchModuleOracle:
     """Trained on images carrying random patterns (another key's null draws): it reacts to
     any patch, as the demo's UBW-C victim did (it lost 0.21 of true-class probability, on
     average, to 20 never-published patches). It is independent of the audited keys."""
-    other = _key("poison")
-    return _poisoned(data, lambda j: make_trigger(other, SHAPE, j))
+    other = ubw_c_key("poison")
+    return poisoned_model(data, lambda j: make_trigger(other, SHAPE, j))
+
+
+def publisher(data) -> TorchModuleOracle:
+    """Trained on one publisher's release: its key's trigger, and no other."""
+    trigger = make_trigger(ubw_c_key("publisher"), SHAPE)
+    return poisoned_model(data, lambda j: trigger)
+
+
+@pytest.fixture(scope="module")
+def any_patch_model(data):
+    return any_patch(data)
 
 
 @pytest.fixture(scope="module")
 def publisher_model(data):
-    """Trained on one publisher's release: its key's trigger, and no other."""
-    trigger = make_trigger(_key("publisher"), SHAPE)
-    return _poisoned(data, lambda j: trigger)
+    return publisher(data)
 
 
 def test_ubw_c_verification_is_calibrated_by_default_and_its_pattern_drawn(
@@ -82,7 +96,7 @@ def test_ubw_c_verification_is_calibrated_by_default_and_its_pattern_drawn(
     trigger among up to 10/alpha never-published patches, whose statistics it keeps, and
     says so; its pattern is drawn from the key, one of the 3x3 patterns the nulls come from."""
     model = TorchModuleOracle(marked_world.clean_model, num_classes=10)
-    keys = [_key("never", i) for i in range(3)]
+    keys = [ubw_c_key("never", i) for i in range(3)]
     patterns = {make_trigger(k, SHAPE).pattern.tobytes() for k in keys}
     assert len(patterns) == 3 and upscale(CORNER_PATTERN, 7).tobytes() not in patterns
     for key in keys:
@@ -98,7 +112,7 @@ def test_ubw_c_verification_is_calibrated_by_default_and_its_pattern_drawn(
 @pytest.mark.long  # two models trained here: minutes
 def test_ubw_c_keys_are_not_accused_on_a_model_that_reacts_to_any_patch(data, any_patch_model):
     model, test = any_patch_model, data[1]
-    default = [verify(model, _key("never", i), test, alpha=ALPHA) for i in range(NEVER)]
+    default = [verify(model, ubw_c_key("never", i), test, alpha=ALPHA) for i in range(NEVER)]
     # The model loses true-class probability to every patch: the margin test alone (0.6
     # and earlier: UBW-C's default), whose p-value the verdict keeps, accuses most owners
     # who never published anything ...
@@ -120,7 +134,7 @@ def test_ubw_c_keys_are_not_accused_on_a_model_that_reacts_to_any_patch(data, an
 @pytest.mark.long
 def test_the_publisher_is_still_verified_with_the_calibration(data, publisher_model):
     model, test = publisher_model, data[1]
-    v = verify(model, _key("publisher"), test, alpha=ALPHA)
+    v = verify(model, ubw_c_key("publisher"), test, alpha=ALPHA)
     assert v.decision and v.p_value <= ALPHA / 4
     # Its patch costs the model at least as much as any never-published one. (There are
     # 508 such 3x3 patterns, so 200 draws repeat the key's own about 0.4 times on average,
@@ -130,7 +144,7 @@ def test_the_publisher_is_still_verified_with_the_calibration(data, publisher_mo
     assert v.effect >= st["null_statistic_max"] and v.effect > st["null_statistic_mean"] + 0.1
     # Never-published triggers (each key's own random pattern) are not verified on it.
     others = [
-        verify(model, _key("never", i), test, alpha=ALPHA, trigger="independent")
+        verify(model, ubw_c_key("never", i), test, alpha=ALPHA, trigger="independent")
         for i in range(NEVER)
     ]
     assert sum(o.decision for o in others) <= binom.ppf(0.999, NEVER, ALPHA)
@@ -144,7 +158,7 @@ def test_keys_made_before_0_7_keep_the_public_pattern_and_say_so(data, any_patch
     this kind of model: 0.68-0.72 of true-class probability against 0.58-0.62 on average),
     so the rank test is not exact for it."""
     model, test = any_patch_model, data[1]
-    new = _key("never", 0)
+    new = ubw_c_key("never", 0)
     old = Key(method="ubw", seed=new.seed, params=new.params, version=1)
     public = make_trigger(old, SHAPE)
     assert np.array_equal(public.pattern, upscale(CORNER_PATTERN, 7))
