@@ -76,11 +76,16 @@ def _check_ubw(result: dict) -> None:
     for w in watermarks:
         # top-K verification reads the top-1 label: the same test on the same answers
         assert cells[(w, "topk")]["tpr"] == cells[(w, "label")]["tpr"]
+    for w in ("ubw-p", "badnets"):
         # the label-flip test also queries a control trigger
         assert (
             cells[(w, "label")]["queries_per_audit"]
             > cells[(w, "probabilities")]["queries_per_audit"]
         )
+    for access in ACCESSES:
+        # UBW-C is calibrated: every verification also reads never-published patches until
+        # 10 cost the model as much as its own (or 10/alpha), m = 30 queries each
+        assert cells[("ubw-c", access)]["queries_per_audit"] >= 30 * (2 + 10)
 
 
 CHECKS = {"tracker": _check_tracker, "isotope": _check_isotope, "ubw": _check_ubw}
