@@ -106,11 +106,12 @@ def ubw_clean(marked_world, fmnist_test):
 
 @pytest.mark.parametrize("null_triggers", [0, 19], ids=["default", "19-triggers"])
 def test_never_published_ubw_triggers_are_not_verified_on_the_clean_model(ubw_clean, null_triggers):
-    """100 UBW-C keys (the upscaled public pattern at places each key draws) on the suite's
-    clean model, calibrated against never-published patches as UBW-C always is: up to
-    10/alpha (the default) or 19 of them. (A binomial bound on 100 audits sees only gross failures;
-    the margin test's level is checked with 2,000 simulations above, and the calibration's
-    point, a model that reacts to any patch, in test_ubw_calibration.py.)"""
+    """100 UBW-C keys (each its own pattern, drawn from the key, at places the key draws)
+    on the suite's clean model, calibrated against never-published patches as UBW-C always
+    is: up to 10/alpha (the default) or 19 of them. (A binomial bound on 100 audits sees
+    only gross failures; the margin test's level is checked with 2,000 simulations above,
+    and the calibration's point, a model that reacts to any patch, in
+    test_ubw_calibration.py.)"""
     oracle, test = ubw_clean
     p = []
     for i in range(100):
