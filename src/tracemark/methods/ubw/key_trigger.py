@@ -49,6 +49,11 @@ def _random_binary_pattern(rng: np.random.Generator, avoid: np.ndarray) -> np.nd
             return p
 
 
+def uses_public_patch(key: Key, params: UbwParams) -> bool:
+    """A UBW-C key of format 1 (made before 0.7.0): its patch is the paper's public pattern."""
+    return params.trigger == "patch" and key.version < DRAWN_PATCH_KEY_VERSION
+
+
 def _draw_rng(key: Key, which: Which, *ids: int) -> np.random.Generator | None:
     """The generator of a never-published trigger's pattern; None for the key's own."""
     if which == "key":
@@ -78,7 +83,7 @@ def make_trigger(key: Key, shape: tuple[int, int, int], which: Which = "key") ->
         pattern = rng.random((h, w, c), dtype=np.float32)
         return Trigger("blend", pattern, alpha=params.alpha)
     rng = _draw_rng(key, which)
-    if rng is None and params.trigger == "patch" and key.version >= DRAWN_PATCH_KEY_VERSION:
+    if rng is None and params.trigger == "patch" and not uses_public_patch(key, params):
         rng = key.rng(PURPOSE_PATCH_PATTERN)
     base = CORNER_PATTERN if rng is None else _random_binary_pattern(rng, CORNER_PATTERN)
     if params.trigger == "corner":

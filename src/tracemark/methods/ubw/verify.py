@@ -32,7 +32,7 @@ from ...stats import (
 )
 from ...verdict import Verdict
 from ..base import build_verdict, check_budget, check_key, check_reachable, resolve_access
-from .key_trigger import DRAWN_PATCH_KEY_VERSION, NAME, TriggerChoice, Which, make_trigger
+from .key_trigger import NAME, TriggerChoice, Which, make_trigger, uses_public_patch
 from .metrics import watermark_metrics
 from .options import UbwOptions
 from .params import UbwParams
@@ -274,11 +274,7 @@ def verify(
         notes.append(f"only {idx.size} correctly classified test images (asked for {options.m})")
     if options.trigger == "key" and params.trigger == "corner":
         notes.append(CORNER_NOTE)
-    if (
-        options.trigger == "key"
-        and params.trigger == "patch"
-        and key.version < DRAWN_PATCH_KEY_VERSION
-    ):
+    if options.trigger == "key" and uses_public_patch(key, params):
         notes.append(PUBLIC_PATCH_NOTE)
     if calibrate_by_default:
         drawn = "blends" if params.trigger == "blended" else "patches"
