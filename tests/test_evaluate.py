@@ -145,6 +145,35 @@ def test_cells_are_keyed_by_their_spec_and_shared_across_specs():
     assert cells_of(parse_spec(changed))[0].cell_id != cells[0].cell_id
 
 
+def test_a_cached_release_is_never_reused_under_another_audit_revision(tmp_path, monkeypatch):
+    """A dataset watermark's release is cached by its key and data, and by the method's
+    audit_revision: 0.7.0 changed UBW-C's pattern, and a release crafted before must not
+    be read back by a cell of the new revision (it would carry the old pattern)."""
+    from tracemark.evaluate import run
+    from tracemark.keys import Key
+    from tracemark.methods.base import MarkedData
+
+    spec = tiny()
+    spec["methods"]["ubw"]["params"] = {"variant": "ubw-c"}
+    cell = next(c for c in cells_of(parse_spec(spec)) if c.method_name == "ubw")
+    made = []
+
+    def make():
+        made.append(len(made))
+        key = Key(method="ubw", seed="00" * 32, params={"variant": "ubw-c", "num_classes": 10})
+        images, mask = np.zeros((2, 28, 28, 1), np.float32), np.ones(2, bool)
+        return MarkedData(images, mask, mask, key, np.zeros(2, np.int64))
+
+    clean = np.arange(10)
+    for _ in range(2):
+        run.cached_release(tmp_path, cell, clean, make)
+    assert made == [0]  # crafted once, then read back
+    monkeypatch.setattr(run, "audit_revision", lambda method: {"audit_revision": "another"})
+    run.cached_release(tmp_path, cell, clean, make)
+    assert made == [0, 1]
+    assert len(list((tmp_path / "releases").glob("*.npz"))) == 2
+
+
 def test_a_run_stores_every_audit_and_a_rerun_computes_nothing(tiny_run):
     root, summary = tiny_run
     assert (summary.cells, summary.computed, summary.skipped) == (3, 3, 0)

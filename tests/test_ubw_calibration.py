@@ -15,7 +15,7 @@ from tracemark.keys import Key
 from tracemark.methods.ubw import CORNER_PATTERN, make_trigger, random_positions, upscale, verify
 from tracemark.models import build_model
 from tracemark.oracle.adapters import TorchModuleOracle
-from tracemark.rng import derive
+from tracemark.rng import derive, derive_bytes
 from tracemark.training import TrainConfig, train_model
 
 from helpers import TEST_SEED, seeded
@@ -26,7 +26,11 @@ SHAPE = (28, 28, 1)
 
 
 def ubw_c_key(purpose: str, i: int = 0) -> Key:
-    seed = seeded(f"{i:064x}", f"ubw-calibration/{purpose}")
+    """The i-th key of a purpose: publisher, benign, poison and never-published keys are
+    distinct keys under every TRACEMARK_TEST_SEED (before 0.7.1 they shared one seed under
+    seed 0, so the publisher's benign patterns were its own null draws)."""
+    base = seeded("00" * 16, "ubw-calibration/keys")
+    seed = derive_bytes(base, f"tests/ubw-calibration/{purpose}", i).hex()
     return Key(method="ubw", seed=seed, params={"variant": "ubw-c", "num_classes": 10})
 
 
@@ -80,9 +84,8 @@ def any_patch(data) -> TorchModuleOracle:
 def publisher(data) -> TorchModuleOracle:
     """Trained on one publisher's release, and on images with other random patterns that
     keep their labels: it reacts to the publisher's trigger, not to any patch. (Whether a
-    real victim singles a trigger out is what the evaluations measure: a 3x3 pattern can
-    resemble others, and a model trained on it alone reacted to many of them on some
-    seeds.)"""
+    real victim singles a trigger out is what the evaluations measure: a model trained on
+    a pattern alone also reacts to other patches, bench/ubw_c_patterns.py.)"""
     trigger, other = make_trigger(ubw_c_key("publisher"), SHAPE), ubw_c_key("benign")
     return poisoned_model(data, lambda j: trigger, lambda j: make_trigger(other, SHAPE, j))
 
@@ -104,6 +107,10 @@ def test_ubw_c_verification_is_calibrated_by_default_and_its_pattern_drawn(
     trigger among up to 10/alpha never-published patches, whose statistics it keeps, and
     says so; its pattern is drawn from the key, one of the 3x3 patterns the nulls come from."""
     model = TorchModuleOracle(marked_world.clean_model, num_classes=10)
+    # The long tests' keys are distinct keys: a model trained on one key's patterns is
+    # independent of every other key's draws.
+    seeds = [ubw_c_key(p).seed for p in ("publisher", "benign", "poison")]
+    assert len(set(seeds + [ubw_c_key("never", i).seed for i in range(NEVER)])) == 3 + NEVER
     keys = [ubw_c_key("never", i) for i in range(3)]
     for key in keys:  # a function of the key's seed, and never the paper's public pattern
         pattern = make_trigger(key, SHAPE).pattern

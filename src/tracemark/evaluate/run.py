@@ -26,7 +26,7 @@ from ..keys import Key
 from ..methods import registry
 from ..methods.base import AuditData, MarkedData
 from ..rng import derive_bytes
-from .cells import Cell, digest, identity
+from .cells import Cell, audit_revision, digest, identity
 from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -267,6 +267,7 @@ def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) 
             "torch_threads": cell.spec.torch_threads,
             "tracemark_version": COMPUTE_VERSION,
         }
+        | audit_revision(cell.method)  # e.g. UBW-C's trigger pattern changed in 0.7.0, 0.7.1
     )
     path = cache / "releases" / f"{release_id}.npz"
     with locked(path.with_suffix(".lock")):
