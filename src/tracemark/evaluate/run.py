@@ -267,7 +267,7 @@ def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) 
             "torch_threads": cell.spec.torch_threads,
             "tracemark_version": COMPUTE_VERSION,
         }
-        | audit_revision(cell.method)  # e.g. UBW-C's trigger pattern changed in 0.7.0, 0.7.1
+        | audit_revision(cell.method)  # e.g. 0.7.0 changed UBW-C's trigger pattern
     )
     path = cache / "releases" / f"{release_id}.npz"
     with locked(path.with_suffix(".lock")):
