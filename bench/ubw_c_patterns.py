@@ -32,7 +32,10 @@ from tracemark.methods.ubw import key_trigger, verify
 from tracemark.methods.ubw.triggers import Trigger
 
 verify_module = importlib.import_module("tracemark.methods.ubw.verify")
-PURPOSES = {"key": key_trigger.PURPOSE_PATCH_PATTERN, "independent": "ubw/independent-trigger"}
+PURPOSES = {
+    "key": key_trigger.PURPOSE_PATCH_PATTERN,
+    "independent": key_trigger.PURPOSE_INDEPENDENT,
+}
 
 
 def full_resolution(key, shape, which="key") -> Trigger:
