@@ -573,7 +573,8 @@ def test_the_committed_realistic_store_reproduces_the_published_table(capsys):
 
 def test_concurrent_workers_train_a_cached_model_once(tmp_path):
     """Two workers asking the cache for the same clean model at once: one trains it (the
-    other waits on the lock and loads the file), and one file is written."""
+    other waits on the lock and loads the file), and one file is written; the training
+    is told where to keep its progress, so that a killed run resumes it."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -584,7 +585,7 @@ def test_concurrent_workers_train_a_cached_model_once(tmp_path):
         futures = [pool.submit(_cached_in_worker, cache, log) for _ in range(2)]
         results = [f.result(timeout=120) for f in futures]
     assert sorted(trained for trained, _ in results) == [False, True]
-    assert log.read_text().count("trained\n") == 1
+    assert log.read_text() == "trained, progress in partial/the-model.pt\n"
     assert [p.name for p in (cache / "models").glob("*.pt")] == ["the-model.pt"]
     assert results[0][1] == results[1][1]  # both hold the same weights
 
@@ -597,9 +598,9 @@ def _cached_in_worker(cache, log):
     from tracemark.evaluate.victims import cached_model
     from tracemark.models import build_model
 
-    def train():
+    def train(progress_at):  # where the training would keep its progress
         with open(log, "a") as fh:
-            fh.write("trained\n")
+            fh.write(f"trained, progress in {progress_at.relative_to(cache)}\n")
         time.sleep(1.0)  # long enough for the other worker to reach the lock
         torch.manual_seed(0)
         return build_model("small-cnn", num_classes=10, width=4)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tracemark.errors import TracemarkError
 from tracemark.models import ARCHITECTURES, build_model, count_parameters
 from tracemark.training import (
+    LoopHooks,
     TrainConfig,
     _lr_factor,
     accuracy,
@@ -191,6 +192,80 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
     assert [(e, n) for e, n, _ in calls] == [(1, 2), (2, 2)]
     assert all(np.isfinite(loss) for _, _, loss in calls)
     assert not a.training and next(a.parameters()).device.type == "cpu"
+
+
+class Killed(Exception):
+    """Stands for the machine stopping between two epochs."""
+
+
+def _stop_after(epoch: int, seen: list[int]):
+    def progress(e: int, *_):
+        seen.append(e)
+        if e == epoch:
+            raise Killed
+
+    return progress
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_killed_training_resumes_from_its_last_epoch_bit_identical(
+    fmnist_train, tmp_path, optimizer
+):
+    """Weights, optimiser moments, shuffling, augmentation and dropout all resume: the
+    result equals a run never interrupted, and only the remaining epochs run again."""
+    x, y = fmnist_train.images[:192], fmnist_train.labels[:192]
+    config = quick_config(epochs=4, seed=5, optimizer=optimizer, lr=0.01)
+
+    def fresh():
+        return build_model("small-cnn", num_classes=10, width=8, dropout=0.3)
+
+    whole = train_model(fresh(), x, y, config).state_dict()
+    at, seen = tmp_path / "progress.pt", []
+    with pytest.raises(Killed):
+        train_model(fresh(), x, y, config, progress=_stop_after(2, seen), checkpoint=at)
+    assert at.is_file()
+    resumed = train_model(fresh(), x, y, config, progress=_stop_after(0, seen), checkpoint=at)
+    assert seen == [1, 2, 3, 4]  # epochs 1-2, killed; then 3-4 only
+    assert all(torch.equal(whole[k], resumed.state_dict()[k]) for k in whole)
+    assert not at.exists()  # removed once finished
+
+
+def test_another_trainings_progress_is_never_resumed(fmnist_train, tmp_path):
+    x, y = fmnist_train.images[:128], fmnist_train.labels[:128]
+    config = quick_config(epochs=3, seed=5)
+    at, seen = tmp_path / "progress.pt", []
+    with pytest.raises(Killed):
+        train_model(
+            build_model("small-cnn", num_classes=10, width=8),
+            x,
+            y,
+            config,
+            progress=_stop_after(1, seen),
+            checkpoint=at,
+        )
+    other = fmnist_train.images[128:256], fmnist_train.labels[128:256]
+    alone = train_model(build_model("small-cnn", num_classes=10, width=8), *other, config)
+    again = train_model(
+        build_model("small-cnn", num_classes=10, width=8),
+        *other,
+        config,
+        progress=_stop_after(0, seen),
+        checkpoint=at,
+    )
+    assert seen == [1, 1, 2, 3]  # other data: trained from its first epoch
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in alone.state_dict().items())
+    at.write_bytes(b"not a checkpoint")  # unreadable progress: trained from the start
+    train_model(build_model("small-cnn", num_classes=10, width=8), x, y, config, checkpoint=at)
+    assert not at.exists()
+    with pytest.raises(TracemarkError, match="hooks"):
+        train_model(
+            build_model("small-cnn", num_classes=10, width=8),
+            x,
+            y,
+            config,
+            hooks=LoopHooks(),
+            checkpoint=at,
+        )
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])

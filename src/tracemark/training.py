@@ -31,6 +31,7 @@ from .errors import TracemarkError
 from .fsutil import atomic_open
 from .models import ARCHITECTURES, build_model, initialize
 from .train_config import TrainConfig
+from .training_resume import EpochCheckpoint, fingerprint
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -238,6 +239,7 @@ def train_model(
     config: TrainConfig | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     hooks: LoopHooks | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD on NHWC images; returns it in eval mode on CPU.
 
@@ -245,11 +247,19 @@ def train_model(
     ``config.seed``, making the result independent of how the model was built.
     ``progress(epoch, epochs, mean_loss)`` is called after each epoch (1-based).
     ``hooks`` change the loop (countermeasures); without them it is the plain loop.
+    ``checkpoint``: a file the loop's state is saved to after each epoch and resumed
+    from (:mod:`.training_resume`), removed when training ends; plain loops only, since
+    a hook's own state (early stopping's best weights) is not in it.
     """
     config = config or TrainConfig()
     config.validate()
     images = _check_images(images, model)
     labels = _check_labels(labels, images.shape[0], model)
+    if checkpoint is not None and hooks is not None:
+        raise TracemarkError("a training checkpoint cannot resume a loop changed by hooks")
+    saved = None
+    if checkpoint is not None:
+        saved = EpochCheckpoint(checkpoint, fingerprint(model, images, labels, config))
     device = resolve_device(config.device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
 
@@ -277,8 +287,18 @@ def train_model(
         model.to(device=device, memory_format=memory_format)
         optimizer = _optimizer(model, config)
         model.train()
-        step = 0
-        for epoch in range(1, config.epochs + 1):
+        generators = {"shuffle": shuffle_gen, "augment": augment_gen, "hooks": hook_gen}
+        generators["global"] = torch.default_generator
+        state = None if saved is None else saved.load()
+        step, first = (0, 1) if state is None else (state["step"], state["epoch"] + 1)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            for name, gen in generators.items():
+                gen.set_state(state["generators"][name])
+            if device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], device)
+        for epoch in range(first, config.epochs + 1):
             order = torch.randperm(n, generator=shuffle_gen).to(device)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for start in range(0, n, config.batch_size):
@@ -309,10 +329,27 @@ def train_model(
                 raise TracemarkError(
                     f"training diverged (loss {mean_loss}) in epoch {epoch}; lower TrainConfig.lr"
                 )
+            if saved is not None and epoch < config.epochs:
+                saved.save(
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generators": {k: g.get_state() for k, g in generators.items()},
+                        **(
+                            {"cuda": torch.cuda.get_rng_state(device)}
+                            if device.type == "cuda"
+                            else {}
+                        ),
+                    }
+                )
             if progress is not None:
                 progress(epoch, config.epochs, mean_loss)
             if hooks.epoch_end is not None and hooks.epoch_end(model, epoch):
                 break
+    if saved is not None:
+        saved.remove()
     model.eval()
     return model.to(device="cpu", memory_format=torch.contiguous_format)
 

@@ -32,7 +32,14 @@ from ..countermeasures import Trainer
 from ..datasets import LabelledImages
 from ..rng import derive_int
 from .cells import Cell, digest, identity
-from .victims import build_victim, cached_model, clean_model_id, train_config, train_victim
+from .victims import (
+    build_victim,
+    cached_model,
+    clean_model_id,
+    progress_file,
+    train_config,
+    train_victim,
+)
 from .world import seed_hex
 
 
@@ -66,7 +73,9 @@ def train_victims(
     seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(identity(recipe)))
 
     def plain(name: str, data: LabelledImages):
-        return lambda: train_victim(recipe, data.images, data.labels, seed, device, bar(name))
+        return lambda progress_at: train_victim(
+            recipe, data.images, data.labels, seed, device, bar(name), progress_at
+        )
 
     model_id = clean_model_id(spec.dataset, recipe, cell.seed, spec.torch_threads)
     plain_clean, clean_trained = cached_model(cache, model_id, plain("clean", clean))
@@ -105,7 +114,8 @@ def train_victims(
         keep = cm.keep(training.images, training.labels, trainer)
         trainer.info.update(filter_figures(keep, carries_mark))
         kept = training.subset(np.flatnonzero(keep))
-        v.marked = train_victim(recipe, kept.images, kept.labels, seed, device, bar("marked"))
+        at = progress_file(cache, digest({"cell": cell.cell_id, "purpose": "filtered victim"}))
+        v.marked = train_victim(recipe, kept.images, kept.labels, seed, device, bar("marked"), at)
     v.info = trainer.info
     return v
 

@@ -21,6 +21,7 @@ from .cells import digest, identity
 from .spec import DatasetSpec, RecipeSpec
 
 CUTOUT_FRACTION = 4  # "strong" augmentation erases a square of a quarter of the image side
+PARTIAL_FOLDER = "partial"  # trainings in progress, beside the finished models
 
 
 def train_config(recipe: RecipeSpec, seed: int, image_side: int, device: str = "auto"):
@@ -73,14 +74,16 @@ def train_victim(
     seed: int,
     device: str = "auto",
     progress: Callable[[int], None] | None = None,
+    checkpoint: Path | None = None,
 ):
-    """A model trained on ``images`` with the recipe; ``seed`` drives every random choice."""
+    """A model trained on ``images`` with the recipe; ``seed`` drives every random choice.
+    ``checkpoint``: where the training's progress is kept, so that a killed run resumes."""
     from ..training import train_model
 
     model = build_victim(recipe, images.shape[-1], int(labels.max()) + 1)
     config = train_config(recipe, seed, images.shape[1], device)
     callback = (lambda *_: progress(1)) if progress is not None else None
-    return train_model(model, images, labels, config, progress=callback)
+    return train_model(model, images, labels, config, progress=callback, checkpoint=checkpoint)
 
 
 def clean_model_id(dataset: DatasetSpec, recipe: RecipeSpec, seed: int, threads: int) -> str:
@@ -109,19 +112,25 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cached_model(cache: Path | None, model_id: str, train: Callable[[], object]):
-    """The model cached as ``model_id``, or ``train()``'s, saved atomically for next time.
+def progress_file(cache: Path | None, model_id: str) -> Path | None:
+    """Where the training of ``model_id`` keeps its progress (:mod:`..training_resume`)."""
+    return None if cache is None else cache / PARTIAL_FOLDER / f"{model_id}.pt"
+
+
+def cached_model(cache: Path | None, model_id: str, train: Callable[[Path | None], object]):
+    """The model cached as ``model_id``, or ``train(progress_file)``'s, saved atomically
+    for next time; a training killed half-way resumes from its progress file.
 
     Returns (model, whether it was trained now).
     """
     from ..training import load_checkpoint, save_checkpoint
 
     if cache is None:
-        return train(), True
+        return train(None), True
     path = cache / "models" / f"{model_id}.pt"
     with locked(path.with_suffix(".lock")):
         if path.exists():
             return load_checkpoint(path), False
-        model = train()
+        model = train(progress_file(cache, model_id))
         save_checkpoint(model, path, force=True)
         return model, True
