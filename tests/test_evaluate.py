@@ -322,6 +322,45 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_rows(tiny_run, tmp_pa
         assert sorted(a.rows()) == sorted(b.rows())
 
 
+def test_a_cell_killed_mid_audit_resumes_at_the_next_owner_with_the_same_rows(
+    tiny_run, tmp_path, monkeypatch
+):
+    """Each owner's finished audits are kept (under the model's weights) while the cell
+    runs: a rerun audits only the owners the killed run had not reached, ends with the
+    rows of a run never stopped, and leaves no progress behind."""
+    from tracemark.methods import registry
+
+    root, _ = tiny_run
+    spec = parse_spec(tiny(methods={"tracker": TINY["methods"]["tracker"]}))
+    tracker = registry.get("tracker")
+    audit, calls = tracker.audit, []
+
+    def killed_at(n):
+        def counted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return audit(*args, **kwargs)
+
+        return counted
+
+    owners = 2 + 3  # members and never-published owners, on the marked and the clean model
+    audits = 2 * owners * len(TINY["accesses"])
+    db = tmp_path / "killed.db"
+    monkeypatch.setattr(tracker, "audit", killed_at(7))  # in the fourth owner's group
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(spec, db, cache=root / "cache")
+    partial = root / "cache" / "partial" / "audits"
+    assert len(list(partial.glob("*/*.json"))) == 3
+    calls.clear()
+    monkeypatch.setattr(tracker, "audit", killed_at(0))
+    assert evaluate(spec, db, cache=root / "cache").computed == 1
+    assert len(calls) == audits - 3 * len(TINY["accesses"])
+    assert not list(partial.glob("*/*"))
+    with open_store(db) as a, open_store(root / "results.db") as b:
+        assert sorted(a.rows()) == sorted(b.rows({c["cell_id"] for c in a.cells()}))
+
+
 def test_a_selected_part_of_a_spec_gives_the_whole_runs_rows(tiny_run, tmp_path, capsys):
     root, _ = tiny_run
     spec = parse_spec(tiny())

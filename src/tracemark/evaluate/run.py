@@ -26,7 +26,9 @@ from ..keys import Key
 from ..methods import registry
 from ..methods.base import AuditData, MarkedData
 from ..rng import derive_bytes
+from .audit_progress import AuditProgress
 from .cells import Cell, audit_revision, digest, identity
+from .victims import PARTIAL_FOLDER
 from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -194,7 +196,10 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         for name, model in p.models.items()
         if model is not None
     }
-    result.audits = audit_all(cell, p, oracles, progress)
+    partial = None if cache is None else cache / PARTIAL_FOLDER
+    saved = AuditProgress(partial, cell.cell_id, p.models)
+    result.audits = audit_all(cell, p, oracles, progress, saved=saved)
+    saved.clear()
     clock.lap("audit")
     result.timings = {**clock.laps, "total": clock.total(), "clean_model_trained": p.clean_trained}
     return result
@@ -373,25 +378,34 @@ def audit_all(
     oracles: dict[str, Any],
     progress=None,
     accesses: Sequence[str] | None = None,
+    saved: AuditProgress | None = None,
 ) -> list[AuditRow]:
     """Every owner on every model (``oracles``: "marked" and "clean", reached in-process or
-    any other way), once per access mode."""
+    any other way), once per access mode. ``saved``: where each owner's rows are kept as
+    they finish, and read back instead of auditing again when a killed run left them."""
     from ..oracle.memo import AnswerCache
 
     spec, m, method = cell.spec, cell.method, p.method
+    accesses = list(accesses or spec.accesses)
     bar = progress("audits", len(oracles) * len(p.world.owners)) if progress else None
     rows = []
     for name, base in oracles.items():
         for owner, marked in zip(p.world.owners, p.world.marked, strict=True):
-            key = marked.key if marked is not None else owner.key
-            data = _audit_data(method, owner, marked, p.train, p.aux)
-            changes = {} if owner.member else m.never_options
-            options = method.options(**{**m.options, **changes, "alpha": spec.alpha})
-            memo = AnswerCache(base)  # this audit's answers, read again by its restricted runs
-            for i, access in enumerate(accesses or spec.accesses):
-                oracle = _deployment(cell, memo.view(passthrough=i == 0), access)
-                verdict = method.audit(oracle, key, data, options)
-                rows.append(_row(verdict, access, name, owner))
+            done = None if saved is None else saved.load(name, owner.index, AuditRow)
+            if done is None or [r.access for r in done] != accesses:
+                key = marked.key if marked is not None else owner.key
+                data = _audit_data(method, owner, marked, p.train, p.aux)
+                changes = {} if owner.member else m.never_options
+                options = method.options(**{**m.options, **changes, "alpha": spec.alpha})
+                memo = AnswerCache(base)  # this audit's answers, read again by restricted runs
+                done = []
+                for i, access in enumerate(accesses):
+                    oracle = _deployment(cell, memo.view(passthrough=i == 0), access)
+                    verdict = method.audit(oracle, key, data, options)
+                    done.append(_row(verdict, access, name, owner))
+                if saved is not None:
+                    saved.save(name, owner.index, done)
+            rows += done
             if bar:
                 bar(1)
     return rows
