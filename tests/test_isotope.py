@@ -102,6 +102,33 @@ def test_natural_mark_is_a_mosaic_of_full_contrast_bank_crops():
     assert "2x2 mosaic" in mark.describe()
 
 
+def _numpy_crop(photo: int, box, flip: bool, height: int, width: int) -> np.ndarray:
+    """How bank crops were cut before 0.7.2 (NumPy slicing, then Pillow's resize)."""
+    from tracemark.bank import _photos
+
+    img = _photos()[photo]
+    h, w = img.shape[:2]
+    top, left, bh, bw = box
+    y0, x0 = int(top * h), int(left * w)
+    y1, x1 = max(y0 + 1, int((top + bh) * h)), max(x0 + 1, int((left + bw) * w))
+    crop = img[y0:y1, x0:x1][:, ::-1] if flip else img[y0:y1, x0:x1]
+    resized = Image.fromarray(np.ascontiguousarray(crop)).resize((width, height), Image.BICUBIC)
+    return np.asarray(resized, dtype=np.float64) / 255.0
+
+
+def test_bank_crops_are_the_pixels_earlier_versions_cut():
+    """Crops are cut by Pillow now (faster); every mark must stay the one its key made."""
+    from tracemark.bank import NaturalPattern, photo_count, render_crop
+
+    rng = derive(SEED, "bank crops")
+    patterns = [NaturalPattern.draw(rng) for _ in range(300)]
+    assert len({p.photo for p in patterns}) == photo_count() and any(p.flip for p in patterns)
+    for i, p in enumerate(patterns):
+        side = (7, 14, 16, 28, 32, 64)[i % 6]
+        new = render_crop(p.photo, p.box, p.flip, side, side + i % 3)
+        np.testing.assert_array_equal(new, _numpy_crop(p.photo, p.box, p.flip, side, side + i % 3))
+
+
 def test_pixel_square_and_random_pixel_marks():
     sq = PixelSquareMark(corner=3, size=0.25, stream=12345)
     t, mask = sq.render(28, 28, 1)

@@ -53,6 +53,12 @@ def _photos() -> tuple[np.ndarray, ...]:
     return tuple(photos)
 
 
+@functools.cache
+def _photo_image(photo: int) -> Image.Image:
+    """A bank photo as a Pillow image: crops of it are cut in C, without NumPy copies."""
+    return Image.fromarray(_photos()[photo])
+
+
 def photo_count() -> int:
     """How many base photos the bank holds."""
     return len(_photos())
@@ -66,17 +72,15 @@ def render_crop(
     width: int,
 ) -> np.ndarray:
     """Crop ``box`` (fractions: top, left, height, width) of a photo, flip, resize; float64 RGB."""
-    img = _photos()[photo]
-    h, w = img.shape[:2]
+    img = _photo_image(photo)
+    w, h = img.size
     top, left, bh, bw = box
     y0, x0 = int(top * h), int(left * w)
     y1, x1 = max(y0 + 1, int((top + bh) * h)), max(x0 + 1, int((left + bw) * w))
-    crop = img[y0:y1, x0:x1]
+    crop = img.crop((x0, y0, x1, y1))
     if flip:
-        crop = crop[:, ::-1]
-    resized = Image.fromarray(np.ascontiguousarray(crop)).resize(
-        (width, height), Image.Resampling.BICUBIC
-    )
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    resized = crop.resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(resized, dtype=np.float64) / 255.0
 
 

@@ -236,13 +236,29 @@ def _blend_compiled(
     on_every_core(kernel, n, x.reshape(n, -1), out.reshape(n, -1), chunk=chunk)
 
 
-@functools.lru_cache(maxsize=256)
+SMALL_MARK_PIXELS = 32 * 32  # marks this small are kept by the thousand (16 KB each)
+
+
 def render_cached(mark: Mark, height: int, width: int, channels: int):
-    """A mark's (t, mask) for one image size, cached and read-only."""
+    """A mark's (t, mask) for one image size, cached and read-only.
+
+    An audit renders up to 10/α external marks, and the evaluation harness audits each
+    owner again on another access mode and model: small marks are kept by the thousand so
+    the second pass renders none of them; large ones (a photo's size) by the hundred.
+    """
+    small = height * width <= SMALL_MARK_PIXELS
+    return (_render_small if small else _render_large)(mark, height, width, channels)
+
+
+def _render(mark: Mark, height: int, width: int, channels: int):
     t, mask = mark.render(height, width, channels)
     t.setflags(write=False)
     mask.setflags(write=False)
     return t, mask
+
+
+_render_small = functools.lru_cache(maxsize=4096)(_render)
+_render_large = functools.lru_cache(maxsize=256)(_render)
 
 
 def read_mark_file(path, max_side: int = 256) -> tuple[str, str]:
