@@ -39,9 +39,8 @@ class AuditProgress:
 
     def __init__(self, partial: Path | None, cell_id: str, models: dict[str, Any]) -> None:
         self.folder = None if partial is None else partial / AUDITS_FOLDER / cell_id
-        self.digests = {
-            name: weights_digest(model) for name, model in models.items() if model is not None
-        }
+        kept = {} if self.folder is None else models  # nothing kept: nothing to name
+        self.digests = {name: weights_digest(m) for name, m in kept.items() if m is not None}
 
     def _path(self, model: str, owner: int) -> Path:
         assert self.folder is not None
