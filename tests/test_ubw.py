@@ -156,6 +156,56 @@ def test_ubw_c_respects_epsilon_and_keeps_labels(fashion):
     assert release.images.min() >= 0 and release.images.max() <= 1
 
 
+class Killed(Exception):
+    """Stands for the machine stopping in the middle of the crafting."""
+
+
+def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path):
+    """Inside a progress folder, each matching iteration's state is kept: a crafting
+    killed after iteration 3 of 5 (past a surrogate retraining) goes on from iteration 4
+    and crafts exactly the poisons of a run never stopped; the folder is emptied."""
+    from tracemark.methods.ubw.clean_label import craft
+    from tracemark.methods.ubw.key_trigger import make_trigger
+    from tracemark.resume_folder import keep_progress_in
+
+    data = fashion.subset(np.arange(200))
+    key = _key(variant="ubw-c", iterations=5, retrain_every=2, surrogate_epochs=1, sources=50)
+    trigger = make_trigger(key, data.images.shape[1:])
+
+    def crafted(stop_at=None, seen=None):
+        def progress_factory(name, total):
+            def advance(_):
+                if name.startswith("UBW-C gradient matching"):
+                    seen.append(name)
+                    if len(seen) == stop_at:
+                        raise Killed
+
+            return advance
+
+        return craft(
+            data.images,
+            data.labels,
+            10,
+            trigger,
+            key,
+            device="cpu",
+            progress_factory=progress_factory if seen is not None else None,
+        )
+
+    whole = crafted()
+    seen: list[str] = []
+    with keep_progress_in(tmp_path), pytest.raises(Killed):
+        crafted(stop_at=3, seen=seen)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    with keep_progress_in(tmp_path):
+        resumed = crafted(stop_at=0, seen=seen)
+    assert len(seen) == 3 + 2  # iterations 1-3, killed; then 4-5 only
+    np.testing.assert_array_equal(resumed.poisoned, whole.poisoned)
+    np.testing.assert_array_equal(resumed.poisons, whole.poisons)
+    assert resumed.alignment == whole.alignment and resumed.retrained_at == whole.retrained_at
+    assert not list(tmp_path.iterdir())
+
+
 def test_ubw_param_validation():
     with pytest.raises(TracemarkError, match="patch"):
         Key.generate("ubw", variant="ubw-c", trigger="corner")

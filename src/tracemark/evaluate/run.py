@@ -25,6 +25,7 @@ from ..datasets import LabelledImages
 from ..keys import Key
 from ..methods import registry
 from ..methods.base import AuditData, MarkedData
+from ..resume_folder import keep_progress_in
 from ..rng import derive_bytes
 from .audit_progress import AuditProgress
 from .cells import Cell, audit_revision, digest, identity
@@ -281,7 +282,8 @@ def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) 
                 completed = Key.model_validate_json(str(z["key"]))
                 images = z["images"].astype(np.float32) / 255
                 return MarkedData(images, z["published"], z["carries_mark"], completed, z["labels"])
-        release = make()
+        with keep_progress_in(cache / PARTIAL_FOLDER):  # UBW-C's crafting resumes there
+            release = make()
         from ..fsutil import atomic_open
 
         with atomic_open(path, mode=0o600, force=True) as fh:  # it holds the key

@@ -17,8 +17,11 @@ the current poisoned set every ``retrain_every`` iterations and recompute the ta
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +30,10 @@ from torch import nn
 
 from ...errors import TracemarkError
 from ...keys import Key
+from ...resume_folder import progress_folder
 from ...rng import derive_int
 from ...training import TrainConfig, augment_batch, resolve_device, train_model
+from ...training_resume import EpochCheckpoint
 from .params import UbwParams
 from .triggers import Trigger, poison_count, random_positions
 
@@ -139,7 +144,9 @@ class Surrogate:
         self.progress_factory = progress_factory
         self.rounds = 0
 
-    def fit(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> nn.Module:
+    def fit(
+        self, images: np.ndarray, labels: np.ndarray, device: torch.device, checkpoint=None
+    ) -> nn.Module:
         self.rounds += 1
         advance = None
         if self.progress_factory is not None:
@@ -151,7 +158,17 @@ class Surrogate:
             labels,
             train_cfg,
             progress=(lambda *_: advance(1)) if advance else None,
+            checkpoint=checkpoint,
         )
+        return self._ready(device)
+
+    def restore(self, weights: dict, rounds: int, device: torch.device) -> nn.Module:
+        """The surrogate as a killed run had last trained it (``rounds`` trainings)."""
+        self.model.load_state_dict(weights)
+        self.rounds = rounds
+        return self._ready(device)
+
+    def _ready(self, device: torch.device) -> nn.Module:
         self.model.to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(True)
@@ -200,7 +217,13 @@ def craft(
     dev = resolve_device(device)
     n, h, w, _ = images.shape
     surrogate = Surrogate(params, key, images.shape, num_classes, device, progress_factory)
-    model = surrogate.fit(images, labels, dev)
+    saved = crafting_progress(key, images, labels, num_classes)
+    state = None if saved is None else saved.load()
+    if state is None:
+        first_fit = None if saved is None else saved.path.with_suffix(".surrogate.pt")
+        model = surrogate.fit(images, labels, dev, first_fit)
+    else:  # a killed run's last surrogate: matching goes on from its next iteration
+        model = surrogate.restore(state["surrogate"], state["rounds"], dev)
 
     src = key.rng(PURPOSE_SOURCES, n).choice(n, min(params.sources, n), replace=False)
     positions = random_positions(key.rng(PURPOSE_SOURCE_POSITIONS, n), src.size, h, w, trigger.size)
@@ -208,13 +231,32 @@ def craft(
     y_src = torch.from_numpy(labels[src]).to(dev)
     x_all = _nchw(images, dev)
     y_all = torch.from_numpy(labels).to(dev)
-    norms = gradient_norms(model, x_all, y_all, BATCH_SIZE)
-    poisoned = torch.sort(torch.topk(norms, poison_count(n, params.gamma)).indices).values
+    if state is None:
+        norms = gradient_norms(model, x_all, y_all, BATCH_SIZE)
+        poisoned = torch.sort(torch.topk(norms, poison_count(n, params.gamma)).indices).values
+    else:  # chosen by the first surrogate, which the killed run no longer holds
+        poisoned = state["poisoned"].to(dev)
     # delta lives in units of the data's per-channel std, like the authors' normalised
     # inputs, so lr = 0.025 means what it means in their code; projection is in pixels.
     std = x_all.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
     m = Matching(x_all[poisoned], y_all[poisoned], poisoned, std, x_src, y_src)
-    return _match(m, model, surrogate, images, labels, params, key, progress_factory)
+    return _match(m, model, surrogate, images, labels, params, key, progress_factory, saved, state)
+
+
+def crafting_progress(
+    key: Key, images: np.ndarray, labels: np.ndarray, num_classes: int
+) -> EpochCheckpoint | None:
+    """Where this crafting keeps its progress, when the caller named a folder for it
+    (:mod:`tracemark.resume_folder`); named and fingerprinted by the key and the data."""
+    folder = progress_folder()
+    if folder is None:
+        return None
+    h = hashlib.sha256(json.dumps([key.seed, key.params, num_classes], sort_keys=True).encode())
+    h.update(np.ascontiguousarray(images, dtype=np.float32).data)
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    digest = h.hexdigest()
+    name = hashlib.sha256(f"ubw-c crafting/{digest}".encode()).hexdigest()
+    return EpochCheckpoint(folder / f"{name}.pt", digest)
 
 
 def _match(
@@ -226,9 +268,12 @@ def _match(
     params: UbwParams,
     key: Key,
     progress_factory,
+    saved: EpochCheckpoint | None = None,
+    state: dict[str, Any] | None = None,
 ) -> CleanLabelResult:
     """Sign-Adam on delta against the alignment loss, retraining the surrogate on the
-    current poisons every ``retrain_every`` iterations."""
+    current poisons every ``retrain_every`` iterations. ``saved``: where the state after
+    each iteration is kept; ``state``: a killed run's, to go on from."""
     dev, count, pad = m.x.device, m.x.shape[0], max(1, images.shape[1] // 8)
     target = target_gradient(model, m.x_src, m.y_src, params.beta, BATCH_SIZE)
     delta = torch.zeros_like(m.x, requires_grad=True)
@@ -242,8 +287,22 @@ def _match(
     )
     alignment: list[float] = []
     retrained: list[int] = []
+    first = 0
+    if state is not None:
+        with torch.no_grad():
+            delta.copy_(state["delta"].to(dev))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.last_epoch = state[
+            "next"
+        ]  # MultiStepLR keeps nothing else: lr is in the optimiser
+        aug_gen.set_state(state["augment"])
+        alignment, retrained, first = (
+            list(state["alignment"]),
+            list(state["retrained"]),
+            state["next"],
+        )
     weights = _params(model)
-    for it in range(params.iterations):
+    for it in range(first, params.iterations):
         if it > 0 and it % params.retrain_every == 0:
             current = images.copy()
             current[m.poisoned.cpu().numpy()] = (
@@ -270,8 +329,24 @@ def _match(
         optimizer.step()
         scheduler.step()
         _project(delta, m, params.epsilon)
+        if saved is not None and it + 1 < params.iterations:
+            saved.save(
+                {
+                    "next": it + 1,
+                    "delta": delta.detach().cpu(),
+                    "optimizer": optimizer.state_dict(),
+                    "augment": aug_gen.get_state(),
+                    "alignment": alignment,
+                    "retrained": retrained,
+                    "surrogate": model.state_dict(),
+                    "rounds": surrogate.rounds,
+                    "poisoned": m.poisoned.cpu(),
+                }
+            )
         if advance is not None:
             advance(1)
+    if saved is not None:
+        saved.remove()
     poisons = _poisons(m.x, delta, m.std).permute(0, 2, 3, 1).cpu().numpy()
     return CleanLabelResult(m.poisoned.cpu().numpy(), poisons, alignment, retrained)
 
