@@ -291,16 +291,11 @@ def _match(
     if state is not None:
         with torch.no_grad():
             delta.copy_(state["delta"].to(dev))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.last_epoch = state[
-            "next"
-        ]  # MultiStepLR keeps nothing else: lr is in the optimiser
+        optimizer.load_state_dict(state["optimizer"])  # the step size is in there
+        first = state["next"]
+        scheduler.last_epoch = first  # all MultiStepLR needs to drop the step on time
         aug_gen.set_state(state["augment"])
-        alignment, retrained, first = (
-            list(state["alignment"]),
-            list(state["retrained"]),
-            state["next"],
-        )
+        alignment, retrained = list(state["alignment"]), list(state["retrained"])
     weights = _params(model)
     for it in range(first, params.iterations):
         if it > 0 and it % params.retrain_every == 0:
