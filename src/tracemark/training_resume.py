@@ -32,16 +32,20 @@ FORMAT = "tracemark-training-progress"
 VERSION = 1
 
 
+def data_fingerprint(header: Any, *arrays: np.ndarray) -> str:
+    """SHA-256 of a JSON header and the arrays' bytes: what a resumable step is made from."""
+    h = hashlib.sha256(json.dumps(header, sort_keys=True, default=str).encode())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
 def fingerprint(model: nn.Module, images: np.ndarray, labels: np.ndarray, config: Any) -> str:
     """What a training run is a function of: architecture, data and settings (not device)."""
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "device"}
-    h = hashlib.sha256()
     arch = [getattr(model, "tracemark_arch", type(model).__name__)]
     arch.append(getattr(model, "tracemark_arch_kwargs", None))
-    h.update(json.dumps([arch, settings, images.shape], sort_keys=True, default=str).encode())
-    h.update(np.ascontiguousarray(images).data)
-    h.update(np.ascontiguousarray(labels).data)
-    return h.hexdigest()
+    return data_fingerprint([arch, settings, images.shape], images, labels)
 
 
 class EpochCheckpoint:

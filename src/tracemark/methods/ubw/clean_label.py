@@ -18,7 +18,6 @@ the current poisoned set every ``retrain_every`` iterations and recompute the ta
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from ...keys import Key
 from ...resume_folder import progress_folder
 from ...rng import derive_int
 from ...training import TrainConfig, augment_batch, resolve_device, train_model
-from ...training_resume import EpochCheckpoint
+from ...training_resume import EpochCheckpoint, data_fingerprint
 from .params import UbwParams
 from .triggers import Trigger, poison_count, random_positions
 
@@ -251,10 +250,8 @@ def crafting_progress(
     folder = progress_folder()
     if folder is None:
         return None
-    h = hashlib.sha256(json.dumps([key.seed, key.params, num_classes], sort_keys=True).encode())
-    h.update(np.ascontiguousarray(images, dtype=np.float32).data)
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).data)
-    digest = h.hexdigest()
+    header = [key.seed, key.params, num_classes]
+    digest = data_fingerprint(header, np.asarray(images, np.float32), np.asarray(labels, np.int64))
     name = hashlib.sha256(f"ubw-c crafting/{digest}".encode()).hexdigest()
     return EpochCheckpoint(folder / f"{name}.pt", digest)
 
