@@ -29,7 +29,7 @@ from ..resume_folder import keep_progress_in
 from ..rng import derive_bytes
 from .audit_progress import AuditProgress
 from .cells import Cell, audit_revision, digest, identity
-from .victims import PARTIAL_FOLDER
+from .victims import partial_folder
 from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -197,8 +197,7 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         for name, model in p.models.items()
         if model is not None
     }
-    partial = None if cache is None else cache / PARTIAL_FOLDER
-    saved = AuditProgress(partial, cell.cell_id, p.models)
+    saved = AuditProgress(partial_folder(cache), cell.cell_id, p.models)
     result.audits = audit_all(cell, p, oracles, progress, saved=saved)
     saved.clear()
     clock.lap("audit")
@@ -282,7 +281,7 @@ def cached_release(cache: Path | None, cell: Cell, clean_idx: np.ndarray, make) 
                 completed = Key.model_validate_json(str(z["key"]))
                 images = z["images"].astype(np.float32) / 255
                 return MarkedData(images, z["published"], z["carries_mark"], completed, z["labels"])
-        with keep_progress_in(cache / PARTIAL_FOLDER):  # UBW-C's crafting resumes there
+        with keep_progress_in(partial_folder(cache)):  # UBW-C's crafting resumes there
             release = make()
         from ..fsutil import atomic_open
 

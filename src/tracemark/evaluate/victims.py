@@ -112,9 +112,15 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def partial_folder(cache: Path | None) -> Path | None:
+    """Where a cache keeps work in progress (trainings, crafting, a cell's audits)."""
+    return None if cache is None else cache / PARTIAL_FOLDER
+
+
 def progress_file(cache: Path | None, model_id: str) -> Path | None:
     """Where the training of ``model_id`` keeps its progress (:mod:`..training_resume`)."""
-    return None if cache is None else cache / PARTIAL_FOLDER / f"{model_id}.pt"
+    folder = partial_folder(cache)
+    return None if folder is None else folder / f"{model_id}.pt"
 
 
 def cached_model(cache: Path | None, model_id: str, train: Callable[[Path | None], object]):
