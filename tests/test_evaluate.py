@@ -629,6 +629,59 @@ def test_concurrent_workers_train_a_cached_model_once(tmp_path):
     assert results[0][1] == results[1][1]  # both hold the same weights
 
 
+def test_a_worker_trains_its_marked_victim_while_another_trains_the_shared_clean_model(
+    tmp_path,
+):
+    """Cells of one recipe and seed share the clean model: a worker that finds another one
+    training it (its lock held) trains the cell's marked victim first instead of idling on
+    the lock, and ends with the models of a worker that found no one training."""
+    import fcntl
+    import threading
+
+    import torch
+
+    from tracemark.evaluate.run import prepare
+    from tracemark.evaluate.victims import clean_model_id
+
+    quick = {"images": 200, "epochs": 2, "batch_size": 32}
+    spec = parse_spec(
+        tiny(recipes={"quick": quick}, methods={"tracker": TINY["methods"]["tracker"]})
+    )
+    cell = cells_of(spec)[0]
+    order: list[str] = []
+    marked_started, held = threading.Event(), threading.Event()
+
+    def progress(name, total):
+        order.append(name)
+        if name == "train marked":
+            marked_started.set()
+        return lambda n: None
+
+    clean_id = clean_model_id(spec.dataset, cell.recipe, cell.seed, spec.torch_threads)
+    lock = tmp_path / "busy" / "models" / f"{clean_id}.lock"
+    lock.parent.mkdir(parents=True)
+
+    def other_worker():  # holds the clean model's lock until the marked training starts
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            held.set()
+            marked_started.wait(timeout=30)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    holder = threading.Thread(target=other_worker)
+    holder.start()
+    held.wait()
+    busy = prepare(cell, tmp_path / "busy", progress=progress)
+    holder.join()
+    assert [n for n in order if n.startswith("train")] == ["train marked", "train clean"]
+    order.clear()
+    free = prepare(cell, tmp_path / "free", progress=progress)
+    assert [n for n in order if n.startswith("train")] == ["train clean", "train marked"]
+    for name in ("marked", "clean"):
+        a, b = busy.models[name].state_dict(), free.models[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _cached_in_worker(cache, log):
     import time
 

@@ -33,6 +33,7 @@ from ..datasets import LabelledImages
 from ..rng import derive_int
 from .cells import Cell, digest, identity
 from .victims import (
+    being_trained,
     build_victim,
     cached_model,
     clean_model_id,
@@ -78,12 +79,17 @@ def train_victims(
         )
 
     model_id = clean_model_id(spec.dataset, recipe, cell.seed, spec.torch_threads)
-    plain_clean, clean_trained = cached_model(cache, model_id, plain("clean", clean))
+    jobs = {"clean": (model_id, plain("clean", clean))}
+    if training is not None:
+        jobs["marked"] = (marked_model_id(cell), plain("marked", training))
+    # Cells of one (recipe, seed) share the clean model: a worker that finds another one
+    # training it trains its own marked victim meanwhile instead of waiting on the lock.
+    first = ["marked"] if training is not None and being_trained(cache, model_id) else []
+    made = {name: cached_model(cache, *jobs[name]) for name in dict.fromkeys([*first, *jobs])}
+    plain_clean, clean_trained = made["clean"]
     v = Victims(None, plain_clean, plain_clean, trained={"clean": clean_trained})
     if training is not None:
-        v.marked, v.trained["marked"] = cached_model(
-            cache, marked_model_id(cell), plain("marked", training)
-        )
+        v.marked, v.trained["marked"] = made["marked"]
         v.plain = v.marked
     if cm.stage in ("none", "output"):
         return v

@@ -4,7 +4,7 @@ A recipe says how a model trainer trains (architecture, data size, epochs, optim
 augmentation, regularisation, input resolution). The clean model of a (recipe, seed) is
 trained once and kept on disk, named by a hash of everything that produced it, so every
 method and every later run reuses it. A lock file makes concurrent workers wait for one
-another rather than train it twice.
+another rather than train it twice (and tells a worker that another one is training it).
 """
 
 from __future__ import annotations
@@ -110,6 +110,24 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def being_trained(cache: Path | None, model_id: str) -> bool:
+    """Whether another process is training ``model_id`` into the cache right now (holds
+    its lock with the model not yet written), so a worker can do other work first."""
+    if cache is None:
+        return False
+    path = cache / "models" / f"{model_id}.pt"
+    lock = path.with_suffix(".lock")
+    if path.exists() or not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
 
 
 def partial_folder(cache: Path | None) -> Path | None:
