@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
@@ -219,15 +220,32 @@ def test_a_killed_training_resumes_from_its_last_epoch_bit_identical(
     def fresh():
         return build_model("small-cnn", num_classes=10, width=8, dropout=0.3)
 
-    whole = train_model(fresh(), x, y, config).state_dict()
+    losses: list[tuple[int, float]] = []
+    whole = train_model(
+        fresh(), x, y, config, progress=lambda e, _, loss: losses.append((e, loss))
+    ).state_dict()
     at, seen = tmp_path / "progress.pt", []
     with pytest.raises(Killed):
         train_model(fresh(), x, y, config, progress=_stop_after(2, seen), checkpoint=at)
     assert at.is_file()
-    resumed = train_model(fresh(), x, y, config, progress=_stop_after(0, seen), checkpoint=at)
-    assert seen == [1, 2, 3, 4]  # epochs 1-2, killed; then 3-4 only
+    model, batches, reported = fresh(), [], []
+    model.register_forward_hook(lambda *_: batches.append(1))
+    resumed = train_model(
+        model, x, y, config, progress=lambda *a: reported.append(a[::2]), checkpoint=at
+    )
+    assert seen == [1, 2]  # killed after epoch 2
+    assert len(batches) == 2 * 192 // 32  # epochs 3-4 only ran again
+    assert reported == losses  # epochs 1-2 reported as they ran, then 3-4: the same losses
     assert all(torch.equal(whole[k], resumed.state_dict()[k]) for k in whole)
     assert not at.exists()  # removed once finished
+    with pytest.raises(Killed):  # a file from 0.7.2 kept no losses: reported as unknown
+        train_model(fresh(), x, y, config, progress=_stop_after(1, seen), checkpoint=at)
+    old = torch.load(at, weights_only=True)
+    del old["losses"]
+    torch.save(old, at)
+    reported.clear()
+    train_model(fresh(), x, y, config, progress=lambda *a: reported.append(a[::2]), checkpoint=at)
+    assert [e for e, _ in reported] == [1, 2, 3, 4] and math.isnan(reported[0][1])
 
 
 def test_another_trainings_progress_is_never_resumed(fmnist_train, tmp_path):
@@ -252,7 +270,7 @@ def test_another_trainings_progress_is_never_resumed(fmnist_train, tmp_path):
         progress=_stop_after(0, seen),
         checkpoint=at,
     )
-    assert seen == [1, 1, 2, 3]  # other data: trained from its first epoch
+    assert seen == [1, 1, 2, 3]  # other data: trained from its first epoch, nothing replayed
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in alone.state_dict().items())
     at.write_bytes(b"not a checkpoint")  # unreadable progress: trained from the start
     train_model(build_model("small-cnn", num_classes=10, width=8), x, y, config, checkpoint=at)

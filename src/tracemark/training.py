@@ -249,7 +249,8 @@ def train_model(
     ``hooks`` change the loop (countermeasures); without them it is the plain loop.
     ``checkpoint``: a file the loop's state is saved to after each epoch and resumed
     from (:mod:`.training_resume`), removed when training ends; plain loops only, since
-    a hook's own state (early stopping's best weights) is not in it.
+    a hook's own state (early stopping's best weights) is not in it. A resumed run first
+    reports the restored epochs to ``progress``, with the losses they had.
     """
     config = config or TrainConfig()
     config.validate()
@@ -291,6 +292,7 @@ def train_model(
         generators["global"] = torch.default_generator
         state = None if saved is None else saved.load()
         step, first = (0, 1) if state is None else (state["step"], state["epoch"] + 1)
+        losses: list[float] = [] if state is None else list(state.get("losses", []))
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -298,6 +300,11 @@ def train_model(
                 gen.set_state(state["generators"][name])
             if device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda"], device)
+            if len(losses) != state["epoch"]:  # a 0.7.2 file kept no losses: unknown
+                losses = [math.nan] * state["epoch"]
+            for done, done_loss in enumerate(losses, 1):  # the restored epochs, as they ran
+                if progress is not None:
+                    progress(done, config.epochs, done_loss)
         for epoch in range(first, config.epochs + 1):
             order = torch.randperm(n, generator=shuffle_gen).to(device)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -329,11 +336,13 @@ def train_model(
                 raise TracemarkError(
                     f"training diverged (loss {mean_loss}) in epoch {epoch}; lower TrainConfig.lr"
                 )
+            losses.append(mean_loss)
             if saved is not None and epoch < config.epochs:
                 saved.save(
                     {
                         "epoch": epoch,
                         "step": step,
+                        "losses": losses,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "generators": {k: g.get_state() for k, g in generators.items()},
