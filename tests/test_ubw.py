@@ -160,25 +160,26 @@ class Killed(Exception):
     """Stands for the machine stopping in the middle of the crafting."""
 
 
-def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path):
-    """Inside a progress folder, each matching iteration's state is kept: a crafting
-    killed after iteration 3 of 5 (past a surrogate retraining) goes on from iteration 4
-    and crafts exactly the poisons of a run never stopped; the folder is emptied."""
+def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path, monkeypatch):
+    """Inside a progress folder, each matching iteration's state is kept, and each epoch of
+    a surrogate retraining: a crafting killed in the retraining before iteration 5 of 5
+    (one epoch of two done) goes on from that epoch and that iteration, and crafts
+    exactly the poisons of a run never stopped; the folder is emptied."""
+    from tracemark import training_resume
     from tracemark.methods.ubw.clean_label import craft
     from tracemark.methods.ubw.key_trigger import make_trigger
     from tracemark.resume_folder import keep_progress_in
 
     data = fashion.subset(np.arange(200))
-    key = _key(variant="ubw-c", iterations=5, retrain_every=2, surrogate_epochs=1, sources=50)
+    key = _key(variant="ubw-c", iterations=5, retrain_every=2, surrogate_epochs=2, sources=50)
     trigger = make_trigger(key, data.images.shape[1:])
 
-    def crafted(stop_at=None, seen=None):
+    def crafted(kill_in=None, seen=None):
         def progress_factory(name, total):
             def advance(_):
-                if name.startswith("UBW-C gradient matching"):
-                    seen.append(name)
-                    if len(seen) == stop_at:
-                        raise Killed
+                seen.append(name)
+                if name == kill_in:
+                    raise Killed
 
             return advance
 
@@ -195,11 +196,22 @@ def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path):
     whole = crafted()
     seen: list[str] = []
     with keep_progress_in(tmp_path), pytest.raises(Killed):
-        crafted(stop_at=3, seen=seen)
-    assert len(list(tmp_path.glob("*.pt"))) == 1
+        crafted(kill_in="train surrogate (3)", seen=seen)  # the retraining at iteration 4
+    assert seen.count("UBW-C gradient matching") == 4
+    assert len(list(tmp_path.glob("*.pt"))) == 2  # the matching's state, the retraining's
+    load, resumed_from = training_resume.EpochCheckpoint.load, []
+
+    def spied(self):
+        state = load(self)
+        resumed_from.append(None if state is None else state.get("epoch", state.get("next")))
+        return state
+
+    monkeypatch.setattr(training_resume.EpochCheckpoint, "load", spied)
+    seen.clear()
     with keep_progress_in(tmp_path):
-        resumed = crafted(stop_at=0, seen=seen)
-    assert len(seen) == 3 + 2  # iterations 1-3, killed; then 4-5 only
+        resumed = crafted(seen=seen)
+    assert resumed_from == [4, 1]  # matching from iteration 4, its retraining from epoch 1
+    assert seen.count("UBW-C gradient matching") == 1  # iteration 5 only
     np.testing.assert_array_equal(resumed.poisoned, whole.poisoned)
     np.testing.assert_array_equal(resumed.poisons, whole.poisons)
     assert resumed.alignment == whole.alignment and resumed.retrained_at == whole.retrained_at

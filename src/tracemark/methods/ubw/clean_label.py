@@ -300,7 +300,8 @@ def _match(
             current[m.poisoned.cpu().numpy()] = (
                 _poisons(m.x, delta, m.std).permute(0, 2, 3, 1).cpu().numpy()
             )
-            model = surrogate.fit(current, labels, dev)
+            kept = None if saved is None else saved.path.with_suffix(f".retrain-{it}.pt")
+            model = surrogate.fit(current, labels, dev, kept)  # its epochs kept too
             weights = _params(model)
             target = target_gradient(model, m.x_src, m.y_src, params.beta, BATCH_SIZE)
             retrained.append(it)
