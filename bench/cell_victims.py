@@ -7,9 +7,19 @@ times trains its victims once, in the cache it is given.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from tracemark.evaluate.cells import cells_of, select
+
+
+def realistic_cell_arguments(description: str) -> argparse.ArgumentParser:
+    """A bench's parser, with the arguments that name one realistic cell's victims."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--recipe", default="cnn-long")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, default=Path("results/cache-realistic"))
+    return ap
 
 
 def prepared_cell(spec_name: str, method: str, recipe: str, seed: int, cache: Path):

@@ -15,13 +15,11 @@ cross-entropy of one view (what probabilities give).
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
-from cell_victims import prepared_cell
+from cell_victims import prepared_cell, realistic_cell_arguments
 from tracemark.methods.tracker.audit import pseudo_user_batch, resolve_design
 from tracemark.methods.tracker.mark import mark_selected
 from tracemark.methods.tracker.views import VIEWS, view
@@ -34,13 +32,10 @@ NOISE_SEED = 12345  # fixed before the audit: the same noise for every set
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--recipe", default="cnn-long")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = realistic_cell_arguments(__doc__.split("\n")[0])
     ap.add_argument("--pseudo", type=int, default=99)
     ap.add_argument("--never", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=0.01)
-    ap.add_argument("--cache", type=Path, default=Path("results/cache-realistic"))
     a = ap.parse_args()
     _, p = prepared_cell("realistic", "tracker", a.recipe, a.seed, a.cache)
     oracle = TorchModuleOracle(p.models["marked"], num_classes=p.num_classes)

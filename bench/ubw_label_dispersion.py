@@ -20,13 +20,10 @@ kind, is exact by exchangeability (docs/methods/ubw.md, the calibration).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 from scipy.stats import entropy
 
-from cell_victims import prepared_cell
+from cell_victims import prepared_cell, realistic_cell_arguments
 from tracemark.methods.ubw.metrics import prediction_dispersibility
 from tracemark.methods.ubw.verify import select_correct, triggered
 from tracemark.oracle import TorchModuleOracle
@@ -44,12 +41,9 @@ def statistics(labels: np.ndarray, y: np.ndarray, k: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--recipe", default="cnn-long")
-    ap.add_argument("--seed", type=int, default=0)
+    ap = realistic_cell_arguments(__doc__.split("\n")[0])
     ap.add_argument("--nulls", type=int, default=50)
     ap.add_argument("--m", type=int, default=100)
-    ap.add_argument("--cache", type=Path, default=Path("results/cache-realistic"))
     a = ap.parse_args()
     _, p = prepared_cell("realistic", "ubw-p", a.recipe, a.seed, a.cache)
     key = next(mk.key for o, mk in zip(p.world.owners, p.world.marked, strict=True) if o.member)
