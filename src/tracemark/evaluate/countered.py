@@ -84,8 +84,8 @@ def train_victims(
         jobs["marked"] = (marked_model_id(cell), plain("marked", training))
     # Cells of one (recipe, seed) share the clean model: a worker that finds another one
     # training it trains its own marked victim meanwhile instead of waiting on the lock.
-    first = ["marked"] if training is not None and being_trained(cache, model_id) else []
-    made = {name: cached_model(cache, *jobs[name]) for name in dict.fromkeys([*first, *jobs])}
+    order = ["marked", "clean"] if "marked" in jobs and being_trained(cache, model_id) else jobs
+    made = {name: cached_model(cache, *jobs[name]) for name in order}
     plain_clean, clean_trained = made["clean"]
     v = Victims(None, plain_clean, plain_clean, trained={"clean": clean_trained})
     if training is not None:

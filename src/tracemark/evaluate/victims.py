@@ -117,7 +117,7 @@ def being_trained(cache: Path | None, model_id: str) -> bool:
     its lock with the model not yet written), so a worker can do other work first."""
     if cache is None:
         return False
-    path = cache / "models" / f"{model_id}.pt"
+    path = model_path(cache, model_id)
     lock = path.with_suffix(".lock")
     if path.exists() or not lock.exists():
         return False
@@ -128,6 +128,11 @@ def being_trained(cache: Path | None, model_id: str) -> bool:
             return True
         fcntl.flock(fh, fcntl.LOCK_UN)
     return False
+
+
+def model_path(cache: Path, model_id: str) -> Path:
+    """Where the cache keeps ``model_id`` (its lock file beside it, ``.lock``)."""
+    return cache / "models" / f"{model_id}.pt"
 
 
 def partial_folder(cache: Path | None) -> Path | None:
@@ -151,7 +156,7 @@ def cached_model(cache: Path | None, model_id: str, train: Callable[[Path | None
 
     if cache is None:
         return train(None), True
-    path = cache / "models" / f"{model_id}.pt"
+    path = model_path(cache, model_id)
     with locked(path.with_suffix(".lock")):
         if path.exists():
             return load_checkpoint(path), False
