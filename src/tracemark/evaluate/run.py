@@ -5,7 +5,9 @@ mode. Nothing is shared between audits: each draws its own pseudo-users, externa
 or null triggers from its own key. Within one audit, the model's answers are memoised
 (by image hash) so that its top-K and label-only runs read the answers its full run got,
 as wrapping a real deployment in ``TopK``/``LabelOnly`` would; the first access mode
-queries the model exactly as a stand-alone audit does.
+queries the model exactly as a stand-alone audit does. The cells of one experiment that
+audit the same plain victims (no countermeasure, output-level ones) read the answers one
+of them got from the model (:mod:`.answer_book`): the same queries, not asked twice.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ from ..methods import registry
 from ..methods.base import AuditData, MarkedData
 from ..resume_folder import keep_progress_in
 from ..rng import derive_bytes
+from .answer_book import AnswerBook, book_folder
 from .audit_progress import AuditProgress
 from .cells import Cell, audit_revision, digest, identity
 from .victims import partial_folder
 from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+# Countermeasure stages whose cells audit the plain (cached) victims unchanged.
+SHARED_STAGES = ("none", "output")
 
 
 @dataclass
@@ -168,6 +174,12 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
     clock = Clock()
     p = prepare(cell, cache, device, progress, clock)
     marked = p.models["marked"]
+    books = answer_books(cell, p.models, cache, device)
+    accuracy = {
+        name: _accuracy(model, p, device, books.get(name))
+        for name, model in p.models.items()
+        if model is not None
+    }
     result = CellResult(
         cell_id=cell.cell_id,
         method_name=cell.method_name,
@@ -175,15 +187,17 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         recipe=cell.recipe_name,
         countermeasure=cell.countermeasure.label,
         seed=cell.seed,
-        marked_accuracy=None if marked is None else _accuracy(marked, p, device),
-        clean_accuracy=_accuracy(p.models["clean"], p, device),
+        marked_accuracy=accuracy.get("marked"),
+        clean_accuracy=accuracy["clean"],
     )
     if marked is not None and p.method.kind == "dataset" and hasattr(p.method, "measure"):
         result.metrics = p.method.measure(
             _probabilities(marked, p.num_classes, device), p.world.marked[0].key, p.aux
         )
     if cell.countermeasure.stage != "none":
-        plain = _accuracy(p.plain, p, device)
+        # Books exist only where the plain victims are the cell's own models.
+        plain_book = books.get("marked" if p.plain is marked else "clean")
+        plain = _accuracy(p.plain, p, device, plain_book)
         cost = None if result.marked_accuracy is None else plain - result.marked_accuracy
         result.metrics["countermeasure"] = {
             **p.countermeasure,
@@ -198,7 +212,7 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         if model is not None
     }
     saved = AuditProgress(partial_folder(cache), cell.cell_id, p.models)
-    result.audits = audit_all(cell, p, oracles, progress, saved=saved)
+    result.audits = audit_all(cell, p, oracles, progress, saved=saved, books=books)
     saved.clear()
     clock.lap("audit")
     result.timings = {**clock.laps, "total": clock.total(), "clean_model_trained": p.clean_trained}
@@ -356,11 +370,30 @@ def _victims(
     )
 
 
-def _accuracy(model, p: Prepared, device: str) -> float:
+def _accuracy(model, p: Prepared, device: str, book: AnswerBook | None = None) -> float:
     from ..training import accuracy
 
     idx = p.accuracy_indices
-    return accuracy(model, p.test.images[idx], p.test.labels[idx], device=device)
+    images, labels = p.test.images[idx], p.test.labels[idx]
+    if book is None:
+        return accuracy(model, images, labels, device=device)
+    return book.accuracy(images, labels, lambda: accuracy(model, images, labels, device=device))
+
+
+def answer_books(
+    cell: Cell, models: dict[str, Any], cache: Path | None, device: str
+) -> dict[str, AnswerBook]:
+    """The books of the cell's models that other cells audit too (:mod:`.answer_book`):
+    the plain victims, in a spec with output-level countermeasures, whose cells (and the
+    one without a countermeasure) all audit them. Elsewhere a book would never be read."""
+    stages = {cm.stage for cm in cell.spec.countermeasures}
+    if cache is None or "output" not in stages or cell.countermeasure.stage not in SHARED_STAGES:
+        return {}
+    return {
+        name: AnswerBook(book_folder(cache, model, device), f"{cell.cell_id[:16]}-{name}")
+        for name, model in models.items()
+        if model is not None
+    }
 
 
 def _probabilities(model, num_classes: int, device: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -380,12 +413,15 @@ def audit_all(
     progress=None,
     accesses: Sequence[str] | None = None,
     saved: AuditProgress | None = None,
+    books: dict[str, AnswerBook] | None = None,
 ) -> list[AuditRow]:
     """Every owner on every model (``oracles``: "marked" and "clean", reached in-process or
     any other way), once per access mode. ``saved``: where each owner's rows are kept as
-    they finish, and read back instead of auditing again when a killed run left them."""
+    they finish, and read back instead of auditing again when a killed run left them.
+    ``books``: answers of the same models kept for other cells (:func:`answer_books`)."""
     from ..oracle.memo import AnswerCache
 
+    books = books or {}
     spec, m, method = cell.spec, cell.method, p.method
     accesses = list(accesses or spec.accesses)
     bar = progress("audits", len(oracles) * len(p.world.owners)) if progress else None
@@ -398,12 +434,17 @@ def audit_all(
                 data = _audit_data(method, owner, marked, p.train, p.aux)
                 changes = {} if owner.member else m.never_options
                 options = method.options(**{**m.options, **changes, "alpha": spec.alpha})
-                memo = AnswerCache(base)  # this audit's answers, read again by restricted runs
+                book = books.get(name)
+                if book is not None:
+                    book.refresh()  # what other cells' workers learned meanwhile
+                memo = AnswerCache(base, book)  # read again by this audit's restricted runs
                 done = []
                 for i, access in enumerate(accesses):
                     oracle = _deployment(cell, memo.view(passthrough=i == 0), access)
                     verdict = method.audit(oracle, key, data, options)
                     done.append(_row(verdict, access, name, owner))
+                if book is not None:
+                    book.flush()
                 if saved is not None:
                     saved.save(name, owner.index, done)
             rows += done

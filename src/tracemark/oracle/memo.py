@@ -11,6 +11,7 @@ gives, and their query counts are what a stand-alone audit with that access woul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -22,16 +23,29 @@ from .response import Response
 ACCESSES: tuple[str, ...] = ("probabilities", "topk", "label")
 
 
+class KnownAnswers(Protocol):
+    """Answers of the same model kept beyond one cache (e.g. on disk, across runs)."""
+
+    def lookup(self, hashes: Sequence[str]) -> Response | None:
+        """The answers to all of ``hashes``, or None unless every one is known."""
+
+    def add(self, hashes: Sequence[str], response: Response) -> None:
+        """Keep the model's answers to ``hashes``."""
+
+
 class AnswerCache:
     """The answers of one deterministic model, memoised by image SHA-256.
 
     :meth:`view` gives oracles that answer from the memo and ask the model only about
     images it has not answered yet. ``model_queries`` counts the images that reached
-    the model; each view counts every image asked of it.
+    the model; each view counts every image asked of it. ``known``: answers the same
+    model gave before (another cache's); a batch they cover is not sent to the model,
+    and every answer the model gives is added to them.
     """
 
-    def __init__(self, model: Oracle) -> None:
+    def __init__(self, model: Oracle, known: KnownAnswers | None = None) -> None:
         self.model = model
+        self.known = known
         self._rows: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
         self._form: tuple[str, int, bool, bool] | None = None  # mode, k, has probs, scores
         self._num_classes = 0
@@ -46,7 +60,8 @@ class AnswerCache:
 
         ``passthrough``: send every batch to the model exactly as asked (and remember
         the answers), so this view's answers are bit for bit those of an uncached run;
-        use it for the first access mode, and plain views for the others.
+        use it for the first access mode, and plain views for the others. A batch whose
+        every image ``known`` answers is read from there instead.
         """
         return CachedOracle(self, passthrough)
 
@@ -67,6 +82,17 @@ class AnswerCache:
                 None if response.probs is None else response.probs[i],
                 None if response.scores is None else response.scores[i],
             )
+
+    def _ask(self, hashes: Sequence[str], images: np.ndarray) -> Response:
+        """The answers to ``images``, all from ``known`` or all from one model query as
+        asked (so a batch's answers never mix two batch compositions), memoised."""
+        response = None if self.known is None else self.known.lookup(hashes)
+        if response is None:
+            response = self.model.query(images)
+            if self.known is not None:
+                self.known.add(hashes, response)
+        self._remember(hashes, response)
+        return response
 
     def _answer(self, hashes: Sequence[str]) -> Response:
         rows = [self._rows[h] for h in hashes]
@@ -104,8 +130,7 @@ class CachedOracle(Oracle):
             return self.cache.model.query(images)
         hashes = image_hashes(images)
         if self.passthrough:
-            response = self.cache.model.query(images)
-            self.cache._remember(hashes, response)
+            response = self.cache._ask(hashes, images)
             self._queries += len(images)
             return response
         first: dict[str, int] = {}
@@ -114,7 +139,7 @@ class CachedOracle(Oracle):
                 first.setdefault(h, i)
         if first:
             idx = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-            self.cache._remember(list(first), self.cache.model.query(images[idx]))
+            self.cache._ask(list(first), images[idx])
         self._queries += len(images)
         return self.cache._answer(hashes)
 
