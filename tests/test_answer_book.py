@@ -103,7 +103,8 @@ def test_output_level_cells_read_the_plain_victims_answers_from_the_book(tmp_pat
     # and gets the same rows
     shutil.copytree(tmp_path / "cache" / "models", tmp_path / "alone" / "models")
     alone = run_cell(warm_cell, tmp_path / "alone", device="cpu")
-    assert sum(asked) == sum(r.queries for r in alone.audits if r.access == "probabilities")
+    # (the label-only audits may ask views the full ones did not: at least every full query)
+    assert sum(asked) >= sum(r.queries for r in alone.audits if r.access == "probabilities")
     assert len(measured) == 2  # marked and clean: the plain victim is the marked one
     assert [dataclasses.asdict(r) for r in warm.audits] == [
         dataclasses.asdict(r) for r in alone.audits

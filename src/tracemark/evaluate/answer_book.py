@@ -45,6 +45,8 @@ def book_folder(cache: Path, model: Any, device: str) -> Path:
     """Where ``cache`` keeps the book of ``model`` run by this torch on ``device``."""
     import torch
 
+    if device == "auto":  # as the oracles resolve it: the device that computes
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     h = hashlib.sha256()
     for part in (weights_digest(model), torch.__version__, torch.get_num_threads(), device):
         h.update(f"{part}\0".encode())
