@@ -23,6 +23,7 @@ FILES=(
   tests/test_evaluate.py
   tests/test_demos.py
   tests/test_size.py
+  tests/test_answer_book.py
 )
 SEEDS=("$@")
 [ ${#SEEDS[@]} -gt 0 ] || SEEDS=(1 2 3)
