@@ -28,26 +28,25 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..fsutil import atomic_open, atomic_write_text
 from ..oracle.response import Response
-from .audit_progress import weights_digest
 
 ANSWERS_FOLDER = "answers"
 _SHARD = re.compile(r"^(?P<writer>[0-9a-z-]+)-(?P<n>\d+)\.npz$")
 
 
-def book_folder(cache: Path, model: Any, device: str) -> Path:
-    """Where ``cache`` keeps the book of ``model`` run by this torch on ``device``."""
+def book_folder(cache: Path, weights: str, device: str) -> Path:
+    """Where ``cache`` keeps the book of the model whose :func:`weights_digest` is
+    ``weights``, run by this torch on ``device``."""
     import torch
 
     if device == "auto":  # as the oracles resolve it: the device that computes
         device = "cuda" if torch.cuda.is_available() else "cpu"
     h = hashlib.sha256()
-    for part in (weights_digest(model), torch.__version__, torch.get_num_threads(), device):
+    for part in (weights, torch.__version__, torch.get_num_threads(), device):
         h.update(f"{part}\0".encode())
     return cache / ANSWERS_FOLDER / h.hexdigest()
 

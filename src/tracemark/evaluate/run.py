@@ -174,7 +174,8 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
     clock = Clock()
     p = prepare(cell, cache, device, progress, clock)
     marked = p.models["marked"]
-    books = answer_books(cell, p.models, cache, device)
+    saved = AuditProgress(partial_folder(cache), cell.cell_id, p.models)
+    books = answer_books(cell, saved.digests, cache, device)
     accuracy = {
         name: _accuracy(model, p, device, books.get(name))
         for name, model in p.models.items()
@@ -211,7 +212,6 @@ def _run(cell: Cell, cache: Path | None, device: str, progress) -> CellResult:
         for name, model in p.models.items()
         if model is not None
     }
-    saved = AuditProgress(partial_folder(cache), cell.cell_id, p.models)
     result.audits = audit_all(cell, p, oracles, progress, saved=saved, books=books)
     saved.clear()
     clock.lap("audit")
@@ -381,18 +381,18 @@ def _accuracy(model, p: Prepared, device: str, book: AnswerBook | None = None) -
 
 
 def answer_books(
-    cell: Cell, models: dict[str, Any], cache: Path | None, device: str
+    cell: Cell, digests: dict[str, str], cache: Path | None, device: str
 ) -> dict[str, AnswerBook]:
     """The books of the cell's models that other cells audit too (:mod:`.answer_book`):
     the plain victims, in a spec with output-level countermeasures, whose cells (and the
-    one without a countermeasure) all audit them. Elsewhere a book would never be read."""
+    one without a countermeasure) all audit them. Elsewhere a book would never be read.
+    ``digests``: each model's weights digest, as :class:`.AuditProgress` computed it."""
     stages = {cm.stage for cm in cell.spec.countermeasures}
     if cache is None or "output" not in stages or cell.countermeasure.stage not in SHARED_STAGES:
         return {}
     return {
-        name: AnswerBook(book_folder(cache, model, device), f"{cell.cell_id[:16]}-{name}")
-        for name, model in models.items()
-        if model is not None
+        name: AnswerBook(book_folder(cache, weights, device), f"{cell.cell_id[:16]}-{name}")
+        for name, weights in digests.items()
     }
 
 
