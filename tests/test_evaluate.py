@@ -702,6 +702,54 @@ def _cached_in_worker(cache, log):
     return trained, round(weights, 6)
 
 
+def test_a_training_countermeasure_trains_a_recipes_clean_model_once_for_every_method(
+    tmp_path, monkeypatch
+):
+    """The clean model trained under a training-level countermeasure is a function of the
+    recipe, the seed and the countermeasure: two methods on one recipe train it once, a
+    rerun trains nothing, and what the cache gives back (weights and the figures the
+    countermeasure reported) is what training without a cache gives."""
+    import torch
+
+    from tracemark.countermeasures.training import EarlyStop
+    from tracemark.evaluate.run import prepare
+
+    trained: list[int] = []
+    original = EarlyStop.train
+
+    def counted(self, images, labels, trainer):
+        trained.append(len(labels))
+        return original(self, images, labels, trainer)
+
+    monkeypatch.setattr(EarlyStop, "train", counted)
+    quick = {"images": 200, "epochs": 3, "batch_size": 32}
+    methods = {name: TINY["methods"][name] for name in ("tracker", "ubw")}
+    spec = parse_spec(
+        tiny(
+            recipes={"quick": quick},
+            methods=methods,
+            countermeasures=[{"name": "early-stop", "patience": 1}],
+        )
+    )
+    cells = cells_of(spec)
+    assert len(cells) == 2
+    first = [prepare(cell, tmp_path / "cache") for cell in cells]
+    assert len(trained) == 3  # each method's marked victim, and one clean model
+    again = [prepare(cell, tmp_path / "cache") for cell in cells]
+    assert len(trained) == 3  # the rerun trains nothing
+    uncached = prepare(cells[1], None)
+    assert len(trained) == 5
+    for other in (again[1], uncached):
+        for name in ("marked", "clean"):
+            a, b = first[1].models[name].state_dict(), other.models[name].state_dict()
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+        assert other.countermeasure == first[1].countermeasure
+    assert "stopped_at_epoch" in again[0].countermeasure
+    assert first[0].models["clean"] is not first[1].models["clean"]
+    a, b = first[0].models["clean"].state_dict(), first[1].models["clean"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_countermeasures_of_every_stage_reach_the_victims_and_report_their_cost(tmp_path):
     """One cell per stage: the post-training and output ones reuse the cached plain
     victims, the filter reports what it removed, the training change trains both

@@ -55,6 +55,9 @@ class Countermeasure(BaseModel):
     stage: ClassVar[Stage] = "none"
     # the purpose an output-level countermeasure's random answers are seeded under
     seed_purpose: ClassVar[str] = "evaluate/output"
+    # whether what ``train`` returns is one of tracemark's architectures, so that a
+    # checkpoint can rebuild it and a harness can keep it (DP-SGD's group norms are not)
+    checkpointable: ClassVar[bool] = True
 
     @property
     def label(self) -> str:

@@ -193,6 +193,7 @@ class DPSGD(Countermeasure):
     max_grad_norm: float = Field(1.0, gt=0, le=1_000)
     delta: float = Field(1e-5, gt=0, lt=1)
     stage: ClassVar[Stage] = "training"
+    checkpointable: ClassVar[bool] = False  # batch norm became group norm
 
     def train(self, images, labels, trainer):
         import torch

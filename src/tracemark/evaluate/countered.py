@@ -8,7 +8,8 @@ Per stage (:mod:`tracemark.countermeasures.base`):
 - ``output``: both plain models; the cell's oracles are wrapped (:mod:`.run`);
 - ``post``: the countermeasure applied to the plain marked victim and to the plain clean
   model, with the same clean data;
-- ``training``: both trained anew with the countermeasure (never cached);
+- ``training``: both trained anew with the countermeasure, and cached: the clean model
+  under a countermeasure serves every method on its recipe (:func:`trained_under`);
 - ``data``: the marked victim trained on what the filter keeps of its data (the filter's
   precision and recall on marked images are recorded); the clean model is the plain one,
   since filtering clean data gives just another model that never saw a mark.
@@ -20,6 +21,7 @@ after the countermeasure: what the countermeasure cost the trainer on the same d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ import numpy as np
 from .._version import COMPUTE_VERSION
 from ..countermeasures import Trainer
 from ..datasets import LabelledImages
+from ..fsutil import atomic_write_text
 from ..rng import derive_int
 from .cells import Cell, digest, identity
 from .victims import (
@@ -37,6 +40,7 @@ from .victims import (
     build_victim,
     cached_model,
     clean_model_id,
+    model_path,
     progress_file,
     train_config,
     train_victim,
@@ -111,9 +115,10 @@ def train_victims(
     elif cm.stage == "training":
         if training is not None:
             trainer.progress = bar("marked")
-            v.marked = cm.train(training.images, training.labels, trainer)
+            plain_id = marked_model_id(cell)
+            v.marked = trained_under(cm, training, trainer, cache, plain_id)
         clean_trainer = _fresh(trainer, progress=bar("clean"))
-        v.clean = cm.train(clean.images, clean.labels, clean_trainer)
+        v.clean = trained_under(cm, clean, clean_trainer, cache, model_id)
         if training is None:
             trainer.info = clean_trainer.info
     elif cm.stage == "data" and training is not None:
@@ -124,6 +129,35 @@ def train_victims(
         v.marked = train_victim(recipe, kept.images, kept.labels, seed, device, bar("marked"), at)
     v.info = trainer.info
     return v
+
+
+def trained_under(
+    cm: Any, data: LabelledImages, trainer: Trainer, cache: Path | None, plain_id: str
+) -> Any:
+    """``cm.train`` on ``data``, kept in the cache beside the plain model ``plain_id`` with
+    the figures it reported (epsilon, the epoch it stopped at).
+
+    What a training-level countermeasure trains is a function of the plain model's
+    identity and the countermeasure's alone (its seeds come from the cell's seed, the
+    recipe and the countermeasure), so the clean model trained under it serves every
+    method of the spec on that recipe, and a cell killed after one of its two trainings
+    does not repeat it. A countermeasure whose model no checkpoint can rebuild
+    (``checkpointable`` false: DP-SGD) trains anew each time.
+    """
+    if cache is None or not cm.checkpointable:
+        return cm.train(data.images, data.labels, trainer)
+    model_id = digest({"plain": plain_id, "countermeasure": identity(cm), "purpose": "countered"})
+    figures = model_path(cache, model_id).with_suffix(".json")
+
+    def train(_progress_at: Path | None) -> Any:  # a changed loop keeps no progress file
+        model = cm.train(data.images, data.labels, trainer)
+        atomic_write_text(figures, json.dumps(trainer.info, sort_keys=True))
+        return model
+
+    model, trained = cached_model(cache, model_id, train)
+    if not trained:
+        trainer.info.update(json.loads(figures.read_text()))
+    return model
 
 
 def _fresh(trainer: Trainer, **change) -> Trainer:
