@@ -286,6 +286,57 @@ def test_report_files_are_self_contained(tiny_run, tmp_path, capsys):
     assert run_cli(["report", tmp_path / "missing.db"]) == 2
 
 
+def test_the_report_names_every_false_positive_interval_wholly_above_alpha(
+    tiny_run, tmp_path, capsys
+):
+    """A valid test cannot give a false-positive interval wholly above alpha, so the
+    report lists each one as a defect to find: none in the tiny run; every clean-model
+    audit of one cell turned into a false accusation (as a broken audit would) is named
+    per cell and pooled, in the JSON, report.md and the console."""
+    import shutil
+
+    from tracemark.evaluate.store import Store
+
+    root, _ = tiny_run
+    assert run_cli(["report", root / "results.db", "--json"]) == 0
+    honest = json.loads(capsys.readouterr().out)
+    assert honest["fpr_above_alpha"] == []
+    # cells x accesses and pooled entries, two false-positive rates each, all measured
+    assert honest["fpr_intervals"] == 2 * (len(honest["cells"]) + len(honest["pooled"]))
+    assert run_cli(["report", root / "results.db", "-o", tmp_path / "honest"]) == 0
+    assert (
+        f"none of {honest['fpr_intervals']} intervals"
+        in (tmp_path / "honest" / "report.md").read_text()
+    )
+    db = tmp_path / "broken.db"
+    shutil.copy(root / "results.db", db)
+    with sqlite3.connect(db) as con:
+        (cell,) = con.execute("SELECT cell_id FROM cells WHERE method_name = 'tracker'").fetchone()
+        con.execute(
+            "UPDATE audits SET decision = 1, p_value = 0.001 WHERE cell_id = ? AND model = 'clean' "
+            "AND access = 'probabilities'",
+            (cell,),
+        )
+        # as a store of results schema 1 (before digests), which a writable open seals
+        con.execute("DELETE FROM cell_digests")
+        con.execute("UPDATE meta SET value = '1' WHERE name = 'schema'")
+    Store(db).close()
+    capsys.readouterr()
+    assert run_cli(["report", db, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["fpr_above_alpha"]
+    assert {(e["seed"], e["rate"], e["access"], e["method"]) for e in found} == {
+        (TEST_SEED, "fpr_clean", "probabilities", "tracker"),
+        (None, "fpr_clean", "probabilities", "tracker"),
+    }
+    assert all(e["fpr"] == 1.0 and e["ci"][0] > e["alpha"] for e in found)
+    assert run_cli(["report", db]) == 0
+    assert "lies wholly above alpha" in capsys.readouterr().err
+    assert run_cli(["report", db, "-o", tmp_path / "broken"]) == 0
+    md = (tmp_path / "broken" / "report.md").read_text()
+    table = md.split("wholly above alpha")[1].split("## ")[0]
+    assert "| tracker | tiny | none | pooled | probabilities | clean | 1.000 [" in table
+
+
 def test_a_run_killed_before_recording_its_end_reads_as_such(tiny_run, tmp_path):
     """A run stopped by SIGKILL (or still going) has no end in the store: the report
     says it did not finish, never "None of N cells computed (None s)"."""

@@ -223,6 +223,16 @@ def print_summary(summary: dict) -> None:
             f"{e['p_fpr_above_alpha']:.3g}",
         )
     stdout.print(null)
+    for e in summary.get("fpr_above_alpha", []):
+        seed = "pooled" if e["seed"] is None else f"seed {e['seed']}"
+        stderr.print(
+            f"{e['rate']} of {e['method']} / {e['recipe']} / {e['countermeasure']} "
+            f"({seed}, {e['access']}): {e['fpr']:.3f}, interval [{e['ci'][0]:.3f}, "
+            f"{e['ci'][1]:.3f}] lies wholly above alpha = {e['alpha']:g}: an audit is wrong",
+            style="bold red",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _count(entry: dict, name: str) -> str:

@@ -219,9 +219,30 @@ def null_entries(store: Store, by: str = "method") -> list[dict[str, Any]]:
     return out
 
 
+FALSE_POSITIVE_RATES = ("fpr_never_published", "fpr_clean")
+
+
+def fpr_above_alpha(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every false-positive rate whose exact interval lies wholly above its alpha.
+
+    A valid test flags a null audit with probability at most alpha, so such an interval
+    is a defect in an audit (or in what the harness fed it) to find, not a result: the
+    report lists each one, per cell and pooled over seeds."""
+    found = []
+    for e in entries:
+        for name in FALSE_POSITIVE_RATES:
+            ci = e.get(f"{name}_ci")
+            if ci is not None and ci[0] > e["alpha"]:
+                where = {k: e.get(k) for k in ("method", "recipe", "countermeasure", "access")}
+                found.append({**where, "seed": e.get("seed"), "rate": name, "fpr": e[name]})
+                found[-1].update(ci=ci, alpha=e["alpha"])
+    return found
+
+
 def summarise(store: Store) -> dict[str, Any]:
     """The machine-readable summary ``tracemark report --json`` prints."""
     cells = cell_entries(store)
+    pooled = pooled_entries(cells, store)
     null = null_entries(store)
     runs = store.runs()
     return {
@@ -242,7 +263,11 @@ def summarise(store: Store) -> dict[str, Any]:
             for r in runs
         ],
         "cells": cells,
-        "pooled": pooled_entries(cells, store),
+        "pooled": pooled,
+        "fpr_above_alpha": fpr_above_alpha(cells + pooled),
+        "fpr_intervals": sum(
+            e.get(f"{name}_ci") is not None for e in cells + pooled for name in FALSE_POSITIVE_RATES
+        ),
         "null": [{k: v for k, v in e.items() if k != "p_values"} for e in null],
         "null_by_entry": [
             {k: v for k, v in e.items() if k != "p_values"}
