@@ -203,29 +203,11 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         for e in summary["pooled"]
         if e.get("stage")
     ]
-    above = [
-        [
-            e["method"],
-            e["recipe"],
-            e["countermeasure"],
-            "pooled" if e["seed"] is None else str(e["seed"]),
-            e["access"],
-            e["rate"].replace("fpr_", "").replace("_", " "),
-            _fmt(e["fpr"], e["ci"]),
-            f"{e['alpha']:g}",
-        ]
-        for e in summary.get("fpr_above_alpha", [])
-    ]
-    if not above:
-        n = summary.get("fpr_intervals", 0)
-        above = [[f"none of {n} intervals", *["-"] * 7]]
-    above_head = ["method", "recipe", "countermeasure", "seed", "access", "rate"]
-    above_head += ["FPR [95% CI]", "alpha"]
     extra = [
         (
             "False-positive rates whose interval lies wholly above alpha (each one a bug to find)",
-            above_head,
-            above,
+            list(ABOVE_ALPHA_HEAD),
+            _above_alpha_rows(summary),
         )
     ]
     if countered:
@@ -251,6 +233,38 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             cells,
         ),
     ]
+
+
+# the columns of the report's table of false-positive intervals wholly above alpha
+ABOVE_ALPHA_HEAD = (
+    "method",
+    "recipe",
+    "countermeasure",
+    "seed",
+    "access",
+    "rate",
+    "FPR [95% CI]",
+    "alpha",
+)
+
+
+def _above_alpha_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """The false-positive rates whose interval lies wholly above alpha, or one row saying
+    how many intervals were checked and none did."""
+    rows = [
+        [
+            e["method"],
+            e["recipe"],
+            e["countermeasure"],
+            "pooled" if e["seed"] is None else str(e["seed"]),
+            e["access"],
+            e["rate"].replace("fpr_", "").replace("_", " "),
+            _fmt(e["fpr"], e["ci"]),
+            f"{e['alpha']:g}",
+        ]
+        for e in summary.get("fpr_above_alpha", [])
+    ]
+    return rows or [[f"none of {summary.get('fpr_intervals', 0)} intervals", *["-"] * 7]]
 
 
 def _num(value: float | None) -> str:
