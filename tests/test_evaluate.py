@@ -205,11 +205,17 @@ def test_the_store_is_sqlite_in_wal_mode_and_keeps_each_audits_evidence(tiny_run
         tracker = next(c for c in store.cells() if c["method_name"] == "tracker")
         audit = next(a for a in store.audits(tracker["cell_id"]) if a["access"] == "probabilities")
     evidence = evidence_of(audit["evidence"])
-    # anyone can recompute the stored p-value from the stored evidence
-    from tracemark.stats import rank_p_value
+    # anyone can recompute the stored p-value from the stored evidence, by the rule the
+    # spec's options give: sequential, reading the pseudo-users in order until the h-th
+    # one scores as well as the owner (the rest of the last batch does not count)
+    from tracemark.methods.tracker.options import TrackerOptions
+    from tracemark.stats import sequential_rank_p_value
 
+    rule = TrackerOptions(**TINY["methods"]["tracker"]["options"])
     own = float(np.mean(evidence["user_losses"]))
-    assert rank_p_value(own, np.array(evidence["null_scores"]), "less") == audit["p_value"]
+    null = np.array(evidence["null_scores"])
+    p, _ = sequential_rank_p_value(own, null, rule.stop_after, rule.cap, "less")
+    assert p == audit["p_value"]
 
 
 def test_rates_carry_the_textbook_clopper_pearson_intervals():

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from scipy.stats import chisquare
 
 from tracemark.datasets import load_fashion_mnist
@@ -216,6 +217,105 @@ def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path, mon
     np.testing.assert_array_equal(resumed.poisons, whole.poisons)
     assert resumed.alignment == whole.alignment and resumed.retrained_at == whole.retrained_at
     assert not list(tmp_path.iterdir())
+
+
+def test_ubw_c_crafting_keeps_its_best_restart_and_matches_an_ensemble(fashion, tmp_path):
+    """With 2 restarts the matching runs twice, from delta = 0 and from a random point of
+    the epsilon ball, and keeps the run whose final alignment loss is lower; with 2
+    surrogates each is trained from its own seed and retrained on the poisons. A crafting
+    killed between the restarts, and one killed inside the second, each go on from where
+    they stopped and craft exactly what a run never stopped crafts."""
+    from tracemark.methods.ubw.clean_label import craft
+    from tracemark.methods.ubw.key_trigger import make_trigger
+    from tracemark.resume_folder import keep_progress_in
+
+    data = fashion.subset(np.arange(100))
+    key = _key(
+        variant="ubw-c",
+        iterations=3,
+        retrain_every=2,
+        surrogate_epochs=1,
+        sources=30,
+        surrogates=2,
+        restarts=2,
+    )
+    trigger = make_trigger(key, data.images.shape[1:])
+
+    def crafted(kill_at=None, seen=None):
+        def progress_factory(name, total):
+            seen.append(name)
+            if name == kill_at:
+                raise Killed
+            return lambda _: None
+
+        return craft(
+            data.images,
+            data.labels,
+            10,
+            trigger,
+            key,
+            device="cpu",
+            progress_factory=progress_factory,
+        )
+
+    seen: list[str] = []
+    whole = crafted(seen=seen)
+    assert len(whole.finals) == 2 and whole.finals[0] != whole.finals[1]
+    assert whole.restart == int(np.argmin(whole.finals))
+    assert whole.alignment[-1] == min(whole.finals) and len(whole.alignment) == 3
+    assert seen == [
+        "train surrogate 1 of 2 (1)",
+        "train surrogate 2 of 2 (1)",
+        "UBW-C gradient matching (start 1 of 2)",
+        "train surrogate 1 of 2 (2)",  # the retraining at iteration 2, each member
+        "train surrogate 2 of 2 (2)",
+        "UBW-C gradient matching (start 2 of 2)",  # from the first surrogates again
+        "train surrogate 1 of 2 (2)",
+        "train surrogate 2 of 2 (2)",
+    ]
+    diff = whole.poisons - data.images[whole.poisoned]
+    assert np.abs(diff).max() <= 16 / 255 + 1e-6 and np.abs(diff).max() > 0
+    for kill_at in ("UBW-C gradient matching (start 2 of 2)", "train surrogate 2 of 2 (2)"):
+        folder = tmp_path / kill_at.split()[0]
+        with keep_progress_in(folder), pytest.raises(Killed):  # the second kill: in start 1
+            crafted(kill_at=kill_at, seen=[])
+        seen = []
+        with keep_progress_in(folder):
+            resumed = crafted(seen=seen)
+        assert "train surrogate 1 of 2 (1)" not in seen  # the first surrogates were kept
+        np.testing.assert_array_equal(resumed.poisons, whole.poisons)
+        assert resumed.finals == whole.finals and resumed.restart == whole.restart
+        assert not list(folder.iterdir())
+
+
+# A UBW-C key file as 0.7.5 wrote it, before ``surrogates`` and ``restarts`` existed, and
+# the commitment 0.7.5 computed for it.
+KEY_0_7_5 = (
+    '{"created": "2026-12-01T00:00:00Z", "format": "tracemark-key", "method": "ubw", '
+    '"params": {"alpha": 0.2, "beta": 2.0, "epsilon": 0.06274509803921569, "gamma": 0.1, '
+    '"image_shape": null, "iterations": 100, "lr": 0.025, "num_classes": null, '
+    '"patch_size": null, "poisoned": [], "release_sha256": null, "retrain_every": 50, '
+    '"sources": 1000, "stealth": null, "surrogate": "small-cnn", "surrogate_epochs": 8, '
+    '"surrogate_width": 32, "target": 0, "trigger": "patch", "variant": "ubw-c"}, '
+    '"seed": "00112233445566778899aabbccddeeff", "version": 2}'
+)
+COMMITMENT_0_7_5 = "8ff17661208cf0c27103200ef6e18a1590913b73a4bce06fc2fd993860782dc8"
+
+
+def test_crafting_settings_added_later_leave_earlier_keys_as_they_were():
+    """A key holds ``surrogates`` and ``restarts`` only where they differ from 1, so a key
+    file written before they existed reads, re-saves and commits exactly as before."""
+    import json
+
+    key = Key.model_validate_json(KEY_0_7_5)
+    assert key.commitment() == COMMITMENT_0_7_5
+    assert json.dumps(key.model_dump(), sort_keys=True) == KEY_0_7_5
+    assert key.typed_params().surrogates == 1 and key.typed_params().restarts == 1
+    stronger = _key(variant="ubw-c", surrogates=4, restarts=2)
+    assert stronger.params["surrogates"] == 4 and stronger.params["restarts"] == 2
+    assert stronger.commitment() != _key(variant="ubw-c").commitment()
+    with pytest.raises(ValidationError, match="restarts"):
+        _key(variant="ubw-c", restarts=0)
 
 
 def test_ubw_param_validation():

@@ -1,6 +1,6 @@
 """The package version, in a module of its own: importing it loads nothing else."""
 
-__version__ = "0.7.5"
+__version__ = "0.7.6"
 
 # The release whose marking, training and audits a result was computed by. Cell, clean
 # model and release identities hash this, not ``__version__``: a release that changes

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 UbwVariant = Literal["ubw-p", "ubw-c", "badnets", "blended"]
 _DEFAULT_TRIGGER = {"ubw-p": "corner", "ubw-c": "patch", "badnets": "corner", "blended": "blended"}
+# Fields added after keys were published, with the values that mean "as before": a key
+# holds them only when it differs, so every earlier key keeps its content and commitment.
+ADDED_LATER = {"surrogates": 1, "restarts": 1}
 
 
 class UbwParams(BaseModel):
@@ -36,6 +39,10 @@ class UbwParams(BaseModel):
     surrogate: str = Field("small-cnn", description="UBW-C surrogate architecture")
     surrogate_width: int = Field(32, ge=1, description="UBW-C surrogate width (small-cnn only)")
     surrogate_epochs: int = Field(8, ge=1, description="UBW-C surrogate training epochs")
+    surrogates: int = Field(1, ge=1, description="UBW-C ensemble of surrogates, each its own seed")
+    restarts: int = Field(
+        1, ge=1, description="UBW-C matching runs from random starts; the best is kept"
+    )
     num_classes: int | None = Field(None, ge=2)
     image_shape: tuple[int, int, int] | None = None
     poisoned: list[int] = Field(
@@ -47,6 +54,14 @@ class UbwParams(BaseModel):
     stealth: dict[str, float | int | None] | None = Field(
         None, description="PSNR/SSIM of the watermarked share against the originals"
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler):
+        data = handler(self)
+        for name, default in ADDED_LATER.items():
+            if data.get(name) == default:
+                del data[name]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> UbwParams:
