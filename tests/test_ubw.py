@@ -157,6 +157,17 @@ def test_ubw_c_respects_epsilon_and_keeps_labels(fashion):
     assert release.images.min() >= 0 and release.images.max() <= 1
 
 
+def _craft(data, key: Key, progress_factory):
+    """UBW-C crafting of ``data`` on the CPU with ``key``'s trigger (10 classes)."""
+    from tracemark.methods.ubw.clean_label import craft
+    from tracemark.methods.ubw.key_trigger import make_trigger
+
+    trigger = make_trigger(key, data.images.shape[1:])
+    return craft(
+        data.images, data.labels, 10, trigger, key, device="cpu", progress_factory=progress_factory
+    )
+
+
 class Killed(Exception):
     """Stands for the machine stopping in the middle of the crafting."""
 
@@ -167,13 +178,10 @@ def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path, mon
     (one epoch of two done) goes on from that epoch and that iteration, and crafts
     exactly the poisons of a run never stopped; the folder is emptied."""
     from tracemark import training_resume
-    from tracemark.methods.ubw.clean_label import craft
-    from tracemark.methods.ubw.key_trigger import make_trigger
     from tracemark.resume_folder import keep_progress_in
 
     data = fashion.subset(np.arange(200))
     key = _key(variant="ubw-c", iterations=5, retrain_every=2, surrogate_epochs=2, sources=50)
-    trigger = make_trigger(key, data.images.shape[1:])
 
     def crafted(kill_in=None, seen=None):
         def progress_factory(name, total):
@@ -184,15 +192,7 @@ def test_a_killed_ubw_c_crafting_resumes_where_it_stopped(fashion, tmp_path, mon
 
             return advance
 
-        return craft(
-            data.images,
-            data.labels,
-            10,
-            trigger,
-            key,
-            device="cpu",
-            progress_factory=progress_factory if seen is not None else None,
-        )
+        return _craft(data, key, progress_factory if seen is not None else None)
 
     whole = crafted()
     seen: list[str] = []
@@ -225,8 +225,6 @@ def test_ubw_c_crafting_keeps_its_best_restart_and_matches_an_ensemble(fashion, 
     surrogates each is trained from its own seed and retrained on the poisons. A crafting
     killed between the restarts, and one killed inside the second, each go on from where
     they stopped and craft exactly what a run never stopped crafts."""
-    from tracemark.methods.ubw.clean_label import craft
-    from tracemark.methods.ubw.key_trigger import make_trigger
     from tracemark.resume_folder import keep_progress_in
 
     data = fashion.subset(np.arange(100))
@@ -239,7 +237,6 @@ def test_ubw_c_crafting_keeps_its_best_restart_and_matches_an_ensemble(fashion, 
         surrogates=2,
         restarts=2,
     )
-    trigger = make_trigger(key, data.images.shape[1:])
 
     def crafted(kill_at=None, seen=None):
         def progress_factory(name, total):
@@ -248,15 +245,7 @@ def test_ubw_c_crafting_keeps_its_best_restart_and_matches_an_ensemble(fashion, 
                 raise Killed
             return lambda _: None
 
-        return craft(
-            data.images,
-            data.labels,
-            10,
-            trigger,
-            key,
-            device="cpu",
-            progress_factory=progress_factory,
-        )
+        return _craft(data, key, progress_factory)
 
     seen: list[str] = []
     whole = crafted(seen=seen)

@@ -366,6 +366,11 @@ class Crafting:
             }
         )
 
+    def _targets(self, models: list[nn.Module]) -> list[list[torch.Tensor]]:
+        """Each surrogate's target gradient on the triggered sources."""
+        m, beta = self.m, self.params.beta
+        return [target_gradient(mo, m.x_src, m.y_src, beta, BATCH_SIZE) for mo in models]
+
     def _start(self, restart: int) -> tuple[torch.Tensor, torch.Generator]:
         """Restart 0 starts at delta = 0; the others at a uniform point of the epsilon
         ball, each from the key; each restart has its own augmentations."""
@@ -394,7 +399,7 @@ class Crafting:
         """One restart's matching, from its start or from a killed run's ``state``."""
         m, params, members, saved = self.m, self.params, self.members, self.saved
         dev, count, pad = m.x.device, m.x.shape[0], max(1, self.images.shape[1] // 8)
-        targets = [target_gradient(mo, m.x_src, m.y_src, params.beta, BATCH_SIZE) for mo in models]
+        targets = self._targets(models)
         delta, aug_gen = self._start(restart)
         optimizer = torch.optim.Adam([delta], lr=params.lr)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -428,9 +433,7 @@ class Crafting:
                     for e, s in enumerate(members)
                 ]
                 weights = [_params(mo) for mo in models]
-                targets = [
-                    target_gradient(mo, m.x_src, m.y_src, params.beta, BATCH_SIZE) for mo in models
-                ]
+                targets = self._targets(models)
                 retrained.append(it)
             delta.grad = torch.zeros_like(delta)
             total = 0.0
