@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 
 from tracemark.countermeasures import REGISTRY, CountermeasureSpec, Trainer
 from tracemark.countermeasures.post import prunable_weights
+from tracemark.errors import TracemarkError
 from tracemark.models import build_model
 from tracemark.oracle import CallableOracle
 from tracemark.train_config import TrainConfig
@@ -30,9 +31,9 @@ N_TRAIN, N_TEST = 1000, 500
 
 @pytest.fixture(scope="module")
 def data(fmnist_train, fmnist_test):
-    rng = np.random.default_rng(TEST_SEED)
-    pick = rng.permutation(len(fmnist_train))[:N_TRAIN]
-    return fmnist_train.subset(np.sort(pick)), fmnist_test.subset(np.arange(N_TEST))
+    return fmnist_train.subset(_training_indices(len(fmnist_train))), fmnist_test.subset(
+        np.arange(N_TEST)
+    )
 
 
 def fresh(**change):
@@ -48,10 +49,26 @@ def plain(data):
     return train_model(fresh(), train.images, train.labels, CONFIG)
 
 
-def trainer(data, plain=None) -> Trainer:
+@pytest.fixture(scope="module")
+def held_out(fmnist_train):
+    """Clean images the tiny model never trained on (fine-tuning's data)."""
+    rest = np.setdiff1d(np.arange(len(fmnist_train)), _training_indices(len(fmnist_train)))
+    return fmnist_train.subset(rest[:2000])
+
+
+def _training_indices(n: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(TEST_SEED).permutation(n)[:N_TRAIN])
+
+
+def trainer(data, plain=None, held_out=None) -> Trainer:
     train, _ = data
     return Trainer(
-        clean=train, fresh_model=fresh, config=CONFIG, seed=TEST_SEED + 7, reference=plain
+        clean=train,
+        fresh_model=fresh,
+        config=CONFIG,
+        seed=TEST_SEED + 7,
+        reference=plain,
+        held_out=None if held_out is None else lambda n: held_out.subset(np.arange(n)),
     )
 
 
@@ -83,19 +100,34 @@ def test_pruning_zeroes_the_stated_share_of_weights(data, plain, amount):
     assert not any(n.endswith("_orig") for n, _ in pruned.named_parameters())  # permanent
 
 
-def test_fine_tuning_changes_the_weights_and_keeps_the_model(data, plain):
+def test_fine_tuning_changes_the_weights_and_keeps_the_model(data, plain, held_out):
     _, test = data
-    tuned = parse({"name": "finetune", "lr": 0.01, "epochs": 1, "images": 300}).apply(
-        plain, trainer(data)
-    )
+    holds = trainer(data, held_out=held_out)
+    tuned = parse({"name": "finetune", "lr": 0.01, "epochs": 1, "images": 300}).apply(plain, holds)
+    assert holds.info["finetune_images"] == 300
     assert not torch.allclose(weights(tuned), weights(plain))
     assert accuracy(tuned, test.images, test.labels) > 0.5
     tiny = parse({"name": "finetune", "lr": 1e-5, "epochs": 1, "images": 300}).apply(
-        plain, trainer(data)
+        plain, trainer(data, held_out=held_out)
     )
     moved_small = float((weights(tiny) - weights(plain)).abs().max())
     moved_large = float((weights(tuned) - weights(plain)).abs().max())
     assert 0 < moved_small < moved_large  # the learning rate sets how far it moves
+
+
+def test_fine_tuning_takes_exactly_the_images_its_spec_names_or_refuses(data, plain):
+    """Its label says how many clean images it tuned on; it never tunes on fewer."""
+    own = parse({"name": "finetune", "epochs": 1, "images": 200, "data": "training"})
+    holds = trainer(data)
+    own.apply(plain, holds)
+    assert holds.info["finetune_images"] == 200
+    assert own.label.endswith("images=200, data=training)")
+    with pytest.raises(TracemarkError, match="holds 1000"):
+        parse({"name": "finetune", "images": N_TRAIN + 1, "data": "training"}).apply(
+            plain, trainer(data)
+        )
+    with pytest.raises(TracemarkError, match="did not train on"):
+        parse({"name": "finetune", "images": 10}).apply(plain, trainer(data))  # none held
 
 
 def test_distillation_trains_a_fresh_student_that_agrees_with_its_teacher(data, plain):

@@ -123,6 +123,32 @@ def test_specs_name_the_bad_field():
         load_spec("no-such-spec")
 
 
+def test_the_committed_stores_cells_are_still_their_specs_cells():
+    """A release that changes one method's audit or one countermeasure names it in the
+    cells' identity (``audit_revision``, ``Countermeasure.revision``), so every cell the
+    committed stores hold is still a cell of its shipped spec, resumed and not run again;
+    except 0.7.6's fine-tuning cells, which tuned on the victim's own training images and
+    run again on held-out ones."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    stores = {
+        "realistic-0.3.db": "realistic",
+        "countermeasures.db": "countermeasures",
+        "ubw-c-strength.db": "ubw-c-strength",
+    }
+    tuned = set()
+    for db, name in stores.items():
+        ids = {c.cell_id for c in cells_of(load_spec(name))}
+        with sqlite3.connect(f"file:{results / db}?immutable=1", uri=True) as con:
+            stored = con.execute("SELECT cell_id, countermeasure FROM cells").fetchall()
+        kept = {cell for cell, cm in stored if not cm.startswith("finetune(")}
+        assert len(kept) >= 5 and kept <= ids, db
+        tuned |= {cell for cell, cm in stored if cm.startswith("finetune(")}
+        assert not tuned & ids, db
+    assert len(tuned) == 9  # 0.7.6's fine-tuning cells: three methods at three rates
+
+
 def test_every_shipped_spec_is_valid():
     from tracemark.evaluate import shipped_specs
 
@@ -805,6 +831,49 @@ def test_a_training_countermeasure_trains_a_recipes_clean_model_once_for_every_m
     assert first[0].models["clean"] is not first[1].models["clean"]
     a, b = first[0].models["clean"].state_dict(), first[1].models["clean"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tuning_tunes_both_victims_on_the_same_held_out_clean_images(tmp_path, monkeypatch):
+    """The papers' defender fine-tunes on clean images the victim never trained on
+    (MembershipTracker §5.2.3, Data Isotopes §8.5): the harness gives the marked victim
+    and the clean model the same ``images`` of them, outside the victim's training data
+    and every owner's collection. (Tuned on its own training images, a fitted victim's
+    loss is near zero and the tuning changes nothing.)"""
+    import tracemark.training as training
+    from tracemark.evaluate.run import prepare
+    from tracemark.evaluate.world import clean_indices, held_out_indices, load_split
+
+    tuned: list[tuple[np.ndarray, np.ndarray]] = []
+    original = training.train_model
+
+    def spy(model, images, labels, config=None, *args, **kwargs):
+        if config is not None and not config.reinit:  # a fine-tuning, not a victim
+            tuned.append((images.copy(), labels.copy()))
+        return original(model, images, labels, config, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_model", spy)
+    finetune = {"name": "finetune", "lr": 0.01, "epochs": 1, "images": 150}
+    spec = parse_spec(
+        tiny(
+            methods={"isotope": TINY["methods"]["isotope"]},
+            accesses=["probabilities"],
+            countermeasures=[finetune],
+        )
+    )
+    (cell,) = cells_of(spec)
+    p = prepare(cell, tmp_path / "cache")
+    assert p.countermeasure["finetune_images"] == 150
+    assert len(tuned) == 2  # the marked victim and the clean model
+    train = load_split(spec.dataset, "train")
+    clean = clean_indices(spec.dataset, cell.recipe, cell.seed)
+    held = held_out_indices(spec.dataset, cell.seed, clean, 150)
+    for images, labels in tuned:
+        np.testing.assert_array_equal(images, train.images[held])
+        np.testing.assert_array_equal(labels, train.labels[held])
+    owned = set(np.concatenate([o.indices for o in p.world.owners]).tolist())
+    assert not set(held.tolist()) & (set(clean.tolist()) | owned)
+    with pytest.raises(TracemarkError, match="held-out clean images"):
+        held_out_indices(spec.dataset, cell.seed, clean, len(train.labels))
 
 
 def test_countermeasures_of_every_stage_reach_the_victims_and_report_their_cost(tmp_path):

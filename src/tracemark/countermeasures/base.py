@@ -30,8 +30,9 @@ Stage = Literal["none", "data", "training", "post", "output"]
 class Trainer:
     """What a model trainer holds when it applies a countermeasure.
 
-    ``clean``: images it knows to be clean (fine-tuning, distillation, a filter's
-    reference); ``fresh_model()``: an untrained model of its architecture; ``config``: its
+    ``clean``: the clean images it trained on (distillation's transfer set);
+    ``held_out(n)``: n clean images it did not train on (fine-tuning);
+    ``fresh_model()``: an untrained model of its architecture; ``config``: its
     recipe's training settings (a :class:`tracemark.train_config.TrainConfig`);
     ``reference``: a model trained on clean data only (out-of-distribution filters);
     ``seed``: 63-bit seed for this countermeasure's random choices; ``info``: figures
@@ -45,6 +46,7 @@ class Trainer:
     device: str = "auto"
     reference: Any = None
     progress: Callable[[int], None] | None = None
+    held_out: Callable[[int], Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +69,12 @@ class Countermeasure(BaseModel):
             return self.name  # type: ignore[attr-defined]
         inner = ", ".join(f"{k}={_short(v)}" for k, v in fields.items())
         return f"{self.name}({inner})"  # type: ignore[attr-defined]
+
+    def revision(self) -> str | None:
+        """A change to what this countermeasure does since the evaluation's
+        COMPUTE_VERSION (0.7.7: fine-tuning on held-out data); it enters the cell's
+        identity, so that only its cells are computed again."""
+        return None
 
     # ---- the four hooks; a subclass implements the one of its stage
     def keep(self, images: np.ndarray, labels: np.ndarray, trainer: Trainer) -> np.ndarray:

@@ -12,26 +12,36 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from ..errors import TracemarkError
 from .base import Countermeasure, Stage, Trainer
 
 
 class FineTune(Countermeasure):
-    """Fine-tune every weight on the trainer's clean data (the papers: lr 1e-5 to 0.1)."""
+    """Fine-tune every weight on clean data (the papers: lr 1e-5 to 0.1).
+
+    ``data = "held-out"`` (the default) tunes on clean images the victim never trained on,
+    as MembershipTracker's defender (§5.2.3: a clean set of 10% of the training set) and
+    Data Isotopes' (§8.5: unrelated data) do. ``"training"`` tunes on the victim's own
+    clean training images: on a fitted victim their loss is near zero, so small rates
+    change nothing and a large one only where SGD happens to spike.
+    """
 
     name: Literal["finetune"]
     lr: float = Field(0.01, gt=0, le=10)
     epochs: int = Field(5, ge=1, le=1_000)
     images: int = Field(1_000, ge=1, le=60_000, description="clean images it tunes on")
+    data: Literal["held-out", "training"] = "held-out"
     stage: ClassVar[Stage] = "post"
 
-    def apply(self, model, trainer: Trainer):
-        import numpy as np
+    def revision(self) -> str | None:
+        """0.7.6 and earlier tuned on the victim's own training images."""
+        return "0.7.7: held-out data" if self.data == "held-out" else None
 
+    def apply(self, model, trainer: Trainer):
         from ..training import train_model
 
-        clean = trainer.clean
-        rng = np.random.default_rng(trainer.seed)
-        pick = np.sort(rng.permutation(len(clean))[: self.images])
+        tune = self.tuning_data(trainer)
+        trainer.info["finetune_images"] = len(tune)
         config = dataclasses.replace(
             trainer.config,
             lr=self.lr,
@@ -42,7 +52,27 @@ class FineTune(Countermeasure):
             device=trainer.device,
         )
         tuned = copy.deepcopy(model)
-        return train_model(tuned, clean.images[pick], clean.labels[pick], config)
+        return train_model(tuned, tune.images, tune.labels, config)
+
+    def tuning_data(self, trainer: Trainer):
+        """The ``images`` clean images it tunes on; never fewer than the spec says."""
+        import numpy as np
+
+        if self.data == "held-out":
+            if trainer.held_out is None:
+                raise TracemarkError(
+                    "finetune with data = 'held-out' needs clean images the victim did "
+                    "not train on (Trainer.held_out)"
+                )
+            return trainer.held_out(self.images)
+        clean = trainer.clean
+        if len(clean) < self.images:
+            raise TracemarkError(
+                f"finetune asks {self.images} of the victim's clean training images; the "
+                f"trainer holds {len(clean)} (lower images)"
+            )
+        pick = np.random.default_rng(trainer.seed).permutation(len(clean))[: self.images]
+        return clean.subset(np.sort(pick))
 
 
 class Prune(Countermeasure):

@@ -49,18 +49,22 @@ class Cell:
     def payload(self) -> dict[str, Any]:
         """Everything that determines the cell's rows (names aside)."""
         s = self.spec
-        return {
-            "dataset": identity(s.dataset),
-            "recipe": identity(self.recipe),
-            "method": identity(self.method),
-            "countermeasure": identity(self.countermeasure),
-            "seed": self.seed,
-            "alpha": s.alpha,
-            "accesses": list(s.accesses),
-            "top_k": s.top_k,
-            "torch_threads": s.torch_threads,
-            "tracemark_version": COMPUTE_VERSION,
-        } | audit_revision(self.method)
+        return (
+            {
+                "dataset": identity(s.dataset),
+                "recipe": identity(self.recipe),
+                "method": identity(self.method),
+                "countermeasure": identity(self.countermeasure),
+                "seed": self.seed,
+                "alpha": s.alpha,
+                "accesses": list(s.accesses),
+                "top_k": s.top_k,
+                "torch_threads": s.torch_threads,
+                "tracemark_version": COMPUTE_VERSION,
+            }
+            | audit_revision(self.method)
+            | countermeasure_revision(self.countermeasure)
+        )
 
     @property
     def cell_id(self) -> str:
@@ -81,6 +85,13 @@ def audit_revision(method: MethodSpec) -> dict[str, str]:
     hook = getattr(registry.get(method.method), "audit_revision", None)
     revision = hook(method.params, method.options) if hook is not None else None
     return {"audit_revision": revision} if revision else {}
+
+
+def countermeasure_revision(cm: CountermeasureSpec) -> dict[str, str]:
+    """A change to what the countermeasure does since COMPUTE_VERSION (0.7.7: fine-tuning
+    on held-out data), as a part of the cell's identity: only its cells run again."""
+    revision = cm.revision()
+    return {"countermeasure_revision": revision} if revision else {}
 
 
 def cells_of(spec: ExperimentSpec) -> list[Cell]:

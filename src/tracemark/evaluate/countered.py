@@ -70,10 +70,12 @@ def train_victims(
     cache: Path | None,
     device: str,
     bar: Callable[[str], Callable[[int], None] | None],
+    held_out: Callable[[int], LabelledImages] | None = None,
 ) -> Victims:
     """The cell's victims: ``clean`` is the clean model's data, ``training`` the marked
-    victim's (``carries_mark`` over it), ``trainer_clean`` the clean images the trainer
-    holds for fine-tuning, distillation and filters."""
+    victim's (``carries_mark`` over it), ``trainer_clean`` the clean images of it the
+    trainer holds (distillation's transfer set), ``held_out(n)`` clean images neither
+    model trained on (fine-tuning)."""
     spec, recipe, cm = cell.spec, cell.recipe, cell.countermeasure
     seed = derive_int(seed_hex(cell.seed), "evaluate/train", digest(identity(recipe)))
 
@@ -107,6 +109,7 @@ def train_victims(
         seed=derive_int(seed_hex(cell.seed), "evaluate/countermeasure", digest(identity(cm))),
         device=device,
         reference=plain_clean,
+        held_out=held_out,
     )
     if cm.stage == "post":
         if v.marked is not None:

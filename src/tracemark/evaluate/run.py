@@ -33,7 +33,16 @@ from .answer_book import AnswerBook, book_folder
 from .audit_progress import AuditProgress
 from .cells import Cell, audit_revision, digest, identity
 from .victims import partial_folder
-from .world import Owner, clean_indices, load_split, owner_key, owners_of, seed_hex, test_indices
+from .world import (
+    Owner,
+    clean_indices,
+    held_out_indices,
+    load_split,
+    owner_key,
+    owners_of,
+    seed_hex,
+    test_indices,
+)
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
@@ -358,6 +367,10 @@ def _victims(
 
     owned = np.concatenate([o.indices for o in world.owners] or [np.zeros(0, dtype=np.int64)])
     trainer_clean = train.subset(np.setdiff1d(clean_idx, owned))
+
+    def held_out(n: int) -> LabelledImages:
+        return train.subset(held_out_indices(cell.spec.dataset, cell.seed, clean_idx, n))
+
     return train_victims(
         cell,
         train.subset(clean_idx),
@@ -367,6 +380,7 @@ def _victims(
         cache,
         device,
         bar,
+        held_out,
     )
 
 

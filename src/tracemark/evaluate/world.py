@@ -74,6 +74,19 @@ def clean_indices(dataset: DatasetSpec, recipe: RecipeSpec, seed: int) -> np.nda
     return np.sort(np.concatenate(chosen))
 
 
+def held_out_indices(dataset: DatasetSpec, seed: int, clean: np.ndarray, n: int) -> np.ndarray:
+    """``n`` training-split images that the victim (its ``clean`` images) did not train on
+    and no owner holds, in an order drawn from the seed: the clean data its trainer
+    fine-tunes with, the same for every method and countermeasure of the seed."""
+    rest = np.setdiff1d(split_of(dataset, seed).pool, clean)
+    if n > len(rest):
+        raise TracemarkError(
+            f"{n} held-out clean images asked for; the seed's pool has {len(rest)} the "
+            "victim did not train on"
+        )
+    return np.sort(derive(seed_hex(seed), "evaluate/held-out").permutation(rest)[:n])
+
+
 def test_indices(dataset: DatasetSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(accuracy images, audit images): test-split indices, the second a sample audits use
     (isotope aux images, UBW test images)."""
