@@ -840,6 +840,7 @@ def test_fine_tuning_tunes_both_victims_on_the_same_held_out_clean_images(tmp_pa
     and every owner's collection. (Tuned on its own training images, a fitted victim's
     loss is near zero and the tuning changes nothing.)"""
     import tracemark.training as training
+    from tracemark.evaluate.countered import marked_model_id
     from tracemark.evaluate.run import prepare
     from tracemark.evaluate.world import clean_indices, held_out_indices, load_split
 
@@ -857,10 +858,12 @@ def test_fine_tuning_tunes_both_victims_on_the_same_held_out_clean_images(tmp_pa
         tiny(
             methods={"isotope": TINY["methods"]["isotope"]},
             accesses=["probabilities"],
-            countermeasures=[finetune],
+            countermeasures=[{"name": "none"}, finetune],
         )
     )
-    (cell,) = cells_of(spec)
+    plain_cell, cell = cells_of(spec)
+    assert cell.payload()["countermeasure_revision"] == "0.7.7: held-out data"
+    assert marked_model_id(cell) == marked_model_id(plain_cell)  # it tunes the plain victim
     p = prepare(cell, tmp_path / "cache")
     assert p.countermeasure["finetune_images"] == 150
     assert len(tuned) == 2  # the marked victim and the clean model

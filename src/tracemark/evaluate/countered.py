@@ -190,5 +190,6 @@ def filter_figures(keep: np.ndarray, carries_mark: np.ndarray | None) -> dict[st
 
 def marked_model_id(cell: Cell) -> str:
     """What the plain marked victim of a cell is a function of (not its countermeasure)."""
-    payload = {k: v for k, v in cell.payload().items() if k != "countermeasure"}
+    apart = ("countermeasure", "countermeasure_revision")
+    payload = {k: v for k, v in cell.payload().items() if k not in apart}
     return digest({**payload, "purpose": "marked model", "compute": COMPUTE_VERSION})
