@@ -833,37 +833,48 @@ def test_a_training_countermeasure_trains_a_recipes_clean_model_once_for_every_m
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fine_tuning_tunes_both_victims_on_the_same_held_out_clean_images(tmp_path, monkeypatch):
-    """The papers' defender fine-tunes on clean images the victim never trained on
-    (MembershipTracker §5.2.3, Data Isotopes §8.5): the harness gives the marked victim
-    and the clean model the same ``images`` of them, outside the victim's training data
-    and every owner's collection. (Tuned on its own training images, a fitted victim's
-    loss is near zero and the tuning changes nothing.)"""
+def test_fine_tuning_and_the_ood_filters_reference_use_held_out_clean_images(tmp_path, monkeypatch):
+    """The papers' defenders tune, and fit their detectors, on clean images outside the
+    training set (MembershipTracker §5.2.3 and §5.2.6, Data Isotopes §8.5). The harness
+    gives fine-tuning's two victims the same ``images`` held-out images, and the
+    out-of-distribution filters a reference trained on as many as the victim's clean data:
+    none of them the victim's, nor any owner's. (Tuned on its own training images, a
+    fitted victim's loss is near zero and the tuning changes nothing; a reference trained
+    on the images it scores has memorised the clean ones and so knows the marked ones.)"""
+    import tracemark.evaluate.countered as countered
     import tracemark.training as training
-    from tracemark.evaluate.countered import marked_model_id
     from tracemark.evaluate.run import prepare
     from tracemark.evaluate.world import clean_indices, held_out_indices, load_split
 
     tuned: list[tuple[np.ndarray, np.ndarray]] = []
-    original = training.train_model
+    victims: list[np.ndarray] = []
+    original, original_victim = training.train_model, countered.train_victim
 
     def spy(model, images, labels, config=None, *args, **kwargs):
         if config is not None and not config.reinit:  # a fine-tuning, not a victim
             tuned.append((images.copy(), labels.copy()))
         return original(model, images, labels, config, *args, **kwargs)
 
+    def spy_victim(recipe, images, *args, **kwargs):
+        victims.append(images.copy())
+        return original_victim(recipe, images, *args, **kwargs)
+
     monkeypatch.setattr(training, "train_model", spy)
+    monkeypatch.setattr(countered, "train_victim", spy_victim)
     finetune = {"name": "finetune", "lr": 0.01, "epochs": 1, "images": 150}
     spec = parse_spec(
         tiny(
+            recipes={"quick": {"images": 200, "epochs": 2, "batch_size": 32}},
             methods={"isotope": TINY["methods"]["isotope"]},
             accesses=["probabilities"],
-            countermeasures=[{"name": "none"}, finetune],
+            countermeasures=[{"name": "none"}, finetune, {"name": "filter-msp", "budget": 0.1}],
         )
     )
-    plain_cell, cell = cells_of(spec)
+    plain_cell, cell, filtered = cells_of(spec)
     assert cell.payload()["countermeasure_revision"] == "0.7.7: held-out data"
-    assert marked_model_id(cell) == marked_model_id(plain_cell)  # it tunes the plain victim
+    assert filtered.payload()["countermeasure_revision"] == "0.7.7: held-out reference"
+    # both tune and filter the plain victim, which keeps its identity
+    assert countered.marked_model_id(cell) == countered.marked_model_id(plain_cell)
     p = prepare(cell, tmp_path / "cache")
     assert p.countermeasure["finetune_images"] == 150
     assert len(tuned) == 2  # the marked victim and the clean model
@@ -877,6 +888,15 @@ def test_fine_tuning_tunes_both_victims_on_the_same_held_out_clean_images(tmp_pa
     assert not set(held.tolist()) & (set(clean.tolist()) | owned)
     with pytest.raises(TracemarkError, match="held-out clean images"):
         held_out_indices(spec.dataset, cell.seed, clean, len(train.labels))
+
+    victims.clear()
+    p = prepare(filtered, tmp_path / "cache")
+    reference = held_out_indices(spec.dataset, cell.seed, clean, cell.recipe.images)
+    assert len(victims) == 2  # the reference, then the victim on what the filter kept
+    np.testing.assert_array_equal(victims[0], train.images[reference])
+    assert len(victims[1]) == len(p.world.training) - round(0.1 * len(p.world.training))
+    # cached beside the clean model and the plain victim, for every filter of the seed
+    assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 3
 
 
 def test_countermeasures_of_every_stage_reach_the_victims_and_report_their_cost(tmp_path):

@@ -34,7 +34,8 @@ class Trainer:
     ``held_out(n)``: n clean images it did not train on (fine-tuning);
     ``fresh_model()``: an untrained model of its architecture; ``config``: its
     recipe's training settings (a :class:`tracemark.train_config.TrainConfig`);
-    ``reference``: a model trained on clean data only (out-of-distribution filters);
+    ``reference``: a model trained on held-out clean data only, none of the training
+    images it scores (out-of-distribution filters);
     ``seed``: 63-bit seed for this countermeasure's random choices; ``info``: figures
     the countermeasure reports (epsilon, images removed), filled as it runs.
     """
@@ -60,6 +61,8 @@ class Countermeasure(BaseModel):
     # whether what ``train`` returns is one of tracemark's architectures, so that a
     # checkpoint can rebuild it and a harness can keep it (DP-SGD's group norms are not)
     checkpointable: ClassVar[bool] = True
+    # whether it scores images with ``Trainer.reference`` (the out-of-distribution filters)
+    needs_reference: ClassVar[bool] = False
 
     @property
     def label(self) -> str:

@@ -4,8 +4,10 @@ Every filter scores each training image (higher: more suspicious) and removes th
 ``budget`` share of the training set with the highest scores, so filters compare at a
 fixed cost in data. The scores:
 
-- out-of-distribution scores from a reference model trained on clean data (the cell's
-  clean model: the trainer's best case, a reference trained on exactly its clean data):
+- out-of-distribution scores from a reference model trained on held-out clean data, as
+  many images as the victim's clean data and none of them (MembershipTracker §5.2.6 fits
+  its detectors on clean samples outside the training set; a reference trained on the
+  very images it scores would have memorised them, and so would know which are marked):
   ``msp`` (1 - maximum softmax probability), ``energy`` (-logsumexp of the logits),
   ``mahalanobis`` (distance of the penultimate features to the image's class mean under
   one shared covariance, scikit-learn's LedoitWolf), ``knn`` (distance to the k-th
@@ -76,7 +78,18 @@ def penultimate(model, images: np.ndarray, device: str = "auto") -> np.ndarray:
     return torch.cat(seen).flatten(1).numpy().astype(np.float64)
 
 
-class MSPFilter(_ScoreFilter):
+class _ReferenceFilter(_ScoreFilter):
+    """A filter that scores the training images with the held-out reference model."""
+
+    needs_reference: ClassVar[bool] = True
+
+    def revision(self) -> str | None:
+        """0.7.6 and earlier scored with the clean model, trained on the victim's clean
+        images themselves."""
+        return "0.7.7: held-out reference"
+
+
+class MSPFilter(_ReferenceFilter):
     """Remove the images the clean reference model is least sure of (1 - max softmax)."""
 
     name: Literal["filter-msp"]
@@ -89,7 +102,7 @@ class MSPFilter(_ScoreFilter):
         return 1 - p.max(axis=1)
 
 
-class EnergyFilter(_ScoreFilter):
+class EnergyFilter(_ReferenceFilter):
     """Remove the images of highest energy, -logsumexp(logits), under the reference."""
 
     name: Literal["filter-energy"]
@@ -103,7 +116,7 @@ class EnergyFilter(_ScoreFilter):
         return -logsumexp(logits.astype(np.float64), axis=1)
 
 
-class MahalanobisFilter(_ScoreFilter):
+class MahalanobisFilter(_ReferenceFilter):
     """Remove the images farthest from their class mean in the reference's features."""
 
     name: Literal["filter-mahalanobis"]
@@ -119,7 +132,7 @@ class MahalanobisFilter(_ScoreFilter):
         return np.einsum("ij,jk,ik->i", centred, precision, centred)
 
 
-class KNNFilter(_ScoreFilter):
+class KNNFilter(_ReferenceFilter):
     """Remove the images whose k-th nearest other training image (normalised reference
     features) is farthest."""
 

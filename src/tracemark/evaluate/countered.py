@@ -12,7 +12,9 @@ Per stage (:mod:`tracemark.countermeasures.base`):
   under a countermeasure serves every method on its recipe (:func:`trained_under`);
 - ``data``: the marked victim trained on what the filter keeps of its data (the filter's
   precision and recall on marked images are recorded); the clean model is the plain one,
-  since filtering clean data gives just another model that never saw a mark.
+  since filtering clean data gives just another model that never saw a mark. The
+  out-of-distribution filters score with a reference trained on held-out clean images
+  (:func:`held_out_reference`, cached per recipe and seed).
 
 The accuracy cost is the plain marked victim's test accuracy minus the marked victim's
 after the countermeasure: what the countermeasure cost the trainer on the same data.
@@ -32,6 +34,7 @@ import numpy as np
 from .._version import COMPUTE_VERSION
 from ..countermeasures import Trainer
 from ..datasets import LabelledImages
+from ..errors import TracemarkError
 from ..fsutil import atomic_write_text
 from ..rng import derive_int
 from .cells import Cell, digest, identity
@@ -108,7 +111,6 @@ def train_victims(
         config=train_config(recipe, seed, side, device),
         seed=derive_int(seed_hex(cell.seed), "evaluate/countermeasure", digest(identity(cm))),
         device=device,
-        reference=plain_clean,
         held_out=held_out,
     )
     if cm.stage == "post":
@@ -125,6 +127,10 @@ def train_victims(
         if training is None:
             trainer.info = clean_trainer.info
     elif cm.stage == "data" and training is not None:
+        if cm.needs_reference:
+            trainer.reference = held_out_reference(
+                recipe, model_id, seed, held_out, cache, device, bar
+            )
         keep = cm.keep(training.images, training.labels, trainer)
         trainer.info.update(filter_figures(keep, carries_mark))
         kept = training.subset(np.flatnonzero(keep))
@@ -132,6 +138,32 @@ def train_victims(
         v.marked = train_victim(recipe, kept.images, kept.labels, seed, device, bar("marked"), at)
     v.info = trainer.info
     return v
+
+
+def held_out_reference(
+    recipe: Any,
+    clean_id: str,
+    seed: int,
+    held_out: Callable[[int], LabelledImages] | None,
+    cache: Path | None,
+    device: str,
+    bar: Callable[[str], Callable[[int], None] | None],
+) -> Any:
+    """The out-of-distribution filters' reference: the recipe's model trained on as many
+    held-out clean images as the victim's clean data, none of which the victim trained on
+    (a model trained on the images it scores has memorised them). Cached beside the clean
+    model ``clean_id``, so every filter and method of a (recipe, seed) shares it."""
+    if held_out is None:
+        raise TracemarkError("an out-of-distribution filter needs held-out clean images")
+
+    def train(progress_at: Path | None) -> Any:
+        data = held_out(recipe.images)
+        return train_victim(
+            recipe, data.images, data.labels, seed, device, bar("reference"), progress_at
+        )
+
+    model_id = digest({"clean": clean_id, "purpose": "held-out reference"})
+    return cached_model(cache, model_id, train)[0]
 
 
 def trained_under(
