@@ -208,6 +208,27 @@ def test_a_filter_at_budget_b_removes_about_b_of_clean_data(data, plain, name, b
     assert abs(removed - budget) <= 0.02 + 0.1 * budget, (name, removed)
 
 
+def test_an_art_filter_reads_the_model_trained_on_the_unfiltered_data(data):
+    """Handed the model the recipe trained on the unfiltered images (a harness's plain
+    victim), an ART detector removes exactly what it removes after training that model
+    itself: the same weights, one training fewer per cell. Activation clustering's
+    2-means is seeded from the countermeasure's seed (ART draws from numpy's global
+    state, which it leaves as it was)."""
+    train, _ = data
+    quick = dataclasses.replace(CONFIG, epochs=1)
+    unfiltered = train_model(fresh(), train.images, train.labels, quick)
+    for name in ("filter-spectral", "filter-activation-clustering"):
+        cm = parse({"name": name, "budget": 0.1})
+        before = np.random.get_state()[1].copy()  # noqa: NPY002
+        trains = trainer(data)
+        trains.config = quick
+        own = cm.keep(train.images, train.labels, trains)
+        np.testing.assert_array_equal(np.random.get_state()[1], before)  # noqa: NPY002
+        handed = trainer(data)
+        handed.unfiltered = unfiltered
+        np.testing.assert_array_equal(cm.keep(train.images, train.labels, handed), own)
+
+
 def test_ood_filters_find_planted_outliers(data, plain):
     """Inverted images (white background) among clean ones: at a 5% budget each score
     removes at least five times its chance share of them (chance: 5%)."""

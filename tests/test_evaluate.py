@@ -833,14 +833,17 @@ def test_a_training_countermeasure_trains_a_recipes_clean_model_once_for_every_m
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_fine_tuning_and_the_ood_filters_reference_use_held_out_clean_images(tmp_path, monkeypatch):
+def test_fine_tuning_and_the_filters_get_held_out_clean_images_and_the_cached_victim(
+    tmp_path, monkeypatch
+):
     """The papers' defenders tune, and fit their detectors, on clean images outside the
     training set (MembershipTracker §5.2.3 and §5.2.6, Data Isotopes §8.5). The harness
     gives fine-tuning's two victims the same ``images`` held-out images, and the
     out-of-distribution filters a reference trained on as many as the victim's clean data:
     none of them the victim's, nor any owner's. (Tuned on its own training images, a
     fitted victim's loss is near zero and the tuning changes nothing; a reference trained
-    on the images it scores has memorised the clean ones and so knows the marked ones.)"""
+    on the images it scores has memorised the clean ones and so knows the marked ones.)
+    ART's detectors read the cached plain victim, the model they would train again."""
     import tracemark.evaluate.countered as countered
     import tracemark.training as training
     from tracemark.evaluate.run import prepare
@@ -848,9 +851,11 @@ def test_fine_tuning_and_the_ood_filters_reference_use_held_out_clean_images(tmp
 
     tuned: list[tuple[np.ndarray, np.ndarray]] = []
     victims: list[np.ndarray] = []
+    trainings: list[int] = []
     original, original_victim = training.train_model, countered.train_victim
 
     def spy(model, images, labels, config=None, *args, **kwargs):
+        trainings.append(len(labels))
         if config is not None and not config.reinit:  # a fine-tuning, not a victim
             tuned.append((images.copy(), labels.copy()))
         return original(model, images, labels, config, *args, **kwargs)
@@ -867,10 +872,15 @@ def test_fine_tuning_and_the_ood_filters_reference_use_held_out_clean_images(tmp
             recipes={"quick": {"images": 200, "epochs": 2, "batch_size": 32}},
             methods={"isotope": TINY["methods"]["isotope"]},
             accesses=["probabilities"],
-            countermeasures=[{"name": "none"}, finetune, {"name": "filter-msp", "budget": 0.1}],
+            countermeasures=[
+                {"name": "none"},
+                finetune,
+                {"name": "filter-msp", "budget": 0.1},
+                {"name": "filter-spectral", "budget": 0.1},
+            ],
         )
     )
-    plain_cell, cell, filtered = cells_of(spec)
+    plain_cell, cell, filtered, spectral = cells_of(spec)
     assert cell.payload()["countermeasure_revision"] == "0.7.7: held-out data"
     assert filtered.payload()["countermeasure_revision"] == "0.7.7: held-out reference"
     # both tune and filter the plain victim, which keeps its identity
@@ -897,6 +907,10 @@ def test_fine_tuning_and_the_ood_filters_reference_use_held_out_clean_images(tmp
     assert len(victims[1]) == len(p.world.training) - round(0.1 * len(p.world.training))
     # cached beside the clean model and the plain victim, for every filter of the seed
     assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 3
+    # ART's detectors read the cached plain victim: the filtered victim is all it trains
+    trainings.clear()
+    prepare(spectral, tmp_path / "cache")
+    assert len(trainings) == 1
 
 
 def test_countermeasures_of_every_stage_reach_the_victims_and_report_their_cost(tmp_path):

@@ -35,7 +35,8 @@ class Trainer:
     ``fresh_model()``: an untrained model of its architecture; ``config``: its
     recipe's training settings (a :class:`tracemark.train_config.TrainConfig`);
     ``reference``: a model trained on held-out clean data only, none of the training
-    images it scores (out-of-distribution filters);
+    images it scores (out-of-distribution filters); ``unfiltered``: the model its recipe
+    trains on the unfiltered data, where it has one (ART's detectors read its features);
     ``seed``: 63-bit seed for this countermeasure's random choices; ``info``: figures
     the countermeasure reports (epsilon, images removed), filled as it runs.
     """
@@ -48,6 +49,7 @@ class Trainer:
     reference: Any = None
     progress: Callable[[int], None] | None = None
     held_out: Callable[[int], Any] | None = None
+    unfiltered: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
 

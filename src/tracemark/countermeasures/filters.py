@@ -26,6 +26,8 @@ few lines each on scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -148,6 +150,22 @@ class KNNFilter(_ReferenceFilter):
         return distances[:, self.k]  # column 0 is the image itself
 
 
+@contextmanager
+def numpy_global_seed(seed: int) -> Iterator[None]:
+    """numpy's global random state seeded from ``seed`` inside, restored after.
+
+    ART's ActivationDefence builds scikit-learn's KMeans (and PCA) with no
+    ``random_state``, so they draw from numpy's global state; ART gives no way to pass
+    one, and unseeded, the same features gave a different 2-means split on every call.
+    """
+    saved = np.random.get_state()  # noqa: NPY002 (the legacy state is what ART reads)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    try:
+        yield
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+
+
 class _ARTFilter(_ScoreFilter):
     """An ART poisoning detector on a model trained on the unfiltered data."""
 
@@ -159,10 +177,12 @@ class _ARTFilter(_ScoreFilter):
 
         from ..training import train_model
 
-        callback = (lambda *_: trainer.progress(1)) if trainer.progress else None
-        model = train_model(
-            trainer.fresh_model(), images, labels, trainer.config, progress=callback
-        )
+        model = trainer.unfiltered
+        if model is None:  # the recipe's model on these images, as the victim was trained
+            callback = (lambda *_: trainer.progress(1)) if trainer.progress else None
+            model = train_model(
+                trainer.fresh_model(), images, labels, trainer.config, progress=callback
+            )
         last = last_linear(model)
 
         class Features(nn.Module):
@@ -226,6 +246,10 @@ class ActivationClusteringFilter(_ARTFilter):
 
     name: Literal["filter-activation-clustering"]
 
+    def revision(self) -> str | None:
+        """0.7.6 and earlier clustered from numpy's unseeded global state."""
+        return "0.7.7: seeded clustering"
+
     def keep(self, images, labels, trainer):
         from art.defences.detector.poison import ActivationDefence
 
@@ -233,7 +257,8 @@ class ActivationClusteringFilter(_ARTFilter):
             self.classifier(images, labels, trainer), self.nchw(images), self.onehot(labels)
         )
         defence.set_params(nb_clusters=2, nb_dims=10, reduce="PCA", cluster_analysis="smaller")
-        clusters, reduced = defence.cluster_activations()
+        with numpy_global_seed(trainer.seed):
+            clusters, reduced = defence.cluster_activations()
         keep = np.ones(len(labels), dtype=bool)
         for c, (assign, points) in enumerate(zip(clusters, reduced, strict=True)):
             where = np.flatnonzero(labels == c)

@@ -131,6 +131,7 @@ def train_victims(
             trainer.reference = held_out_reference(
                 recipe, model_id, seed, held_out, cache, device, bar
             )
+        trainer.unfiltered = v.marked  # the plain victim: what the unfiltered data trains
         keep = cm.keep(training.images, training.labels, trainer)
         trainer.info.update(filter_figures(keep, carries_mark))
         kept = training.subset(np.flatnonzero(keep))
