@@ -18,25 +18,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 
 from cell_victims import prepared_cell
+from tracemark.evaluate import open_store
 from tracemark.evaluate.run import audit_all
 
 
 def stored_rows(db: Path, cell_id: str) -> list[dict]:
-    """The store's audit rows of one cell."""
-    with sqlite3.connect(f"file:{db}?immutable=1", uri=True) as con:
-        con.row_factory = sqlite3.Row
-        rows = con.execute(
-            "SELECT access, model, owner, member, decision, queries FROM audits WHERE cell_id = ?",
-            (cell_id,),
-        ).fetchall()
-    return [dict(r) for r in rows]
+    """The store's audit rows of one cell (read-only, every row checked against its
+    cell's digest)."""
+    with open_store(db) as store:
+        return store.audits(cell_id)
 
 
 def summary(rows: list[dict]) -> dict[str, dict[str, list[float]]]:

@@ -24,6 +24,7 @@ FILES=(
   tests/test_demos.py
   tests/test_size.py
   tests/test_answer_book.py
+  tests/test_countermeasures.py
 )
 SEEDS=("$@")
 [ ${#SEEDS[@]} -gt 0 ] || SEEDS=(1 2 3)
